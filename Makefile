@@ -1,0 +1,28 @@
+# `make test` and `make submit` each set the workspace up on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build by default; GPU users: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+DATA ?= data
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup test submit clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e .[dev]
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+submit: $(STAMP)
+	$(BIN)/competition pipeline --data $(DATA)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
