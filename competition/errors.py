@@ -1,0 +1,25 @@
+"""User-facing errors: each becomes one line and exit code 2 in the CLI."""
+
+
+class CompetitionError(Exception):
+    """A user mistake (bad file, bad config, missing model): one line, what to do."""
+
+
+class DataError(CompetitionError):
+    """A competition data file is missing or malformed."""
+
+
+class ConfigError(CompetitionError):
+    """competition.toml has an unknown key, a wrong type or a bad value."""
+
+
+class FoldMismatch(CompetitionError):
+    """The data no longer matches the folds it was split with."""
+
+
+class UnknownCandidate(CompetitionError):
+    """A candidate or ensemble name that is not in the config or has no predictions."""
+
+
+class SubmissionError(CompetitionError):
+    """A submission file or log operation was refused."""
