@@ -1,0 +1,38 @@
+"""The candidate interface: the runner owns folds, files, caching and progress; a kind only
+learns from training rows and writes summaries for rows."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+class Candidate(ABC):
+    """One candidate model. Subclasses set `kind` and implement `fit` and `predict`.
+
+    `workdir` is a folder private to this candidate and fold (adapters, checkpoints, caches);
+    it persists across runs, so a killed training can resume from it.
+    """
+
+    kind: str = ""
+    requires_cuda: bool = False  # True: skipped with a clear line on machines without CUDA
+
+    def __init__(self, name: str, params: Any, workdir: Path, seed: int = 42):
+        self.name = name
+        self.params = params
+        self.workdir = Path(workdir)
+        self.seed = seed
+
+    @abstractmethod
+    def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
+        """Learn from `train_rows` (fname, dialogue, summary, topic). fold None = all data."""
+
+    @abstractmethod
+    def predict(self, rows: pd.DataFrame) -> list[str]:
+        """One summary per row of `rows` (fname, dialogue, ...), in order."""
+
+    def needs_cuda(self) -> bool:
+        """Whether this configured candidate can only run with CUDA (e.g. 4-bit QLoRA)."""
+        return self.requires_cuda

@@ -1,0 +1,239 @@
+"""`competition.toml` -> dataclasses. Every field has a default; problems are all reported at once.
+
+Sections: [data], [metric], [cv], [submit], [candidates.NAME] (kind + that kind's parameters,
+whose dataclass lives in the kind's module), [ensembles.NAME].
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = "competition.toml"
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data"  # folder with the competition files, relative to the workspace
+    train: str = "train.csv"  # fname,dialogue,summary,topic (.csv or DialogSum .jsonl)
+    dev: str = "dev.csv"  # same columns; "" when there is no dev file
+    test: str = "test.csv"  # fname,dialogue
+    sample_submission: str = "sample_submission.csv"  # fname,summary in leaderboard order
+
+
+@dataclass
+class MetricConfig:
+    tokenizer: str = "kiwi"  # kiwi (Korean morphemes), whitespace or english
+    convention: str = "official"  # official (rouge 1.0.1, as the organisers) or rouge-score
+    multi_ref: str = "mean"  # mean over references (the competition's rule) or max
+
+
+@dataclass
+class CVConfig:
+    folds_file: str = "folds/folds.csv"  # fname,fold; folds.json is written beside it
+    k: int = 5  # number of folds
+    seed: int = 42  # shuffling seed
+    strategy: str = "length"  # length | random | group:COLUMN | stratify:COLUMN
+    include_dev: bool = False  # put dev rows into the folds too (then dev is no hold-out)
+    bootstrap: int = 1000  # resamples for the OOF final's 95% interval
+
+
+@dataclass
+class SubmitConfig:
+    dir: str = "submissions"  # leaderboard CSVs and log.csv (tracked in git)
+    source: str = ""  # candidate or ensemble to submit; "" = the best by OOF final
+
+
+@dataclass
+class CandidateConfig:
+    name: str
+    kind: str
+    enabled: bool = True  # false: kept in the file, skipped by `run` and `make submit`
+    params: Any = None  # the kind's own dataclass
+
+
+@dataclass
+class EnsembleConfig:
+    name: str
+    members: list[str] = field(default_factory=lambda: ["*"])  # candidate names, or "*" for all
+    method: str = "mbr"  # best | mbr | hill-climb
+    utility: str = "final"  # MBR utility: final, rouge1, rouge2 or rougeL
+    weights: list[float] = field(default_factory=list)  # per member; empty = uniform ("oof" below)
+    weights_from_oof: bool = False  # weight members by their OOF final
+    max_members: int = 8  # hill-climb: most picks (with repetition)
+    enabled: bool = True  # false: skipped by `make submit`
+
+
+@dataclass
+class Config:
+    path: Path | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+    candidates: dict[str, CandidateConfig] = field(default_factory=dict)
+    ensembles: dict[str, EnsembleConfig] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        """The workspace: the folder holding competition.toml (or the current folder)."""
+        return self.path.parent if self.path else Path.cwd()
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.root / path
+
+    def candidate(self, name: str) -> CandidateConfig:
+        from .errors import UnknownCandidate
+
+        if name not in self.candidates:
+            close = difflib.get_close_matches(name, list(self.candidates), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownCandidate(f"no candidate {name!r} in {self.path or DEFAULT_CONFIG}{hint}: "
+                                   f"add a [candidates.{name}] section")
+        return self.candidates[name]
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def build_dataclass(cls: type, table: dict, section: str, problems: list[str],
+                    skip: tuple[str, ...] = ()) -> Any:
+    """Instantiate `cls` from a TOML table; unknown keys and wrong types go to `problems`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip and f.init]
+    values = {}
+    for key, value in table.items():
+        if key in skip:
+            continue
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            problems.append(f"[{section}] unknown key {key!r}{hint}")
+            continue
+        if not _type_ok(value, hints[key]):
+            problems.append(f"[{section}] {key} = {value!r} should be {_type_name(hints[key])}")
+            continue
+        values[key] = float(value) if hints[key] is float else value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        problems.append(f"[{section}] {error}")
+        return None
+
+
+def _candidate(name: str, table: dict, problems: list[str]) -> CandidateConfig | None:
+    from .candidates import params_class
+
+    section = f"candidates.{name}"
+    kind = table.get("kind")
+    if not isinstance(kind, str):
+        problems.append(f"[{section}] needs kind = \"lead\" (or retrieval, qlora, seq2seq, prompt, api)")
+        return None
+    try:
+        params_cls = params_class(kind)
+    except ConfigError as error:
+        problems.append(f"[{section}] {error}")
+        return None
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append(f"[{section}] enabled = {enabled!r} should be bool")
+    params = build_dataclass(params_cls, table, section, problems, skip=("kind", "enabled"))
+    return CandidateConfig(name=name, kind=kind, enabled=bool(enabled), params=params)
+
+
+_SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig}
+
+
+def parse_config(raw: dict, path: Path | None = None) -> Config:
+    """Build a Config from parsed TOML, raising one ConfigError that lists every problem."""
+    problems: list[str] = []
+    config = Config(path=path)
+    for key, table in raw.items():
+        if key in _SECTIONS:
+            if not isinstance(table, dict):
+                problems.append(f"[{key}] should be a table")
+                continue
+            setattr(config, key, build_dataclass(_SECTIONS[key], table, key, problems))
+        elif key == "candidates":
+            for name, body in table.items():
+                candidate = _candidate(name, body if isinstance(body, dict) else {}, problems)
+                if candidate:
+                    config.candidates[name] = candidate
+        elif key == "ensembles":
+            for name, body in table.items():
+                ensemble = build_dataclass(EnsembleConfig, {"name": name, **body}, f"ensembles.{name}", problems)
+                if ensemble:
+                    config.ensembles[name] = ensemble
+        else:
+            sections = list(_SECTIONS) + ["candidates", "ensembles"]
+            close = difflib.get_close_matches(key, sections, n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else f"; sections: {', '.join(sections)}"
+            problems.append(f"unknown section [{key}]{hint}")
+    clash = set(config.candidates) & set(config.ensembles)
+    if clash:
+        problems.append(f"names used by both a candidate and an ensemble: {', '.join(sorted(clash))}")
+    if problems:
+        where = path or DEFAULT_CONFIG
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return config
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read competition.toml (or `path`). A missing default file means all defaults."""
+    explicit = path is not None
+    config_path = Path(path) if explicit else Path.cwd() / DEFAULT_CONFIG
+    if not config_path.exists():
+        if explicit:
+            raise ConfigError(f"config file {config_path} not found: pass an existing --config or drop it")
+        return Config(path=None)
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
+    return parse_config(raw, config_path.resolve())
+
+
+def config_hash(value: Any) -> str:
+    """A stable short hash of a dataclass or plain value (what a run depends on)."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
