@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny Korean workspaces built in code, and the real data beside the project."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from korean_fixture import DIALOGUES
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data (the real Korean dev/test and English DialogSum); skipped where absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def korean_rows() -> pd.DataFrame:
+    return pd.DataFrame(DIALOGUES, columns=["fname", "dialogue", "summary", "topic"])
+
+
+def write_workspace(root: Path, train: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFrame | None = None,
+                    config: str = "") -> Path:
+    """A workspace folder: data/{train,dev,test,sample_submission}.csv and competition.toml."""
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    train.to_csv(data / "train.csv", index=False)
+    test[["fname", "dialogue"]].to_csv(data / "test.csv", index=False)
+    pd.DataFrame({"fname": test["fname"], "summary": ""}).to_csv(data / "sample_submission.csv", index=False)
+    if dev is not None:
+        dev.to_csv(data / "dev.csv", index=False)
+    else:
+        config = '[data]\ndev = ""\n' + config
+    (root / "competition.toml").write_text(config, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def korean_workspace(tmp_path, korean_rows) -> Path:
+    """Train = the 12 fixture dialogues; dev = 4 of them renamed; test = 4 renamed."""
+    dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    return write_workspace(tmp_path, korean_rows, test, dev)
+
+
+@pytest.fixture
+def cli():
+    """Invoke the `competition` CLI in-process: cli(args, cwd) -> click Result."""
+    from competition.cli import main
+
+    def invoke(args, cwd: Path | None = None):
+        runner = CliRunner()
+        if cwd is None:
+            return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        import os
+
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        finally:
+            os.chdir(old)
+
+    return invoke
