@@ -64,6 +64,7 @@ class CandidateConfig:
     kind: str
     enabled: bool = True  # false: kept in the file, skipped by `run` and `make submit`
     params: Any = None  # the kind's own dataclass
+    augmentations: list[str] = field(default_factory=list)  # augmented CSVs added fold-safely to training
 
 
 @dataclass
@@ -175,8 +176,13 @@ def _candidate(name: str, table: dict, problems: list[str]) -> CandidateConfig |
     enabled = table.get("enabled", True)
     if not isinstance(enabled, bool):
         problems.append(f"[{section}] enabled = {enabled!r} should be bool")
-    params = build_dataclass(params_cls, table, section, problems, skip=("kind", "enabled"))
-    return CandidateConfig(name=name, kind=kind, enabled=bool(enabled), params=params)
+    augmentations = table.get("augmentations", [])
+    if not (isinstance(augmentations, list) and all(isinstance(a, str) for a in augmentations)):
+        problems.append(f"[{section}] augmentations = {augmentations!r} should be a list of CSV paths")
+        augmentations = []
+    params = build_dataclass(params_cls, table, section, problems, skip=("kind", "enabled", "augmentations"))
+    return CandidateConfig(name=name, kind=kind, enabled=bool(enabled), params=params,
+                           augmentations=list(augmentations))
 
 
 _SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig}

@@ -1,0 +1,154 @@
+"""Augmentation: speaker swap, paraphrase and synthetic via a real local HTTP server, and the
+fold-safety rule (no row derived from a held-out dialogue is ever trained on)."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pandas as pd
+import pytest
+
+from competition import augment as aug
+from competition.chat import Endpoint
+from competition.errors import CompetitionError
+
+
+def test_speaker_swap_renames_consistently_in_dialogue_and_summary(korean_rows):
+    swapped, report = aug.speaker_swap(korean_rows)
+    first = swapped.iloc[0]
+    assert first["source_fname"] == "f_0" and first["augmentation"] == "speaker-swap"
+    assert first["dialogue"].startswith("#Person2#: 안녕하세요")
+    assert "#Person1#: 우산을 잃어버렸어요" in first["dialogue"]
+    assert first["summary"] == "#Person1#는 파란 우산을 잃어버렸고 #Person2#이 분실물 센터에서 찾아 줍니다."
+    # swapping back restores the original exactly
+    assert aug.swap_speakers(first["dialogue"], {1: 2, 2: 1}) == korean_rows.iloc[0]["dialogue"]
+    assert report.made == len(korean_rows) and swapped["fname"].is_unique
+
+
+def test_speaker_swap_skips_and_counts_rows_it_cannot_change():
+    rows = pd.DataFrame([
+        {"fname": "a", "dialogue": "#Person1#: 안녕\n#Person2#: 네", "summary": "인사", "topic": ""},
+        {"fname": "b", "dialogue": "가: 안녕\n나: 네", "summary": "인사", "topic": ""},
+    ])
+    swapped, report = aug.speaker_swap(rows)
+    assert list(swapped["source_fname"]) == ["a"]
+    assert report.dropped == {"swap changes nothing": 1}
+
+
+def test_three_speaker_permutation_and_bad_permutations():
+    text = "#Person1#: 하나\n#Person2#: 둘\n#Person3#: 셋"
+    assert aug.swap_speakers(text, aug.parse_permutation("2,3,1")) == "#Person2#: 하나\n#Person3#: 둘\n#Person1#: 셋"
+    for bad in ("1,1", "2,3", "a,b"):
+        with pytest.raises(CompetitionError, match="permutation"):
+            aug.parse_permutation(bad)
+
+
+def test_fold_training_rows_never_include_rows_derived_from_the_held_out_fold(korean_rows):
+    swapped, _ = aug.speaker_swap(korean_rows)
+    synthetic = pd.DataFrame([{"fname": "synthetic_0", "source_fname": "", "augmentation": "synthetic",
+                               "dialogue": "#Person1#: 새 대화\n#Person2#: 네", "summary": "새 요약", "topic": "x"}])
+    folds = {fname: i % 3 for i, fname in enumerate(korean_rows["fname"])}
+    for fold in range(3):
+        held_out = {f for f, k in folds.items() if k == fold}
+        train = korean_rows[~korean_rows["fname"].isin(held_out)]
+        rows = aug.fold_training_rows(train, [swapped, synthetic])
+        derived = set(swapped.set_index("fname").loc[[f for f in rows["fname"] if f.endswith("__swap")],
+                                                     "source_fname"])
+        assert not derived & held_out
+        assert not set(rows["fname"]) & held_out
+        assert len(derived) == len(train)  # every allowed swap is used
+        assert "synthetic_0" in set(rows["fname"])
+
+
+def test_quality_filter_drops_duplicates_and_bad_ratios(korean_rows):
+    made = pd.DataFrame([
+        {"fname": "x1", "source_fname": "f_0", "augmentation": "paraphrase",
+         "dialogue": korean_rows.iloc[0]["dialogue"], "summary": "#Person2#는 우산을 찾습니다.", "topic": ""},
+        {"fname": "x2", "source_fname": "f_1", "augmentation": "paraphrase",
+         "dialogue": "#Person1#: 짧다", "summary": "아주 아주 긴 요약 " * 10, "topic": ""},
+        {"fname": "x3", "source_fname": "f_2", "augmentation": "paraphrase",
+         "dialogue": "#Person1#: 이 셔츠 큰 치수 있어요?\n#Person2#: 네, 있습니다.", "summary": "셔츠 문의", "topic": ""},
+    ])
+    report = aug.AugmentReport("paraphrase")
+    kept = aug.quality_filter(made, korean_rows, report)
+    assert list(kept["fname"]) == ["x3"]
+    assert report.dropped == {"exact duplicate dialogue": 1, "summary/dialogue length ratio out of bounds": 1}
+
+
+class _FakeLLM(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint: paraphrases by a fixed rewrite; drops tags when asked to."""
+
+    calls = 0
+    lose_tags_for = "잃어버렸어요"
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        type(self).calls += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        if prompt.startswith("주제"):
+            topic = prompt.split("'")[1]
+            content = f"#Person1#: {topic} 얘기 좀 할까?\n#Person2#: 좋아.\nSUMMARY:\n두 사람이 {topic}에 대해 이야기합니다."
+        else:
+            text = prompt.split("\n\n", 1)[1]
+            content = text.replace("요.", "요!").replace("다.", "다!")
+            if self.lose_tags_for in text:
+                content = content.replace("#Person2#", "손님")
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_llm():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeLLM)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _FakeLLM.calls = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_paraphrase_through_http_rejects_lost_tags_and_resumes(korean_rows, fake_llm, tmp_path):
+    endpoint = Endpoint(base_url=fake_llm, model="fake", api_key_env="", concurrency=2)
+    cache = tmp_path / "cache.jsonl"
+    rows = korean_rows.head(4)
+    made, report = aug.paraphrase(rows, aug.api_completer(endpoint, cache))
+    assert report.dropped == {"lost a speaker or mask tag": 1}  # f_0's rewrite lost #Person2#
+    assert list(made["source_fname"]) == ["f_1", "f_2", "f_3"]
+    assert all("#Person1#" in d for d in made["dialogue"])
+    assert _FakeLLM.calls == 8
+    again, _ = aug.paraphrase(rows, aug.api_completer(endpoint, cache))
+    assert _FakeLLM.calls == 8  # every request came from the cache
+    pd.testing.assert_frame_equal(made, again)
+
+
+def test_synthetic_through_http_has_no_source_and_takes_rarest_topics(korean_rows, fake_llm, tmp_path):
+    rows = pd.concat([korean_rows, korean_rows.head(2).assign(fname=lambda f: f["fname"] + "b")])
+    topics = aug.rarest_topics(rows, 2)
+    assert "분실물" not in topics and "약속" not in topics  # those two occur twice
+    complete = aug.api_completer(Endpoint(base_url=fake_llm, model="fake", api_key_env=""), tmp_path / "c.jsonl")
+    made, report = aug.synthetic(topics, 2, complete)
+    assert report.made == 4 and set(made["source_fname"]) == {""}
+    assert set(made["topic"]) == set(topics) and made["fname"].is_unique
+
+
+def test_augment_cli_writes_speaker_swap_file(korean_workspace, cli):
+    result = cli(["augment", "speaker-swap", "--json"], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["made"] == 12 and report["kept"] == 12
+    written = aug.read_augmented(korean_workspace / "data" / "augmented" / "speaker-swap.csv")
+    assert list(written.columns) == aug.AUGMENTED_COLUMNS and len(written) == 12
+
+
+def test_augment_cli_paraphrase_without_generator_says_what_to_pass(korean_workspace, cli):
+    result = cli(["augment", "paraphrase"], cwd=korean_workspace)
+    assert result.exit_code == 2
+    assert "--local-model" in result.output and "--base-url" in result.output
