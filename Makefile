@@ -1,7 +1,9 @@
 # `make test` and `make submit` each set the workspace up on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# CPU build by default; GPU users: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# Installed before the project so pip never pulls another torch build. The default is the build our
+# CPU machines carry locally; on a GPU machine pick yours, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= data
 BIN := $(VENV)/bin
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e .[dev]
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -89,10 +89,14 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def summary_columns(frame: pd.DataFrame) -> list[str]:
-    """`summary`, or `summary1..N` in a multi-reference file."""
+    """`summary1..N` in a multi-reference file, else `summary`.
+
+    read_split copies summary1 into `summary` for code that wants one text per row, so `summary`
+    must not count as another reference when numbered columns exist.
+    """
     numbered = sorted((c for c in frame.columns if _SUMMARY_N.match(str(c))),
                       key=lambda c: int(_SUMMARY_N.match(c).group(1)))
-    return (["summary"] if "summary" in frame.columns else []) + numbered
+    return numbered or (["summary"] if "summary" in frame.columns else [])
 
 
 def references(frame: pd.DataFrame) -> list[list[str]]:

@@ -7,16 +7,18 @@ Two conventions:
 - ``rouge-score``: Google's rouge-score semantics (n-gram counts, one LCS over the whole text).
 
 Each distinct text is tokenized once (Kiwi's batch API) and kept in the scorer's cache, so
-re-scoring the same outputs (CV, ensembles, decoding search) costs only the counting.
+re-scoring the same outputs (CV, ensembles, decoding search) costs only the counting: n-gram
+overlaps of all pairs at once in numpy, ROUGE-L by rapidfuzz (rouge-score) or a bit-parallel LCS
+that keeps rouge 1.0.1's tie-break (official). bench/metric.py measures it against the packages.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from rapidfuzz.distance import LCSseq
+from rapidfuzz.process import cpdist
 
 from .errors import ConfigError
 from .tokenizers import Tokenizer, get_tokenizer
@@ -63,68 +65,112 @@ class RougeResult:
         return out
 
 
-class _OfficialText:
-    """A text as rouge 1.0.1 sees it: sentences of word ids, distinct uni- and bigrams."""
-
-    __slots__ = ("sentences", "unigrams", "bigrams")
-
-    def __init__(self, sentences: list[tuple[int, ...]]):
-        self.sentences = sentences
-        words = [w for sentence in sentences for w in sentence]
-        self.unigrams = frozenset(words)
-        # rouge 1.0.1 flattens the sentences before taking n-grams, so bigrams cross sentence ends.
-        self.bigrams = frozenset((a << 32) | b for a, b in zip(words, words[1:]))
+def _hyp_masks(hyp: tuple[int, ...]) -> dict[int, int]:
+    """For each word of a hypothesis sentence, the bit mask of its positions."""
+    masks: dict[int, int] = {}
+    for position, word in enumerate(hyp):
+        masks[word] = masks.get(word, 0) | (1 << position)
+    return masks
 
 
-class _CountedText:
-    """A text as rouge-score sees it: one token list, n-gram counts."""
+def _lcs_words(ref: tuple[int, ...], hyp: tuple[int, ...], masks: dict[int, int] | None = None,
+               shared: int = -1) -> set[int]:
+    """Words of the LCS that rouge 1.0.1's ``_recon_lcs`` reconstructs (same tie-break).
 
-    __slots__ = ("ids", "unigrams", "bigrams")
-
-    def __init__(self, ids: list[int]):
-        self.ids = ids
-        self.unigrams = Counter(ids)
-        self.bigrams = Counter((a << 32) | b for a, b in zip(ids, ids[1:]))
-
-
-def _official_f(overlap: int, hyp_count: int, ref_count: int) -> tuple[float, float, float]:
-    precision = overlap / hyp_count if hyp_count else 0.0
-    recall = overlap / ref_count if ref_count else 0.0
-    return precision, recall, 2.0 * ((precision * recall) / (precision + recall + 1e-8))
-
-
-def _lcs_words(ref: tuple[int, ...], hyp: tuple[int, ...]) -> set[int]:
-    """Words of the LCS that rouge 1.0.1's ``_recon_lcs`` reconstructs (same tie-break)."""
-    common = set(ref).intersection(hyp)
-    if not common:
-        return set()
-    m = len(hyp)
-    table = [[0] * (m + 1)]
+    The DP table's rows are kept as bit vectors (Hyyro's bit-parallel LCS: bit j of row i is 0
+    where T[i][j+1] = T[i][j] + 1), so a row costs a few integer operations instead of len(hyp).
+    Walking back, rouge moves up when T[i-1][j] > T[i][j-1]; on a mismatch that holds exactly
+    when row i steps up at column j, i.e. when bit j-1 of row i is 0. The walk stops early once
+    it has found `shared` words (the number of words the two sentences share: there are no more).
+    """
+    if masks is None:
+        masks = _hyp_masks(hyp)
+    get = masks.get
+    full = (1 << len(hyp)) - 1
+    row = full
+    rows = [row]
     for word in ref:
-        previous = table[-1]
-        current = [0] * (m + 1)
-        left = 0
-        for j in range(1, m + 1):
-            if word == hyp[j - 1]:
-                left = previous[j - 1] + 1
-            else:
-                up = previous[j]
-                if up > left:
-                    left = up
-            current[j] = left
-        table.append(current)
+        matched = row & get(word, 0)
+        row = ((row + matched) | (row - matched)) & full
+        rows.append(row)
     words: set[int] = set()
-    i, j = len(ref), m
+    i, j = len(ref), len(hyp)
     while i > 0 and j > 0:
         if ref[i - 1] == hyp[j - 1]:
             words.add(ref[i - 1])
+            if len(words) == shared:
+                break
             i -= 1
             j -= 1
-        elif table[i - 1][j] > table[i][j - 1]:
+        elif not (rows[i] >> (j - 1)) & 1:
             i -= 1
         else:
             j -= 1
     return words
+
+
+class _NgramTable:
+    """Distinct n-gram ids of every prepared text with their counts, in flat arrays (CSR).
+
+    Overlaps of many pairs are then a few vectorised numpy operations instead of a set or Counter
+    intersection per pair.
+    """
+
+    def __init__(self) -> None:
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.offsets = np.zeros(1, dtype=np.int64)
+
+    def add(self, texts_ids: list[list[int]]) -> None:
+        """Append texts (each a list of n-gram ids) in text-index order."""
+        lengths = np.fromiter((len(ids) for ids in texts_ids), dtype=np.int64, count=len(texts_ids))
+        flat = np.fromiter((i for ids in texts_ids for i in ids), dtype=np.int64, count=int(lengths.sum()))
+        text = np.repeat(np.arange(len(texts_ids), dtype=np.int64), lengths)
+        keys, counts = np.unique((text << 32) | flat, return_counts=True)
+        distinct = np.bincount(keys >> 32, minlength=len(texts_ids))
+        self.ids = np.concatenate([self.ids, keys & 0xFFFFFFFF])
+        self.counts = np.concatenate([self.counts, counts])
+        self.offsets = np.concatenate([self.offsets, self.offsets[-1] + np.cumsum(distinct)])
+
+    def distinct(self, texts: np.ndarray) -> np.ndarray:
+        return self.offsets[texts + 1] - self.offsets[texts]
+
+    def _gather(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted keys pair << 32 | id, and counts, of the n-grams of texts[pair] for each pair."""
+        starts = self.offsets[texts]
+        lengths = self.offsets[texts + 1] - starts
+        pair = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        positions = np.arange(int(lengths.sum()), dtype=np.int64) + shift
+        return (pair << 32) | self.ids[positions], self.counts[positions]
+
+    def overlap(self, hyp_texts: np.ndarray, ref_texts: np.ndarray, counted: bool) -> np.ndarray:
+        """Per pair: distinct shared n-grams, or (counted) the sum of min(count in hyp, in ref)."""
+        hyp_keys, hyp_counts = self._gather(hyp_texts)
+        ref_keys, ref_counts = self._gather(ref_texts)
+        if not len(hyp_keys) or not len(ref_keys):
+            return np.zeros(len(hyp_texts))
+        where = np.minimum(np.searchsorted(ref_keys, hyp_keys), len(ref_keys) - 1)
+        hit = ref_keys[where] == hyp_keys
+        weights = np.minimum(hyp_counts[hit], ref_counts[where[hit]]) if counted else None
+        return np.bincount(hyp_keys[hit] >> 32, weights=weights, minlength=len(hyp_texts)).astype(float)
+
+
+def _lcs_string(ids: list[int]) -> str | None:
+    """Token ids as one character each, so rapidfuzz's LCS runs on str (its fastest input)."""
+    # Skip the surrogate block; beyond 0x10FFFF fall back to id lists.
+    points = [i if i < 0xD800 else i + 0x800 for i in ids]
+    if points and max(points) > 0x10FFFF:
+        return None
+    return "".join(map(chr, points))
+
+
+def _sentence(ids: tuple[int, ...]) -> list:
+    """An official-convention sentence: ids, distinct words, words seen twice or more, LCS text,
+    and a slot for its position masks (filled when first needed as a hypothesis)."""
+    seen: set[int] = set()
+    repeated = {i for i in ids if i in seen or seen.add(i)}
+    return [ids, frozenset(seen), frozenset(repeated), _lcs_string(list(ids)), None]
 
 
 class RougeScorer:
@@ -140,7 +186,14 @@ class RougeScorer:
         self.convention = convention
         self.multi_ref = multi_ref
         self._vocabulary: dict[str, int] = {}
-        self._prepared: dict[str, _OfficialText | _CountedText] = {}
+        self._bigram_vocabulary: dict[int, int] = {}
+        self._index: dict[str, int] = {}  # text -> its row in the tables below
+        self._unigrams = _NgramTable()
+        self._bigrams = _NgramTable()
+        self._token_counts: list[int] = []  # rouge-score: tokens per text
+        self._sentences: list[list[list]] = []  # official: each text's _sentence()s
+        self._unigram_sets: list[frozenset[int]] = []  # official: distinct words per text
+        self._lcs_strings: list[str | list[int]] = []  # rouge-score: the text for rapidfuzz
         self._lcs_cache: dict[tuple, set[int]] = {}
 
     # -- tokens ---------------------------------------------------------------------------
@@ -148,98 +201,164 @@ class RougeScorer:
         """Tokens of each text (uncached; for reports such as length statistics)."""
         return self.tokenizer.tokenize_many(list(texts))
 
-    def _ids(self, words: list[str]) -> tuple[int, ...]:
-        vocabulary = self._vocabulary
-        return tuple(vocabulary.setdefault(word, len(vocabulary)) for word in words)
-
     def prepare(self, texts: Sequence[str]) -> None:
         """Tokenize, in one batch, every text not yet in the cache."""
-        missing = list(dict.fromkeys(text for text in texts if text not in self._prepared))
+        missing = list(dict.fromkeys(text for text in texts if text not in self._index))
         if not missing:
             return
+        vocabulary, bigram_vocabulary = self._vocabulary, self._bigram_vocabulary
+        unigram_rows, bigram_rows = [], []
         for text, tokens in zip(missing, self.tokenizer.tokenize_many(missing)):
             if self.convention == "official":
-                # Exactly what rouge 1.0.1 does to "tok tok tok": split on ".", fold spaces.
+                # Exactly what rouge 1.0.1 does to "tok tok tok": split on ".", fold spaces; an
+                # all-space piece stays as the one-word sentence "".
                 joined = " ".join(tokens)
-                sentences = [" ".join(part.split()) for part in joined.split(".") if len(part) > 0]
-                self._prepared[text] = _OfficialText([self._ids(s.split(" ")) for s in sentences])
+                sentences = [" ".join(part.split()).split(" ") for part in joined.split(".") if len(part) > 0]
+                ids_per_sentence = [tuple(vocabulary.setdefault(w, len(vocabulary)) for w in s) for s in sentences]
+                self._sentences.append([_sentence(ids) for ids in ids_per_sentence])
+                # rouge 1.0.1 flattens the sentences before taking n-grams: bigrams cross sentence ends.
+                ids = [i for sentence in ids_per_sentence for i in sentence]
+                self._unigram_sets.append(frozenset(ids))
             else:
-                self._prepared[text] = _CountedText(list(self._ids(tokens)))
+                ids = [vocabulary.setdefault(w, len(vocabulary)) for w in tokens]
+                self._token_counts.append(len(ids))
+                lcs_text = _lcs_string(ids)
+                self._lcs_strings.append(ids if lcs_text is None else lcs_text)
+            unigram_rows.append(ids)
+            bigram_rows.append([bigram_vocabulary.setdefault((a << 32) | b, len(bigram_vocabulary))
+                                for a, b in zip(ids, ids[1:])])
+            self._index[text] = len(self._index)
+        self._unigrams.add(unigram_rows)
+        self._bigrams.add(bigram_rows)
 
     # -- pairs ----------------------------------------------------------------------------
-    def _official_pair(self, hyp: _OfficialText, ref: _OfficialText) -> list[tuple[float, float, float]]:
-        if not hyp.sentences or not ref.sentences:
-            return [(0.0, 0.0, 0.0)] * 3
-        r1 = _official_f(len(hyp.unigrams & ref.unigrams), len(hyp.unigrams), len(ref.unigrams))
-        r2 = _official_f(len(hyp.bigrams & ref.bigrams), len(hyp.bigrams), len(ref.bigrams))
+    def _union_lcs(self, hyp: int, ref: int) -> int:
+        """rouge 1.0.1's summary-level ROUGE-L overlap: the union over reference sentences of the
+        LCS words with each hypothesis sentence."""
+        common = self._unigram_sets[hyp] & self._unigram_sets[ref]
+        if not common:
+            return 0
         union: set[int] = set()
-        if hyp.unigrams & ref.unigrams:
-            cache = self._lcs_cache
-            for ref_sentence in ref.sentences:
-                for hyp_sentence in hyp.sentences:
+        cache = self._lcs_cache
+        hyp_sentences = self._sentences[hyp]
+        for ref_sentence, ref_words, ref_repeated, ref_string, _ in self._sentences[ref]:
+            for hyp_record in hyp_sentences:
+                hyp_sentence, hyp_words, hyp_repeated, hyp_string, masks = hyp_record
+                shared = ref_words & hyp_words
+                # LCS words are among the shared words: nothing new when those are already in.
+                if not shared or shared <= union:
+                    continue
+                if len(shared) == 1:
+                    union |= shared
+                elif (ref_string is not None and hyp_string is not None
+                      and (shared.isdisjoint(ref_repeated) or shared.isdisjoint(hyp_repeated))
+                      and LCSseq.similarity(ref_string, hyp_string) == len(shared)):
+                    # Every LCS has len(shared) matches, each a different shared word (no shared
+                    # word repeats on one side): its words are all the shared words, whatever
+                    # the tie-break.
+                    union |= shared
+                else:
                     key = (ref_sentence, hyp_sentence)
                     words = cache.get(key)
                     if words is None:
                         if len(cache) > _LCS_CACHE_LIMIT:
                             cache.clear()
-                        words = cache[key] = _lcs_words(ref_sentence, hyp_sentence)
+                        if masks is None:
+                            masks = hyp_record[4] = _hyp_masks(hyp_sentence)
+                        words = cache[key] = _lcs_words(ref_sentence, hyp_sentence, masks, len(shared))
                     union |= words
-        llcs = len(union)
-        recall = llcs / len(ref.unigrams)
-        precision = llcs / len(hyp.unigrams)
-        rl = (precision, recall, 2.0 * ((precision * recall) / (precision + recall + 1e-8)))
-        return [r1, r2, rl]
+                if len(union) == len(common):
+                    return len(union)
+        return len(union)
 
-    @staticmethod
-    def _counted_pair(hyp: _CountedText, ref: _CountedText) -> list[tuple[float, float, float]]:
-        def prf(overlap: int, hyp_total: int, ref_total: int) -> tuple[float, float, float]:
-            precision = overlap / max(hyp_total, 1)
-            recall = overlap / max(ref_total, 1)
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-            return precision, recall, f1
+    def _official_pairs(self, hyps: np.ndarray, refs: np.ndarray) -> np.ndarray:
+        hyp_words, ref_words = self._unigrams.distinct(hyps), self._unigrams.distinct(refs)
+        hyp_bigrams, ref_bigrams = self._bigrams.distinct(hyps), self._bigrams.distinct(refs)
+        overlaps = [self._unigrams.overlap(hyps, refs, counted=False),
+                    self._bigrams.overlap(hyps, refs, counted=False),
+                    np.array([self._union_lcs(h, r) for h, r in zip(hyps.tolist(), refs.tolist())], dtype=float)]
+        totals = [(hyp_words, ref_words), (hyp_bigrams, ref_bigrams), (hyp_words, ref_words)]
+        out = np.zeros((len(hyps), 3, 3))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for metric, (overlap, (hyp_total, ref_total)) in enumerate(zip(overlaps, totals)):
+                precision = np.where(hyp_total > 0, overlap / hyp_total, 0.0)
+                recall = np.where(ref_total > 0, overlap / ref_total, 0.0)
+                out[:, metric, 0] = precision
+                out[:, metric, 1] = recall
+                out[:, metric, 2] = 2.0 * ((precision * recall) / (precision + recall + 1e-8))
+        # rouge 1.0.1 refuses a text with no sentence left (empty, or only "."): it scores 0 here.
+        empty = (hyp_words == 0) | (ref_words == 0)
+        out[empty] = 0.0
+        return out
 
-        n_hyp, n_ref = len(hyp.ids), len(ref.ids)
-        r1 = prf(sum((hyp.unigrams & ref.unigrams).values()), n_hyp, n_ref)
-        r2 = prf(sum((hyp.bigrams & ref.bigrams).values()), max(n_hyp - 1, 0), max(n_ref - 1, 0))
-        if n_hyp == 0 or n_ref == 0:
-            rl = (0.0, 0.0, 0.0)
-        else:
-            lcs = LCSseq.similarity(hyp.ids, ref.ids)
-            rl = prf(lcs, n_hyp, n_ref)
-        return [r1, r2, rl]
+    def _counted_pairs(self, hyps: np.ndarray, refs: np.ndarray) -> np.ndarray:
+        counts = np.asarray(self._token_counts, dtype=np.int64)
+        hyp_tokens, ref_tokens = counts[hyps], counts[refs]
+        lcs = np.zeros(len(hyps))
+        both = np.flatnonzero((hyp_tokens > 0) & (ref_tokens > 0))
+        if len(both):
+            strings = self._lcs_strings
+            hyp_texts = [strings[h] for h in hyps[both].tolist()]
+            ref_texts = [strings[r] for r in refs[both].tolist()]
+            if all(isinstance(t, str) for t in hyp_texts + ref_texts):
+                lcs[both] = cpdist(hyp_texts, ref_texts, scorer=LCSseq.similarity, dtype=np.int64)
+            else:
+                lcs[both] = [LCSseq.similarity(h, r) for h, r in zip(hyp_texts, ref_texts)]
+        overlaps = [self._unigrams.overlap(hyps, refs, counted=True),
+                    self._bigrams.overlap(hyps, refs, counted=True), lcs]
+        totals = [(hyp_tokens, ref_tokens), (np.maximum(hyp_tokens - 1, 0), np.maximum(ref_tokens - 1, 0)),
+                  (hyp_tokens, ref_tokens)]
+        out = np.zeros((len(hyps), 3, 3))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for metric, (overlap, (hyp_total, ref_total)) in enumerate(zip(overlaps, totals)):
+                precision = overlap / np.maximum(hyp_total, 1)
+                recall = overlap / np.maximum(ref_total, 1)
+                total = precision + recall
+                out[:, metric, 0] = precision
+                out[:, metric, 1] = recall
+                out[:, metric, 2] = np.where(total > 0, 2 * precision * recall / total, 0.0)
+        return out
 
     def score_pairs(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
         """Scores of hyps[i] against refs[i]: array (pairs, 3 metrics, 3 stats)."""
         if len(hyps) != len(refs):
             raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
-        self.prepare(list(hyps) + list(refs))
-        prepared = self._prepared
-        pair = self._official_pair if self.convention == "official" else self._counted_pair
-        out = np.zeros((len(hyps), 3, 3))
-        for row, (hyp, ref) in enumerate(zip(hyps, refs)):
-            out[row] = pair(prepared[hyp], prepared[ref])
-        return out
+        if not len(hyps):
+            return np.zeros((0, 3, 3))
+        get = self._index.get
+        hyp_rows, ref_rows = [get(h) for h in hyps], [get(r) for r in refs]
+        if None in hyp_rows or None in ref_rows:
+            self.prepare(list(hyps) + list(refs))
+            hyp_rows, ref_rows = [get(h) for h in hyps], [get(r) for r in refs]
+        hyp_rows, ref_rows = np.array(hyp_rows, dtype=np.int64), np.array(ref_rows, dtype=np.int64)
+        if self.convention == "official":
+            return self._official_pairs(hyp_rows, ref_rows)
+        return self._counted_pairs(hyp_rows, ref_rows)
 
     # -- rows -----------------------------------------------------------------------------
     def score(self, predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> RougeResult:
         """Score each prediction against its reference(s); several are combined by ``multi_ref``."""
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} reference rows")
+        if all(isinstance(r, str) for r in references):  # one reference per row
+            return RougeResult(self.score_pairs(predictions, references))
         ref_lists = [[r] if isinstance(r, str) else [x for x in r if x] for r in references]
         hyps = [p for p, refs in zip(predictions, ref_lists) for _ in refs]
         flat_refs = [r for refs in ref_lists for r in refs]
         pair_scores = self.score_pairs(hyps, flat_refs)
+        counts = np.array([len(refs) for refs in ref_lists], dtype=np.int64)
+        if len(pair_scores) == len(predictions) and (counts == 1).all():
+            return RougeResult(pair_scores)
         per_row = np.zeros((len(predictions), 3, 3))
-        start = 0
-        for row, refs in enumerate(ref_lists):
-            block = pair_scores[start:start + len(refs)]
-            start += len(refs)
-            if len(block) == 0:
-                continue
-            if self.multi_ref == "mean":
-                # The competition scores a prediction against each reference and averages.
-                per_row[row] = block.mean(axis=0)
-            else:
+        starts = np.cumsum(counts) - counts
+        scored = np.flatnonzero(counts > 0)
+        if self.multi_ref == "mean":
+            # The competition scores a prediction against each reference and averages.
+            sums = np.add.reduceat(pair_scores, starts[scored], axis=0) if len(scored) else per_row[:0]
+            per_row[scored] = sums / counts[scored, None, None]
+        else:
+            for row in scored.tolist():
+                block = pair_scores[starts[row]:starts[row] + counts[row]]
                 best = block[:, :, 2].argmax(axis=0)
                 per_row[row] = block[best, np.arange(3)]
         return RougeResult(per_row)

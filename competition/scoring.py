@@ -12,8 +12,9 @@ from .metric import get_scorer
 
 def join_by_fname(predictions: pd.DataFrame, refs: pd.DataFrame, pred_name: str, ref_name: str) -> pd.DataFrame:
     """Predictions aligned to reference rows; every fname must be on both sides."""
-    missing = [f for f in refs["fname"] if f not in set(predictions["fname"])]
-    extra = [f for f in predictions["fname"] if f not in set(refs["fname"])]
+    predicted, referenced = set(predictions["fname"]), set(refs["fname"])
+    missing = [f for f in refs["fname"] if f not in predicted]
+    extra = [f for f in predictions["fname"] if f not in referenced]
     if missing or extra:
         parts = []
         if missing:

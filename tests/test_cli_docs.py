@@ -1,0 +1,64 @@
+"""Every CLI command has help text with an example and is documented in README.md."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from competition.cli import main
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def walk(group: click.Group, prefix: tuple[str, ...] = ()):
+    """(path, command) for every visible command and group under `group`."""
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        if command is None or command.hidden:
+            continue
+        path = prefix + (name,)
+        yield path, command
+        if isinstance(command, click.Group):
+            yield from walk(command, path)
+
+
+COMMANDS = list(walk(main))
+LEAVES = [(path, command) for path, command in COMMANDS if not isinstance(command, click.Group)]
+
+
+def ids(items):
+    return [" ".join(path) for path, _ in items]
+
+
+def test_the_walk_finds_the_foundation_commands():
+    names = ids(COMMANDS)
+    assert {"data", "data check", "score"} <= set(names)
+
+
+@pytest.mark.parametrize("path, command", COMMANDS, ids=ids(COMMANDS))
+def test_command_has_help(path, command):
+    assert (command.help or "").strip(), f"competition {' '.join(path)} has no help text"
+    assert command.get_short_help_str().strip()
+
+
+@pytest.mark.parametrize("path, command", LEAVES, ids=ids(LEAVES))
+def test_command_help_has_an_example(path, command):
+    invocation = "competition " + " ".join(path)
+    assert invocation in command.help, f"the help of {invocation} has no example using it"
+
+
+@pytest.mark.parametrize("path, command", LEAVES, ids=ids(LEAVES))
+def test_command_is_in_readme(path, command):
+    invocation = "competition " + " ".join(path)
+    # As a word sequence: `competition data` must not pass for `competition data check`'s sake.
+    assert re.search(re.escape(invocation) + r"(?![\w-])", README), f"README.md does not mention `{invocation}`"
+
+
+def test_help_runs_for_every_command(cli):
+    for path, _ in COMMANDS:
+        result = cli([*path, "--help"])
+        assert result.exit_code == 0, f"competition {' '.join(path)} --help failed: {result.output}"
+        assert "Usage: " in result.output

@@ -1,0 +1,177 @@
+"""competition.toml -> dataclasses: refusals that name the key, --config, the shipped default file."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from competition.config import (CVConfig, DataConfig, MetricConfig, SubmitConfig, config_hash, load_config,
+                                parse_config)
+from competition.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig}
+
+
+def write_config(folder: Path, text: str) -> Path:
+    path = folder / "competition.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(folder: Path, text: str) -> str:
+    path = write_config(folder, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(str(path.resolve()))
+    return message
+
+
+def test_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config()
+    assert config.path is None and config.root == tmp_path
+    assert config.data == DataConfig() and config.metric.convention == "official"
+    assert config.cv.k == 5 and config.submit.dir == "submissions"
+    assert config.resolve("data") == tmp_path / "data"
+    assert config.resolve("/abs/data") == Path("/abs/data")
+
+
+def test_values_are_read_and_ints_widen_to_floats(tmp_path):
+    path = write_config(tmp_path, '[data]\ndev = ""\n[metric]\nconvention = "rouge-score"\n[cv]\nk = 3\n'
+                                  'bootstrap = 50\n[ensembles.vote]\nmethod = "best"\nweights = [1, 2.5]\n')
+    config = load_config(path)
+    assert config.data.dev == "" and config.metric.convention == "rouge-score"
+    assert config.cv.k == 3 and config.cv.bootstrap == 50
+    assert config.root == tmp_path.resolve()
+    assert config.ensembles["vote"].method == "best"
+    assert config.ensembles["vote"].weights == [1, 2.5]
+
+
+def test_unknown_key_names_section_and_closest_key(tmp_path):
+    message = config_error(tmp_path, '[data]\ntrian = "train.csv"\n')
+    assert "[data] unknown key 'trian'; did you mean 'train'?" in message
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
+    message = config_error(tmp_path, "[cv]\nzzzz = 1\n")
+    assert "[cv] unknown key 'zzzz'; valid keys: folds_file, k, seed, strategy, include_dev, bootstrap" in message
+
+
+def test_wrong_type(tmp_path):
+    message = config_error(tmp_path, '[cv]\nk = "five"\ninclude_dev = 1\n')
+    assert "[cv] k = 'five' should be int" in message
+    assert "[cv] include_dev = 1 should be bool" in message
+
+
+def test_bool_is_not_an_int(tmp_path):
+    assert "[cv] seed = True should be int" in config_error(tmp_path, "[cv]\nseed = true\n")
+
+
+def test_unknown_section(tmp_path):
+    message = config_error(tmp_path, '[metrik]\ntokenizer = "kiwi"\n')
+    assert "unknown section [metrik]; did you mean [metric]?" in message
+
+
+def test_section_that_is_not_a_table(tmp_path):
+    assert "[data] should be a table" in config_error(tmp_path, 'data = "data/"\n')
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    message = config_error(tmp_path, '[data]\ntrian = "x.csv"\n[cv]\nk = "five"\n[metrik]\n'
+                                     '[ensembles.e]\nmetod = "mbr"\n')
+    problems = message.split(": ", 1)[1].split("; ")
+    assert any("unknown key 'trian'" in p for p in problems)
+    assert any("k = 'five' should be int" in p for p in problems)
+    assert any("unknown section [metrik]" in p for p in problems)
+    assert any("[ensembles.e] unknown key 'metod'" in p for p in problems)
+
+
+def test_candidate_needs_a_known_kind(tmp_path):
+    message = config_error(tmp_path, '[candidates.a]\nenabled = true\n[candidates.b]\nkind = "magic"\n')
+    assert "[candidates.a] needs kind" in message
+    assert "[candidates.b] unknown candidate kind 'magic'" in message
+
+
+def test_invalid_toml(tmp_path):
+    assert "not valid TOML" in config_error(tmp_path, "[data\n")
+
+
+def test_missing_explicit_config(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_config_option_overrides_the_workspace_file(cli, korean_workspace, tmp_path_factory):
+    # The workspace file points at a folder that is not there; --config names one that is.
+    write_config(korean_workspace, '[data]\ndir = "missing"\n')
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    other = elsewhere / "other.toml"
+    other.write_text(f'[data]\ndir = "{korean_workspace / "data"}"\n', encoding="utf-8")
+    failing = cli(["data", "check", "--no-tokens"], cwd=korean_workspace)
+    assert failing.exit_code == 2 and "missing" in failing.output
+    result = cli(["data", "check", "--no-tokens", "--json", "--config", other], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["rows"]["train"] == 12
+    # A relative dir is resolved against the folder of the file given with --config.
+    (elsewhere / "rel.toml").write_text('[data]\ndir = "data"\n', encoding="utf-8")
+    relative = cli(["data", "check", "--no-tokens", "--config", elsewhere / "rel.toml"], cwd=korean_workspace)
+    assert relative.exit_code == 2 and str(elsewhere / "data") in relative.output
+
+
+def test_config_errors_reach_the_cli_as_one_line(cli, tmp_path):
+    write_config(tmp_path, '[metric]\nconvnetion = "official"\n')
+    result = cli(["data", "check"], cwd=tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "did you mean 'convention'?" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_config_hash_is_stable_and_sensitive():
+    assert config_hash(CVConfig()) == config_hash(CVConfig())
+    assert config_hash(CVConfig()) != config_hash(CVConfig(k=4))
+    assert config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})
+
+
+def section_lines(text: str, section: str) -> list[str]:
+    """The lines of one [section] of a TOML text."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        header = re.match(r"^\s*\[([^\]]+)\]", line)
+        if header:
+            inside = header.group(1).strip() == section
+            continue
+        if inside:
+            lines.append(line)
+    return lines
+
+
+def test_default_competition_toml_documents_every_field():
+    path = REPO_ROOT / "competition.toml"
+    assert path.is_file(), "the repository ships a documented competition.toml"
+    config = load_config(path)
+    assert config.path == path.resolve()
+    text = path.read_text(encoding="utf-8")
+    for section, cls in SECTIONS.items():
+        lines = section_lines(text, section)
+        assert lines, f"[{section}] is missing from competition.toml"
+        for field in dataclasses.fields(cls):
+            pattern = re.compile(rf"^\s*#?\s*{field.name}\s*=")
+            positions = [i for i, line in enumerate(lines) if pattern.match(line)]
+            assert positions, f"[{section}] {field.name} is not in competition.toml"
+            line = lines[positions[0]]
+            before = lines[positions[0] - 1].strip() if positions[0] else ""
+            commented = re.search(r"=.*#\s*\S", line) or before.startswith("#")
+            assert commented, f"[{section}] {field.name} has no comment in competition.toml"
+
+
+def test_default_competition_toml_parses_from_its_folder(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    config = load_config()
+    assert config.path == (REPO_ROOT / "competition.toml").resolve()
+    assert config.metric.tokenizer in ("kiwi", "whitespace", "english")
