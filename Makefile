@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# DATA overrides [data] dir only when given (make submit DATA=path, or in the environment).
 submit: $(STAMP)
-	$(BIN)/competition pipeline --data $(DATA)
+	$(BIN)/competition pipeline $(if $(filter command line environment,$(origin DATA)),--data $(DATA))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

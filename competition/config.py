@@ -50,6 +50,11 @@ class CVConfig:
     strategy: str = "length"  # length | random | group:COLUMN | stratify:COLUMN
     include_dev: bool = False  # put dev rows into the folds too (then dev is no hold-out)
     bootstrap: int = 1000  # resamples for the OOF final's 95% interval
+    test_strategy: str = "mbr"  # test/dev output: mbr (per row, the fold output closest to the others) or refit
+
+    def __post_init__(self) -> None:
+        if self.test_strategy not in ("mbr", "refit"):
+            raise ValueError(f"test_strategy = {self.test_strategy!r}: choose mbr or refit")
 
 
 @dataclass
@@ -77,6 +82,13 @@ class EnsembleConfig:
     weights_from_oof: bool = False  # weight members by their OOF final
     max_members: int = 8  # hill-climb: most picks (with repetition)
     enabled: bool = True  # false: skipped by `make submit`
+
+    def __post_init__(self) -> None:
+        # Raised as ValueError so build_dataclass reports it with every other config problem.
+        if self.method not in ("best", "mbr", "hill-climb"):
+            raise ValueError(f"method = {self.method!r}: choose best, mbr or hill-climb")
+        if self.utility not in ("final", "rouge1", "rouge2", "rougeL"):
+            raise ValueError(f"utility = {self.utility!r}: choose final, rouge1, rouge2 or rougeL")
 
 
 @dataclass

@@ -23,3 +23,11 @@ class UnknownCandidate(CompetitionError):
 
 class SubmissionError(CompetitionError):
     """A submission file or log operation was refused."""
+
+
+class MissingFolds(CompetitionError):
+    """A stage needs folds/folds.csv and it has not been built."""
+
+
+class CudaRequired(CompetitionError):
+    """A candidate that only runs with CUDA was required on a machine without it."""

@@ -1,0 +1,101 @@
+"""`lead`: the first N turns of the dialogue, N tuned on the training rows. A floor every model
+must beat, and the CPU default."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..config import MetricConfig
+from ..errors import ConfigError
+from .base import Candidate
+
+_TURN = re.compile(r"^\s*(#[A-Za-z][A-Za-z0-9]*#)\s*:\s*(.*)$")
+
+
+@dataclass
+class Params:
+    turns: int = 0  # N turns to keep; 0 = tune N in [min_turns, max_turns] on the training rows
+    min_turns: int = 1  # smallest N tried when tuning
+    max_turns: int = 6  # largest N tried when tuning
+    turn_format: str = "{speaker}: {text}"  # one turn; "{speaker}는 {text}" rewrites tags, "{text}" drops them
+    joiner: str = " "  # between turns
+    tune_rows: int = 2000  # tune on at most this many training rows (a seeded sample); 0 = all
+
+    def __post_init__(self) -> None:
+        if self.turns < 0 or self.min_turns < 1 or self.max_turns < self.min_turns:
+            raise ValueError(f"turns = {self.turns}, min_turns = {self.min_turns}, max_turns = {self.max_turns}: "
+                             f"need turns >= 0 and 1 <= min_turns <= max_turns")
+        if "{text}" not in self.turn_format:
+            raise ValueError(f"turn_format = {self.turn_format!r} must contain {{text}}")
+
+
+def split_turns(dialogue: str) -> list[tuple[str, str]]:
+    """(speaker tag, text) per turn; a line without a tag continues the previous turn."""
+    turns: list[tuple[str, str]] = []
+    for line in dialogue.split("\n"):
+        match = _TURN.match(line)
+        if match:
+            turns.append((match.group(1), match.group(2).strip()))
+        elif line.strip():
+            if turns:
+                speaker, text = turns[-1]
+                turns[-1] = (speaker, f"{text} {line.strip()}".strip())
+            else:
+                turns.append(("", line.strip()))
+    return turns
+
+
+def lead_text(dialogue: str, turns: int, turn_format: str = "{speaker}: {text}", joiner: str = " ") -> str:
+    """The first `turns` turns of a dialogue, each written with `turn_format`."""
+    written = []
+    for speaker, text in split_turns(dialogue)[:turns]:
+        written.append(turn_format.format(speaker=speaker, text=text).strip() if speaker else text)
+    return joiner.join(written)
+
+
+class LeadCandidate(Candidate):
+    kind = "lead"
+    uses_metric = True  # N is tuned with the [metric] scorer (the runner hashes its settings)
+
+    def __init__(self, name, params, workdir, seed=42):
+        super().__init__(name, params, workdir, seed)
+        self.metric = MetricConfig()  # the runner sets the workspace's [metric]
+        self.turns_ = params.turns or params.min_turns
+
+    def _write(self, rows: pd.DataFrame, turns: int) -> list[str]:
+        return [lead_text(d, turns, self.params.turn_format, self.params.joiner) for d in rows["dialogue"]]
+
+    def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
+        """Choose N with the best ROUGE final on (a sample of) the training rows."""
+        from ..data import references
+        from ..metric import get_scorer
+
+        try:
+            self.params.turn_format.format(speaker="#Person1#", text="x")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ConfigError(f"[candidates.{self.name}] turn_format = {self.params.turn_format!r}: {error}; "
+                              f"use {{speaker}} and {{text}} only") from None
+        if self.params.turns:
+            self.turns_, scores = self.params.turns, {}
+        else:
+            rows = train_rows
+            if self.params.tune_rows and len(rows) > self.params.tune_rows:
+                rows = rows.sample(self.params.tune_rows, random_state=self.seed)
+            scorer = get_scorer(self.metric.tokenizer, self.metric.convention, self.metric.multi_ref)
+            refs = references(rows)
+            scores = {n: scorer.score(self._write(rows, n), refs).final
+                      for n in range(self.params.min_turns, self.params.max_turns + 1)}
+            self.turns_ = max(scores, key=lambda n: (scores[n], -n))  # ties: fewer turns
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        report = {"fold": fold, "turns": self.turns_, "tuning_finals": {str(n): s for n, s in scores.items()},
+                  "rows": int(len(train_rows))}
+        (self.workdir / "lead.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    def predict(self, rows: pd.DataFrame) -> list[str]:
+        return self._write(rows, self.turns_)
+
+
+CANDIDATE = LeadCandidate

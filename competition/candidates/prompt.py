@@ -1,0 +1,144 @@
+"""kind = "prompt": an untrained causal LM, zero- or few-shot, with the shared batched generation.
+
+`qlora` extends this kind with LoRA training; prediction is the same code for both.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
+from .base import Candidate
+
+
+@dataclass
+class Params:
+    model: str = "Qwen/Qwen3-0.6B"  # local model folder (config.json + safetensors) or hub id
+    quantization: str = "4bit"  # 4bit (NF4, double quant) | 8bit | none
+    trust_remote_code: bool = False  # run Python shipped with the model: only for models you trust
+    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
+    require_cuda: bool = False  # true: `run`/`make submit` skip this candidate on machines without CUDA
+    max_length: int = 4096  # prompt + summary tokens; longer dialogues are cut in the middle
+    system_prompt: str = DEFAULT_SYSTEM  # system message ("" = none)
+    instruction: str = DEFAULT_INSTRUCTION  # instruction written before the dialogue
+    include_topic: bool = False  # add the row's topic to the prompt (when the data has one)
+    truncation_marker: str = DEFAULT_MARKER  # replaces the cut middle of an over-long dialogue
+    few_shot: int = 0  # examples per prompt, nearest training dialogues (training folds only)
+    eval_batch_size: int = 8  # rows per generation batch (sorted by length)
+    num_beams: int = 1  # beam search width (1 = greedy)
+    max_new_tokens: int = 160  # summary length cap in tokens; a cut last sentence is dropped
+    no_repeat_ngram_size: int = 0  # forbid repeated n-grams of this size (0 = off)
+    length_penalty: float = 1.0  # beam search: >1 favours longer summaries
+    repetition_penalty: float = 1.0  # >1 discourages repeating tokens
+    do_sample: bool = False  # sampling instead of greedy/beam (non-deterministic)
+    temperature: float = 0.7  # sampling only
+    top_p: float = 0.9  # sampling only
+
+    def __post_init__(self):
+        check_choice("quantization", self.quantization, ("4bit", "8bit", "none"))
+        check_choice("device", self.device, ("auto", "cuda", "cpu"))
+        check_generation(self)
+        if self.max_new_tokens >= self.max_length:
+            raise ValueError(f"max_new_tokens = {self.max_new_tokens} leaves no room for the prompt in "
+                             f"max_length = {self.max_length}")
+        if self.few_shot < 0:
+            raise ValueError(f"few_shot = {self.few_shot} should be 0 or more")
+
+
+def check_choice(key: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} = {value!r} should be one of {', '.join(choices)}")
+
+
+def check_generation(params) -> None:
+    """Generation settings every generating kind shares; a ValueError becomes a config problem."""
+    for key in ("num_beams", "max_new_tokens", "eval_batch_size"):
+        if getattr(params, key) < 1:
+            raise ValueError(f"{key} = {getattr(params, key)} should be 1 or more")
+
+
+class PromptCandidate(Candidate):
+    """A causal LM that writes summaries from a prompt; `fit` only keeps few-shot examples."""
+
+    kind = "prompt"
+
+    def __init__(self, name, params, workdir, seed=42):
+        super().__init__(name, params, workdir, seed)
+        self._model = None
+        self._tokenizer = None
+        self.report: dict = {}
+
+    def needs_cuda(self) -> bool:
+        return bool(self.params.require_cuda)
+
+    @property
+    def fewshot_path(self) -> Path:
+        return self.workdir / "fewshot.jsonl"
+
+    def adapter_dir(self) -> Path | None:
+        """A trained LoRA adapter to attach at prediction (none for an untrained prompt model)."""
+        return None
+
+    def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
+        from ..prompts import FewShotIndex
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.params.few_shot > 0:
+            FewShotIndex.from_rows(train_rows).save(self.fewshot_path)
+
+    def load(self):
+        """(model, tokenizer) for prediction, loaded once per candidate object."""
+        if self._model is None:
+            from ..modeling import load_causal_lm, load_tokenizer, resolve_device
+
+            device = resolve_device(self.params)
+            self._tokenizer = load_tokenizer(self.params)
+            self._model = load_causal_lm(self.params, device, adapter=self.adapter_dir())
+        return self._model, self._tokenizer
+
+    def prompts(self, rows: pd.DataFrame, tokenizer, max_prompt_tokens: int):
+        """(prompt texts, builder) for `rows`, few-shot examples from the saved training rows."""
+        from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
+
+        dialogues = rows["dialogue"].tolist()
+        topics = rows["topic"].fillna("").tolist() if "topic" in rows else [""] * len(rows)
+        if self.params.few_shot > 0 and self.fewshot_path.exists():
+            examples = FewShotIndex.load(self.fewshot_path).nearest(dialogues, self.params.few_shot)
+        else:
+            examples = [[] for _ in dialogues]
+        builder = PromptBuilder(tokenizer, PromptTemplate.from_params(self.params), max_prompt_tokens)
+        texts = [builder.prompt(d, t, e) for d, t, e in zip(dialogues, topics, examples)]
+        return texts, builder
+
+    def predict(self, rows: pd.DataFrame) -> list[str]:
+        from ..generation import GenerationReport, finish, generate
+
+        if len(rows) == 0:
+            return []
+        model, tokenizer = self.load()
+        texts, builder = self.prompts(rows, tokenizer, self.params.max_length - self.params.max_new_tokens)
+        report = GenerationReport(inputs_truncated=builder.truncated)
+        raw = generate(model, tokenizer, texts, self.params, report=report)
+        summaries = finish(raw, rows["dialogue"].tolist(), report)
+        self.report = asdict(report)
+        self._log_report()
+        return summaries
+
+    def _log_report(self) -> None:
+        report = self.report
+        notes = [f"{report[key]} {label}" for key, label in (
+            ("inputs_truncated", "dialogues cut in the middle"),
+            ("cut_by_max_new_tokens", "outputs cut by max_new_tokens"),
+            ("empty_to_lead", "empty outputs replaced by lead")) if report.get(key)]
+        if notes:
+            print(f"{self.name}: {report['rows']} rows, " + ", ".join(notes), file=sys.stderr)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / "predict_log.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(report) + "\n")
+
+
+CANDIDATE = PromptCandidate

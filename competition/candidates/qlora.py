@@ -1,0 +1,162 @@
+"""kind = "qlora": a causal LM (Qwen3, SOLAR, ...) quantized with bitsandbytes and fine-tuned with
+LoRA through trl's SFTTrainer on prompt/completion pairs (loss on the summary only).
+
+workdir holds `checkpoints/` (resumed after a kill), `adapter/` (safetensors) and `train.json`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import prompt
+from .prompt import PromptCandidate
+
+
+@dataclass
+class Params(prompt.Params):
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA branch
+    target_modules: str | list[str] = "all-linear"  # "all-linear" or module names like ["q_proj", "v_proj"]
+    gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
+    batch_size: int = 1  # rows per device step
+    grad_accumulation: int = 8  # steps per optimizer update (effective batch = batch_size x this)
+    learning_rate: float = 2e-4  # peak learning rate
+    epochs: float = 1.0  # passes over the training rows
+    max_steps: int = -1  # >0: stop after this many optimizer updates (overrides epochs)
+    warmup: float = 0.03  # warmup: fraction of the updates (<1) or a number of updates (>=1)
+    lr_scheduler: str = "cosine"  # transformers scheduler name
+    group_by_length: bool = True  # batch rows of similar length together (less padding)
+    packing: bool = False  # pack several rows per sequence (needs flash attention to keep rows apart)
+    save_steps: int = 100  # checkpoint every N updates; a killed run resumes from the last one
+    logging_steps: int = 10  # log the loss every N updates
+
+
+# Params that change prediction only: editing them keeps the trained adapter.
+GENERATION_ONLY = {"eval_batch_size", "num_beams", "max_new_tokens", "no_repeat_ngram_size", "length_penalty",
+                   "repetition_penalty", "do_sample", "temperature", "top_p", "require_cuda", "device"}
+
+
+def training_fingerprint(params, train_rows: pd.DataFrame) -> str:
+    """What a trained adapter depends on: training params (not generation ones) and the rows."""
+    from ..config import config_hash
+    from ..data import rows_sha256
+
+    training = {k: v for k, v in asdict(params).items() if k not in GENERATION_ONLY}
+    return config_hash({"params": training, "rows": rows_sha256(train_rows)})
+
+
+
+class QLoRACandidate(PromptCandidate):
+    kind = "qlora"
+
+    def __init__(self, name, params, workdir, seed=42):
+        super().__init__(name, params, workdir, seed)
+        self.callbacks: list = []  # extra transformers TrainerCallbacks (tests stop training with one)
+        self.train_report: dict = {}
+
+    def adapter_dir(self) -> Path | None:
+        return self.workdir / "adapter"
+
+    def training_pairs(self, train_rows: pd.DataFrame, tokenizer) -> tuple[list[dict], int]:
+        """(prompt/completion pairs, rows dropped because prompt + summary exceed max_length)."""
+        from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
+
+        dialogues = train_rows["dialogue"].tolist()
+        topics = train_rows["topic"].fillna("").tolist() if "topic" in train_rows else [""] * len(train_rows)
+        examples = FewShotIndex.from_rows(train_rows).nearest(dialogues, self.params.few_shot)
+        template = PromptTemplate.from_params(self.params)
+        pairs, dropped = [], 0
+        for dialogue, topic, summary, shots in zip(dialogues, topics, train_rows["summary"].tolist(), examples):
+            completion = str(summary).strip()
+            summary_tokens = len(tokenizer(completion + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+            builder = PromptBuilder(tokenizer, template, self.params.max_length - summary_tokens)
+            text = builder.prompt(dialogue, topic, shots)
+            if builder.truncated:  # training on a cut dialogue teaches the model to invent the middle
+                dropped += 1
+                continue
+            pairs.append({"prompt": text, "completion": completion})
+        return pairs, dropped
+
+    def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
+        super().fit(train_rows, fold)  # few-shot examples for prediction
+        fingerprint = training_fingerprint(self.params, train_rows)
+        report_path = self.workdir / "train.json"
+        adapter = self.adapter_dir()
+        if report_path.exists() and (adapter / "adapter_model.safetensors").exists():
+            done = json.loads(report_path.read_text(encoding="utf-8"))
+            if done.get("fingerprint") == fingerprint:
+                self.train_report = done
+                return
+        self.train_report = self._train(train_rows, fingerprint)
+        report_path.write_text(json.dumps(self.train_report, indent=2), encoding="utf-8")
+        self._model = None  # prediction reloads the base model with the new adapter
+        # Finished: checkpoints (weights + optimizer state, GBs for big models) only served resuming.
+        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+
+    def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
+        from datasets import Dataset
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        from transformers.trainer_utils import get_last_checkpoint
+        from trl import SFTConfig, SFTTrainer
+
+        from ..errors import DataError
+        from ..modeling import load_causal_lm, load_tokenizer, lora_config, resolve_device
+
+        params = self.params
+        device = resolve_device(params)
+        tokenizer = load_tokenizer(params)
+        pairs, dropped = self.training_pairs(train_rows, tokenizer)
+        if dropped:
+            print(f"{self.name}: dropped {dropped} of {len(train_rows)} training rows longer than "
+                  f"max_length={params.max_length} tokens", file=sys.stderr)
+        if not pairs:
+            raise DataError(f"{self.name}: every training row is longer than max_length={params.max_length}: "
+                            "raise max_length in competition.toml")
+
+        checkpoints = self.workdir / "checkpoints"
+        stamp = checkpoints / "fingerprint.txt"
+        if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+            shutil.rmtree(checkpoints)  # checkpoints of other params or rows must not be resumed
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+        last = get_last_checkpoint(str(checkpoints))
+
+        model = load_causal_lm(params, device)
+        if params.quantization != "none":
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
+        model = get_peft_model(model, lora_config(params))
+        config = SFTConfig(
+            output_dir=str(checkpoints), per_device_train_batch_size=params.batch_size,
+            gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
+            num_train_epochs=params.epochs, max_steps=params.max_steps, warmup_steps=params.warmup,
+            lr_scheduler_type=params.lr_scheduler, logging_steps=params.logging_steps, save_steps=params.save_steps,
+            save_total_limit=2, seed=self.seed, data_seed=self.seed, bf16=device == "cuda", use_cpu=device == "cpu",
+            activation_checkpointing=params.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+            max_length=params.max_length, packing=params.packing, completion_only_loss=True,
+            report_to="none", dataloader_pin_memory=device == "cuda", disable_tqdm=False)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
+                             processing_class=tokenizer, callbacks=list(self.callbacks))
+        resumed_from = trainer_state_step(last) if last else 0
+        trainer.train(resume_from_checkpoint=last)
+        adapter = self.adapter_dir()
+        trainer.model.save_pretrained(str(adapter))  # adapter_model.safetensors + adapter_config.json
+        tokenizer.save_pretrained(str(adapter))
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return {"fingerprint": fingerprint, "train_rows": len(pairs), "dropped_too_long": dropped,
+                "resumed_from_step": resumed_from, "global_step": trainer.state.global_step, "losses": losses}
+
+
+def trainer_state_step(checkpoint: str) -> int:
+    state = Path(checkpoint) / "trainer_state.json"
+    return json.loads(state.read_text())["global_step"] if state.exists() else 0
+
+
+CANDIDATE = QLoRACandidate

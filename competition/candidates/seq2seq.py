@@ -1,0 +1,221 @@
+"""kind = "seq2seq": T5/BART-style encoder-decoders (pko-t5, KoBART) fine-tuned in full or with LoRA.
+
+Tags found in the data (#Person1#, #PhoneNumber#, ...) are added to the tokenizer so they stay
+whole. workdir holds `checkpoints/` (resumed after a kill), `model/` (safetensors + tokenizer)
+and `train.json`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .base import Candidate
+from .prompt import check_choice, check_generation
+from .qlora import GENERATION_ONLY, trainer_state_step
+
+_TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
+
+
+@dataclass
+class Params:
+    model: str = "paust/pko-t5-large"  # local model folder (config.json + safetensors) or hub id
+    trust_remote_code: bool = False  # run Python shipped with the model: only for models you trust
+    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
+    require_cuda: bool = False  # true: `run`/`make submit` skip this candidate on machines without CUDA
+    use_lora: bool = False  # false: full fine-tune (the seed's winner); true: LoRA, merged when saved
+    lora_r: int = 16  # LoRA rank (use_lora only)
+    lora_alpha: int = 32  # LoRA scale numerator (use_lora only)
+    lora_dropout: float = 0.05  # LoRA dropout (use_lora only)
+    target_modules: str | list[str] = "all-linear"  # LoRA targets (use_lora only)
+    source_prefix: str = ""  # text put before every dialogue (e.g. "summarize: " for English T5)
+    special_tokens: list[str] = field(default_factory=list)  # extra whole tokens; #...# tags in the data are added too
+    encoder_max_length: int = 1024  # dialogue tokens; longer dialogues are cut in the middle
+    decoder_max_length: int = 150  # summary tokens kept for training
+    gradient_checkpointing: bool = False  # recompute activations: less memory, slower
+    batch_size: int = 8  # rows per device step
+    grad_accumulation: int = 1  # steps per optimizer update
+    learning_rate: float = 1e-4  # peak learning rate (LoRA likes ~1e-3)
+    weight_decay: float = 0.01  # AdamW weight decay
+    epochs: float = 10.0  # passes over the training rows
+    max_steps: int = -1  # >0: stop after this many optimizer updates (overrides epochs)
+    warmup: float = 0.05  # warmup: fraction of the updates (<1) or a number of updates (>=1)
+    lr_scheduler: str = "linear"  # transformers scheduler name
+    group_by_length: bool = True  # batch rows of similar length together (less padding)
+    save_steps: int = 500  # checkpoint every N updates; a killed run resumes from the last one
+    logging_steps: int = 50  # log the loss every N updates
+    eval_batch_size: int = 16  # rows per generation batch (sorted by length)
+    num_beams: int = 4  # beam search width
+    max_new_tokens: int = 150  # summary length cap in tokens; a cut last sentence is dropped
+    no_repeat_ngram_size: int = 3  # forbid repeated n-grams of this size (0 = off)
+    length_penalty: float = 1.0  # beam search: >1 favours longer summaries
+    repetition_penalty: float = 1.0  # >1 discourages repeating tokens
+    do_sample: bool = False  # sampling instead of beam search (non-deterministic)
+    temperature: float = 0.7  # sampling only
+    top_p: float = 0.9  # sampling only
+
+    def __post_init__(self):
+        check_choice("device", self.device, ("auto", "cuda", "cpu"))
+        check_generation(self)
+
+
+def found_tags(rows: pd.DataFrame) -> list[str]:
+    """Every #Tag# in dialogues and summaries, sorted."""
+    text = "\n".join(rows["dialogue"].tolist() + (rows["summary"].tolist() if "summary" in rows else []))
+    return sorted(set(_TAG.findall(text)))
+
+
+class Seq2SeqCandidate(Candidate):
+    kind = "seq2seq"
+
+    def __init__(self, name, params, workdir, seed=42):
+        super().__init__(name, params, workdir, seed)
+        self.callbacks: list = []  # extra transformers TrainerCallbacks
+        self.train_report: dict = {}
+        self.report: dict = {}
+        self._model = None
+        self._tokenizer = None
+
+    def needs_cuda(self) -> bool:
+        return bool(self.params.require_cuda)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.workdir / "model"
+
+    def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
+        from ..config import config_hash
+        from ..data import rows_sha256
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        training = {k: v for k, v in asdict(self.params).items() if k not in GENERATION_ONLY}
+        fingerprint = config_hash({"params": training, "rows": rows_sha256(train_rows)})
+        report_path = self.workdir / "train.json"
+        if report_path.exists() and (self.model_dir / "model.safetensors").exists():
+            done = json.loads(report_path.read_text(encoding="utf-8"))
+            if done.get("fingerprint") == fingerprint:
+                self.train_report = done
+                return
+        self.train_report = self._train(train_rows, fingerprint)
+        report_path.write_text(json.dumps(self.train_report, indent=2), encoding="utf-8")
+        self._model = None
+        # Finished: checkpoints (weights + optimizer state, GBs for big models) only served resuming.
+        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+
+    def _encode(self, tokenizer, dialogues: list[str]) -> list[list[int]]:
+        from ..generation import truncate_ids_middle
+        from ..prompts import DEFAULT_MARKER
+
+        marker = tokenizer(DEFAULT_MARKER, add_special_tokens=False)["input_ids"]
+        texts = [self.params.source_prefix + d for d in dialogues]
+        return [truncate_ids_middle(ids, self.params.encoder_max_length, marker)
+                for ids in tokenizer(texts)["input_ids"]]
+
+    def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
+        from datasets import Dataset
+        from transformers import (AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer,
+                                  Seq2SeqTrainingArguments)
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from ..modeling import load_error, model_source, load_tokenizer, lora_config, resolve_device
+
+        params = self.params
+        device = resolve_device(params)
+        tokenizer = load_tokenizer(params)
+        tags = sorted(set(found_tags(train_rows)) | set(params.special_tokens))
+        new_tags = [t for t in tags if t not in tokenizer.get_vocab()]
+        added = tokenizer.add_tokens(new_tags)
+        try:
+            model = AutoModelForSeq2SeqLM.from_pretrained(model_source(params), use_safetensors=True,
+                                                          trust_remote_code=params.trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise load_error(params, error) from None
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        if params.use_lora:
+            from peft import get_peft_model
+
+            config = lora_config(params, task_type="SEQ_2_SEQ_LM")
+            if added:  # LoRA alone would leave the new tags' embeddings at their initial values
+                config.trainable_token_indices = tokenizer.convert_tokens_to_ids(new_tags)
+            model = get_peft_model(model, config)
+
+        inputs = self._encode(tokenizer, train_rows["dialogue"].tolist())
+        labels = tokenizer(text_target=[str(s).strip() for s in train_rows["summary"]],
+                           max_length=params.decoder_max_length, truncation=True)["input_ids"]
+        dataset = Dataset.from_dict({"input_ids": inputs, "attention_mask": [[1] * len(i) for i in inputs],
+                                     "labels": labels})
+
+        checkpoints = self.workdir / "checkpoints"
+        stamp = checkpoints / "fingerprint.txt"
+        if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+            shutil.rmtree(checkpoints)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+        last = get_last_checkpoint(str(checkpoints))
+        args = Seq2SeqTrainingArguments(
+            output_dir=str(checkpoints), per_device_train_batch_size=params.batch_size,
+            gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
+            weight_decay=params.weight_decay, num_train_epochs=params.epochs, max_steps=params.max_steps,
+            warmup_steps=params.warmup, lr_scheduler_type=params.lr_scheduler, logging_steps=params.logging_steps,
+            save_steps=params.save_steps, save_total_limit=2, seed=self.seed, data_seed=self.seed,
+            bf16=device == "cuda", use_cpu=device == "cpu",
+            activation_checkpointing=params.gradient_checkpointing,
+            train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+            report_to="none", dataloader_pin_memory=device == "cuda")
+        trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+                                 callbacks=list(self.callbacks))
+        resumed_from = trainer_state_step(last) if last else 0
+        trainer.train(resume_from_checkpoint=last)
+        final = trainer.model.merge_and_unload() if params.use_lora else trainer.model
+        final.save_pretrained(str(self.model_dir))  # model.safetensors
+        tokenizer.save_pretrained(str(self.model_dir))
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return {"fingerprint": fingerprint, "train_rows": len(train_rows), "added_tokens": added, "tags": tags,
+                "resumed_from_step": resumed_from, "global_step": trainer.state.global_step, "losses": losses}
+
+    def load(self):
+        """(model, tokenizer): the fine-tuned model in workdir, else the base model untrained."""
+        if self._model is None:
+            from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+            from ..modeling import load_error, model_source, compute_dtype, load_tokenizer, resolve_device
+
+            device = resolve_device(self.params)
+            trained = (self.model_dir / "model.safetensors").exists()
+            source = str(self.model_dir) if trained else model_source(self.params)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source) if trained else load_tokenizer(self.params)
+                model = AutoModelForSeq2SeqLM.from_pretrained(source, use_safetensors=True,
+                                                              dtype=compute_dtype(device),
+                                                              trust_remote_code=self.params.trust_remote_code)
+            except (OSError, ValueError) as error:
+                raise load_error(self.params, error) from None
+            self._model, self._tokenizer = model.to(device), tokenizer
+        return self._model, self._tokenizer
+
+    def predict(self, rows: pd.DataFrame) -> list[str]:
+        from ..generation import GenerationReport, finish, generate
+
+        if len(rows) == 0:
+            return []
+        model, tokenizer = self.load()
+        report = GenerationReport()
+        texts = [self.params.source_prefix + d for d in rows["dialogue"]]
+        raw = generate(model, tokenizer, texts, self.params, encoder_decoder=True,
+                       max_input_tokens=self.params.encoder_max_length, report=report)
+        summaries = finish(raw, rows["dialogue"].tolist(), report)
+        self.report = asdict(report)
+        if report.inputs_truncated or report.empty_to_lead:
+            print(f"{self.name}: {report.rows} rows, {report.inputs_truncated} dialogues cut in the middle, "
+                  f"{report.empty_to_lead} empty outputs replaced by lead", file=sys.stderr)
+        return summaries
+
+
+CANDIDATE = Seq2SeqCandidate

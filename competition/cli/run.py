@@ -1,0 +1,54 @@
+"""`competition run [NAME...]`: out-of-fold, test and dev predictions per candidate and fold."""
+from __future__ import annotations
+
+import click
+
+from .common import json_option, print_json, table, with_config
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give fold numbers separated by commas, e.g. 0,2") from None
+
+
+@click.command("run")
+@click.argument("names", nargs=-1)
+@click.option("--folds", "folds_text", default=None, help="Only these folds, e.g. 0,2 (default: all).")
+@click.option("--force", is_flag=True, help="Re-run folds even when their stored predictions are current.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the competition files (default: [data] dir).")
+@click.option("--require-all", is_flag=True, help="Fail instead of skipping a CUDA-only candidate on a CPU machine.")
+@json_option
+@with_config
+def run_command(config, names, folds_text, force, data_dir, require_all, as_json) -> None:
+    """Fit each candidate per fold and write runs/NAME/fold_K/{oof,test,dev}.csv + meta.json.
+
+    Without NAME, every enabled candidate runs. Finished folds whose config, data and folds are
+    unchanged are skipped (a killed run resumes); --force re-runs them.
+
+    Example: competition run lead retrieval --folds 0,2
+    """
+    from ..runner import run_candidates
+
+    results = run_candidates(config, list(names) or None, folds=_parse_folds(folds_text), force=force,
+                             data_dir=data_dir, require_all=require_all)
+    if as_json:
+        print_json(results)
+        return
+    rows = []
+    for name, report in results.items():
+        if "skipped" in report and isinstance(report["skipped"], str):
+            rows.append([name, report["kind"], "", "", "", f"skipped: {report['skipped']}"])
+            continue
+        rows.append([name, report["kind"], ",".join(map(str, report["ran"])) or "-",
+                     ",".join(map(str, report["skipped"])) or "-", f"{report['folds_done']}/{report['k']}",
+                     report.get("test_output", "incomplete")])
+    click.echo(table(rows, ["candidate", "kind", "ran", "cached", "done", "test output"]))
+
+
+def register(main: click.Group) -> None:
+    main.add_command(run_command)

@@ -1,0 +1,184 @@
+"""The local CV leaderboard, recomputed from the stored out-of-fold predictions of every source.
+
+A source (candidate or ensemble) ranks only when its OOF covers every fold row exactly once with
+the current folds; otherwise it is listed as incomplete, after the complete ones, with the reason.
+Every text is tokenised once per process (the metric's cache), so this takes seconds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .errors import FoldMismatch, UnknownCandidate
+from .metric import METRICS, RougeResult, get_scorer
+
+
+def _scorer(config: Config):
+    return get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
+
+
+def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """(folds checked against the data, labelled rows by fname, hold-out dev or None)."""
+    from .data import load_from_config
+    from .folds import check_folds, labelled_rows
+
+    data = load_from_config(config, data_dir)
+    rows = labelled_rows(config, data)
+    folds = check_folds(config, rows)
+    dev = data.dev if data.dev is not None and not config.cv.include_dev else None
+    return folds, rows.drop_duplicates("fname").set_index("fname"), dev
+
+
+def _oof_result(config: Config, oof: pd.DataFrame, labelled: pd.DataFrame, name: str) -> RougeResult:
+    from .data import references
+
+    unknown = [f for f in oof["fname"] if f not in labelled.index]
+    if unknown:
+        raise FoldMismatch(f"runs/{name} has out-of-fold rows that are not in the data (e.g. {unknown[0]}): "
+                           f"re-run it with `competition run {name} --force`")
+    refs = references(labelled.loc[oof["fname"]].reset_index())
+    return _scorer(config).score(oof["summary"].tolist(), refs)
+
+
+def oof_scores(config: Config, name: str, data_dir=None) -> RougeResult:
+    """ROUGE of each row of `load_oof(config, name)`, in that order."""
+    from .predictions import load_oof
+
+    _, labelled, _ = _labelled(config, data_dir)
+    return _oof_result(config, load_oof(config, name), labelled, name)
+
+
+def bootstrap_interval(values: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> list[float]:
+    """Percentile interval of the mean of `values` over row resamples (with replacement)."""
+    if len(values) == 0 or resamples < 1:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, 2_000_000 // len(values))  # bounded memory on 12k+ rows
+    for start in range(0, resamples, block):
+        size = min(block, resamples - start)
+        means[start:start + size] = values[rng.integers(0, len(values), size=(size, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def coverage(folds: pd.DataFrame, oof: pd.DataFrame) -> dict:
+    """How the OOF rows cover the fold rows: each should appear once, in its own fold."""
+    counts = oof["fname"].value_counts()
+    expected = folds.set_index("fname")["fold"]
+    present = counts.reindex(expected.index, fill_value=0)
+    first = oof.drop_duplicates("fname").set_index("fname")["fold"]
+    shared = expected.index.intersection(first.index)
+    return {"missing": int((present == 0).sum()), "duplicated": int((counts > 1).sum()),
+            "extra": int((~oof["fname"].isin(expected.index)).sum()),
+            "wrong_fold": int((first.loc[shared] != expected.loc[shared]).sum())}
+
+
+def _source_meta(config: Config, name: str) -> dict:
+    from .predictions import done_folds, load_meta
+
+    meta = load_meta(config, name) or {}
+    if not meta:
+        for fold in done_folds(config, name):
+            meta = load_meta(config, name, fold) or {}
+            if meta:
+                break
+    return meta
+
+
+def _stale_folds(config: Config, name: str, folds_digest: str, data_digest: str) -> list[int]:
+    """Folds predicted with other folds or other data than now (when their meta records it)."""
+    from .predictions import done_folds, load_meta
+
+    stale = []
+    for fold in done_folds(config, name):
+        meta = load_meta(config, name, fold) or {}
+        if meta.get("folds_sha256", folds_digest) != folds_digest or meta.get("data_sha256", data_digest) != data_digest:
+            stale.append(fold)
+    return stale
+
+
+def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
+           digests: tuple[str, str]) -> dict:
+    from .data import references
+    from .predictions import load_dev, load_oof
+
+    k = int(folds["fold"].max()) + 1
+    meta = _source_meta(config, name)
+    try:
+        oof = load_oof(config, name)
+    except UnknownCandidate:  # a test output without any finished fold
+        oof = pd.DataFrame({"fname": pd.Series(dtype=str), "fold": pd.Series(dtype=int),
+                            "summary": pd.Series(dtype=str)})
+    covered = coverage(folds, oof)
+    stale = _stale_folds(config, name, *digests)
+    done = sorted(set(oof["fold"].astype(int)) & set(range(k)))
+    # Score each fold row once (the first prediction if duplicated), only rows of the current folds.
+    usable = oof[oof["fname"].isin(folds["fname"])].drop_duplicates("fname").reset_index(drop=True)
+    result = _oof_result(config, usable, labelled, name)
+    fold_of = folds.set_index("fname")["fold"].loc[usable["fname"]].to_numpy()
+    per_fold = np.array([result.per_row[fold_of == fold][:, :, 2].mean(axis=0)
+                         for fold in done if (fold_of == fold).any()]).reshape(-1, 3)
+    fold_finals = per_fold.mean(axis=1) * 100
+    ddof = 1 if len(per_fold) > 1 else 0
+    problems = [f"{n} {what}" for what, n in covered.items() if n] + ([f"stale fold(s) {stale}"] if stale else [])
+    if len(done) < k:
+        problems.insert(0, f"folds {len(done)}/{k}")
+    dev_final = None
+    dev_frame = load_dev(config, name) if dev is not None else None
+    if dev_frame is not None:
+        predicted = dev_frame.drop_duplicates("fname").set_index("fname")["summary"]
+        if set(predicted.index) == set(dev["fname"]):
+            dev_final = _scorer(config).score(predicted.loc[dev["fname"]].tolist(), references(dev)).final
+        else:
+            problems.append("dev output does not cover dev")
+    return {
+        "name": name,
+        "kind": meta.get("kind", ""),
+        "folds_done": len(done),
+        "k": k,
+        "complete": not problems,
+        "problems": problems,
+        "coverage": covered,
+        "rows": int(len(usable)),
+        "oof": {**result.f1, "final": result.final},
+        "fold_mean": {**dict(zip(METRICS, per_fold.mean(axis=0).tolist() if len(per_fold) else [0.0] * 3)),
+                      "final": float(fold_finals.mean()) if len(fold_finals) else 0.0},
+        "fold_std": {**dict(zip(METRICS, per_fold.std(axis=0, ddof=ddof).tolist() if len(per_fold) else [0.0] * 3)),
+                     "final": float(fold_finals.std(ddof=ddof)) if len(fold_finals) else 0.0},
+        "fold_final_mean": float(fold_finals.mean()) if len(fold_finals) else 0.0,
+        "fold_final_std": float(fold_finals.std(ddof=ddof)) if len(fold_finals) else 0.0,
+        "dev_final": dev_final,
+        "ci95": bootstrap_interval(result.row_finals, config.cv.bootstrap, config.cv.seed),
+        "config_hash": meta.get("config_hash", ""),
+    }
+
+
+def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, progress: bool = False) -> list[dict]:
+    """One entry per source with predictions (or the named ones): complete sources by OOF final
+    (best first), then incomplete ones, never silently ranked among them."""
+    import difflib
+
+    from tqdm import tqdm
+
+    from .data import rows_sha256
+    from .folds import folds_sha256
+    from .predictions import list_sources
+
+    sources = list_sources(config)
+    if names:
+        for name in names:
+            if name not in sources:
+                close = difflib.get_close_matches(name, sources, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UnknownCandidate(f"no predictions for {name!r} under {config.resolve('runs')}{hint}: "
+                                       f"run `competition run {name}` first")
+        sources = list(dict.fromkeys(names))
+    if not sources:
+        return []
+    folds, labelled, dev = _labelled(config, data_dir)
+    digests = (folds_sha256(config), rows_sha256(labelled.reset_index()))
+    board = [_entry(config, name, folds, labelled, dev, digests)
+             for name in tqdm(sources, desc="cv", disable=not progress, leave=False)]
+    return sorted(board, key=lambda entry: (not entry["complete"], -entry["oof"]["final"], entry["name"]))

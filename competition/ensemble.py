@@ -1,0 +1,433 @@
+"""Ensembles that pick, per row, one member's output by local ROUGE: best, MBR, hill-climbing.
+
+- ``best``: the member with the best OOF final.
+- ``mbr`` (minimum Bayes risk): per row, the output with the highest weighted mean ROUGE against
+  the members' outputs. The mean runs over every member, the candidate's own output included
+  (agreement 1), so weights act as a prior; with uniform weights this ranks exactly as the mean
+  over the *other* members. Ties go to the earliest member.
+- ``hill-climb``: greedy forward selection, with repetition as weights, of the member multiset
+  whose MBR ensemble has the best OOF final.
+
+Every choice is made without the rows it is scored on: for fold k the weights (or the best
+member) come from the other folds only, and the OOF file holds those nested choices; the
+optimistic score (weights chosen on all rows) is reported beside it. Test and dev outputs use the
+weights chosen on all OOF rows.
+
+ROUGE F1 of R-1/R-2 is symmetric, and so is rouge-score's ROUGE-L; the official (rouge 1.0.1)
+ROUGE-L is not quite (its LCS reconstruction breaks ties by direction), so under the official
+convention both directions are scored and each output is scored as the hypothesis.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, EnsembleConfig, config_hash
+from .errors import ConfigError, FoldMismatch, UnknownCandidate
+from .metric import METRICS, RougeScorer, get_scorer
+
+METHODS = ("best", "mbr", "hill-climb")
+UTILITIES = ("final",) + METRICS
+# Below this many pairs a process pool costs more than it saves.
+_POOL_MIN_PAIRS = 40_000
+_TIE = 1e-12
+
+# Set before forking a pool: workers read these instead of unpickling the pair lists.
+_pool_state: dict = {}
+
+
+def _utility_of(scores: np.ndarray, utility: str) -> np.ndarray:
+    """One number per pair from score_pairs' (pairs, 3, 3): mean F1 or one metric's F1."""
+    if utility == "final":
+        return scores[:, :, 2].mean(axis=1)
+    return scores[:, METRICS.index(utility), 2]
+
+
+def _score_range(bounds: tuple[int, int]) -> np.ndarray:
+    start, stop = bounds
+    state = _pool_state
+    scores = state["scorer"].score_pairs(state["hyps"][start:stop], state["refs"][start:stop])
+    return _utility_of(scores, state["utility"])
+
+
+def _pair_utilities(scorer: RougeScorer, hyps: list[str], refs: list[str], utility: str,
+                    workers: int, progress: bool = False) -> np.ndarray:
+    """Utility of hyps[i] against refs[i], over a forked pool when there are many pairs."""
+    from tqdm import tqdm
+
+    scorer.prepare(hyps + refs)  # tokenise in the parent, once: workers inherit the cache
+    parallel = workers > 1 and len(hyps) >= _POOL_MIN_PAIRS
+    step = max(1, -(-len(hyps) // (workers * 8 if parallel else 20)))
+    chunks = [(start, min(start + step, len(hyps))) for start in range(0, len(hyps), step)]
+    bar = dict(total=len(chunks), desc="mbr pairs", unit="chunk", disable=not progress, leave=False)
+    _pool_state.update(scorer=scorer, hyps=hyps, refs=refs, utility=utility)
+    try:
+        if not parallel:
+            return np.concatenate([_score_range(chunk) for chunk in tqdm(chunks, **bar)])
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return np.concatenate(list(tqdm(pool.imap(_score_range, chunks), **bar)))
+    finally:
+        _pool_state.clear()
+
+
+def default_workers() -> int:
+    """Processes for pair scoring: the usable cores, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def pairwise_utilities(outputs: Sequence[Sequence[str]], scorer: RougeScorer, utility: str = "final",
+                       workers: int | None = None, progress: bool = False) -> np.ndarray:
+    """Array (rows, members, members): utility of member i's output with member j's as reference.
+
+    Each distinct output of a row is scored once against each other distinct output; identical
+    non-empty outputs agree fully (1.0), an empty output agrees with nothing (0.0).
+    """
+    if utility not in UTILITIES:
+        raise ConfigError(f"unknown MBR utility {utility!r}: choose one of {', '.join(UTILITIES)}")
+    members = len(outputs)
+    rows = len(outputs[0]) if members else 0
+    if any(len(member) != rows for member in outputs):
+        raise ValueError("every member needs one output per row")
+    both_directions = scorer.convention == "official"
+    hyps: list[str] = []
+    refs: list[str] = []
+    layouts = []  # per row: (distinct index of each member, distinct texts, first pair position)
+    for row in range(rows):
+        texts = [outputs[m][row] for m in range(members)]
+        distinct = list(dict.fromkeys(texts))
+        index_of = {text: i for i, text in enumerate(distinct)}
+        layouts.append(([index_of[t] for t in texts], distinct, len(hyps)))
+        for a in range(len(distinct)):
+            for b in range(a + 1, len(distinct)):
+                if distinct[a] and distinct[b]:
+                    hyps.append(distinct[a])
+                    refs.append(distinct[b])
+                    if both_directions:
+                        hyps.append(distinct[b])
+                        refs.append(distinct[a])
+    values = (_pair_utilities(scorer, hyps, refs, utility, workers or default_workers(), progress)
+              if hyps else np.zeros(0))
+    result = np.zeros((rows, members, members))
+    for row, (member_index, distinct, position) in enumerate(layouts):
+        size = len(distinct)
+        agreement = np.diag([1.0 if text else 0.0 for text in distinct])
+        for a in range(size):
+            for b in range(a + 1, size):
+                if distinct[a] and distinct[b]:
+                    agreement[a, b] = values[position]
+                    agreement[b, a] = values[position + 1] if both_directions else values[position]
+                    position += 2 if both_directions else 1
+        result[row] = agreement[np.ix_(member_index, member_index)]
+    return result
+
+
+def mbr_choose(utilities: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Per row, the member (index) whose output has the highest weighted mean utility.
+
+    Members with weight 0 neither vote nor can be chosen; ties go to the earliest member.
+    """
+    rows, members, _ = utilities.shape
+    weights = np.ones(members) if weights is None else np.asarray(weights, dtype=float)
+    if len(weights) != members or (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"MBR weights {list(weights)} should be {members} non-negative numbers, not all 0")
+    expected = utilities @ (weights / weights.sum())
+    expected[:, weights == 0] = -np.inf
+    best = expected.max(axis=1, keepdims=True)
+    return np.argmax(expected >= best - _TIE, axis=1)
+
+
+def mbr_select(outputs: Sequence[Sequence[str]], scorer: RougeScorer, weights: Sequence[float] | None = None,
+               utility: str = "final", workers: int | None = None) -> np.ndarray:
+    """Per row, the index of the member output chosen by MBR (see `mbr_choose`)."""
+    return mbr_choose(pairwise_utilities(outputs, scorer, utility, workers), weights)
+
+
+def ensemble_final(utilities: np.ndarray, quality: np.ndarray, weights: Sequence[float]) -> float:
+    """OOF final of the MBR ensemble with `weights`; quality is (rows, members) row finals."""
+    chosen = mbr_choose(utilities, weights)
+    return float(quality[np.arange(len(chosen)), chosen].mean()) if len(chosen) else 0.0
+
+
+def hill_climb(utilities: np.ndarray, quality: np.ndarray, max_members: int = 8) -> np.ndarray:
+    """Pick counts per member: greedy forward selection with repetition maximising the MBR
+    ensemble's mean row final; starts from the best single member, stops when no pick helps.
+
+    When no single pick helps, pairs of picks are tried too: from one member, adding one other
+    only makes two-way ties (which the earlier member wins), so MBR needs three voters to act.
+    """
+    members = quality.shape[1]
+    counts = np.zeros(members)
+    counts[int(np.argmax(quality.mean(axis=0)))] = 1
+    current = ensemble_final(utilities, quality, counts)
+    steps = [(m,) for m in range(members)]
+    pairs = [(a, b) for a in range(members) for b in range(a, members)]
+    while counts.sum() < max_members:
+        best_final, best_step = current, None
+        for candidates in (steps, pairs):
+            for step in candidates:
+                if counts.sum() + len(step) > max_members:
+                    continue
+                trial = counts.copy()
+                np.add.at(trial, list(step), 1)
+                final = ensemble_final(utilities, quality, trial)
+                if final > best_final + _TIE:
+                    best_final, best_step = final, step
+            if best_step is not None:
+                break
+        if best_step is None:
+            break
+        np.add.at(counts, list(best_step), 1)
+        current = best_final
+    return counts
+
+
+def choose_weights(ensemble: EnsembleConfig, utilities: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Member weights for `ensemble`'s method, chosen from these rows only."""
+    members = quality.shape[1]
+    if ensemble.method == "best":
+        weights = np.zeros(members)
+        weights[int(np.argmax(quality.mean(axis=0)))] = 1
+        return weights
+    if ensemble.method == "hill-climb":
+        return hill_climb(utilities, quality, ensemble.max_members)
+    if ensemble.weights:
+        return np.asarray(ensemble.weights, dtype=float)
+    if ensemble.weights_from_oof:
+        return np.maximum(quality.mean(axis=0), 1e-6)
+    return np.ones(members)
+
+
+def nested_choice(ensemble: EnsembleConfig, utilities: np.ndarray, quality: np.ndarray,
+                  folds: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Per row the chosen member, each fold's rows chosen with weights picked on the other folds."""
+    chosen = np.zeros(len(folds), dtype=int)
+    fold_weights = {}
+    for fold in sorted(set(folds.tolist())):
+        held_out = folds == fold
+        weights = choose_weights(ensemble, utilities[~held_out], quality[~held_out])
+        fold_weights[int(fold)] = weights
+        chosen[held_out] = mbr_choose(utilities[held_out], weights)
+    return chosen, fold_weights
+
+
+def paired_bootstrap(differences: np.ndarray, resamples: int = 1000, seed: int = 42) -> list[float]:
+    """95% interval of the mean of per-row differences, resampling rows."""
+    if len(differences) == 0:
+        return [0.0, 0.0]
+    rng = np.random.default_rng(seed)
+    means = np.array([differences[rng.integers(0, len(differences), len(differences))].mean()
+                      for _ in range(resamples)])
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def diagnostics(quality: np.ndarray, chosen: np.ndarray, names: Sequence[str], resamples: int = 1000,
+                seed: int = 42) -> dict:
+    """Oracle upper bound, how often each member is chosen, gain over the best single member."""
+    rows = np.arange(len(chosen))
+    member_finals = quality.mean(axis=0)
+    best = int(np.argmax(member_finals))
+    gain = quality[rows, chosen] - quality[:, best]
+    counts = np.bincount(chosen, minlength=len(names))
+    return {
+        "oracle_final": float(quality.max(axis=1).mean()) if len(rows) else 0.0,
+        "chosen": {name: int(count) for name, count in zip(names, counts)},
+        "best_member": names[best],
+        "best_member_final": float(member_finals[best]),
+        "gain": float(gain.mean()) if len(rows) else 0.0,
+        "gain_ci95": paired_bootstrap(gain, resamples, seed),
+    }
+
+
+# -- running an [ensembles.NAME] section on the files of its members ---------------------------
+def resolve_members(config: Config, ensemble: EnsembleConfig, folds: Sequence[int] = ()) -> list[str]:
+    """Member names: the listed sources, or with "*" every enabled candidate whose `folds` are all
+    done (one skipped for lack of CUDA, or half run, is left out rather than failing the ensemble)."""
+    import difflib
+
+    from .predictions import done_folds, list_sources
+
+    sources = list_sources(config)
+    if "*" in ensemble.members:
+        names = [name for name, candidate in config.candidates.items()
+                 if candidate.enabled and name in sources and set(folds) <= set(done_folds(config, name))]
+        if not names:
+            raise UnknownCandidate(f"ensemble {ensemble.name!r}: members = [\"*\"] but no candidate has "
+                                   f"predictions for every fold under runs/: run `competition run` first")
+        return names
+    names = list(dict.fromkeys(ensemble.members))
+    for name in names:
+        if name == ensemble.name:
+            raise ConfigError(f"[ensembles.{name}] lists itself as a member: remove it from members")
+        if name not in sources:
+            close = difflib.get_close_matches(name, sources, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownCandidate(f"ensemble {ensemble.name!r}: member {name!r} has no predictions under runs/"
+                                   f"{hint}: run `competition run {name}` first")
+    return names
+
+
+def _check(ensemble: EnsembleConfig, members: list[str]) -> None:
+    """Settings that depend on the resolved members (method and utility are checked on loading)."""
+    section = f"[ensembles.{ensemble.name}]"
+    if ensemble.weights and len(ensemble.weights) != len(members):
+        raise ConfigError(f"{section} has {len(ensemble.weights)} weights for {len(members)} members "
+                          f"({', '.join(members)}): give one weight per member or none")
+    if ensemble.weights and (min(ensemble.weights) < 0 or sum(ensemble.weights) <= 0):
+        raise ConfigError(f"{section} weights should be non-negative and not all 0")
+    if ensemble.max_members < 1:
+        raise ConfigError(f"{section} max_members = {ensemble.max_members}: use 1 or more")
+
+
+def _aligned(frame: pd.DataFrame, fnames: list[str], what: str) -> list[str]:
+    """frame's summaries in `fnames` order; every fname must be there exactly once."""
+    by_fname = frame.drop_duplicates("fname").set_index("fname")["summary"]
+    missing = [f for f in fnames if f not in by_fname.index]
+    if missing or len(frame) != len(fnames):
+        raise FoldMismatch(f"{what} does not cover the expected {len(fnames)} rows "
+                           f"(e.g. missing {', '.join(missing[:3]) or 'none'}, has {len(frame)}): rerun that member")
+    return by_fname.loc[fnames].fillna("").astype(str).tolist()
+
+
+def _choose_rows(outputs: list[list[str]], scorer: RougeScorer, utility: str, weights: np.ndarray,
+                 workers: int | None) -> np.ndarray:
+    """Per row the member chosen by MBR with fixed weights (test, dev)."""
+    rows = len(outputs[0])
+    if np.count_nonzero(weights) == 1:  # one voter: nothing to compare
+        return np.full(rows, int(np.flatnonzero(weights)[0]))
+    return mbr_choose(pairwise_utilities(outputs, scorer, utility, workers), weights)
+
+
+def _combine(frames: list[pd.DataFrame | None], members: list[str], fnames: list[str], what: str,
+             scorer: RougeScorer, utility: str, weights: np.ndarray,
+             workers: int | None) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+    """The members' predictions of `fnames` (test or dev) combined by MBR with fixed weights:
+    (fname,summary frame, chosen member per row), or (None, None) when a member has no such file."""
+    if any(frame is None for frame in frames):
+        return None, None
+    outputs = [_aligned(frame, fnames, f"runs/{member} {what}") for member, frame in zip(members, frames)]
+    chosen = _choose_rows(outputs, scorer, utility, weights, workers)
+    summaries = [outputs[member][row] for row, member in enumerate(chosen)]
+    return pd.DataFrame({"fname": fnames, "summary": summaries}), chosen
+
+
+def run_ensemble(config: Config, name: str, workers: int | None = None, progress: bool = False) -> dict:
+    """Build ensemble `name` from its members' files, write runs/NAME/ like a candidate, report."""
+    from tqdm import tqdm
+
+    from .data import load_from_config, references
+    from .data import rows_sha256
+    from .folds import check_folds, folds_sha256, labelled_rows
+    from .predictions import (done_folds, load_dev, load_fold_dev, load_fold_test, load_meta, load_oof, load_test,
+                              write_fold, write_source_outputs)
+
+    if name not in config.ensembles:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(config.ensembles), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownCandidate(f"no ensemble {name!r} in {config.path or 'competition.toml'}{hint}: "
+                               f"add an [ensembles.{name}] section")
+    ensemble = config.ensembles[name]
+    data = load_from_config(config)
+    labelled = labelled_rows(config, data)
+    folds = check_folds(config, labelled)
+    fnames = folds["fname"].tolist()
+    fold_of = folds["fold"].astype(int).to_numpy()
+    members = resolve_members(config, ensemble, sorted(set(fold_of.tolist())))
+    _check(ensemble, members)
+    scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
+    digests = {"data_sha256": rows_sha256(labelled), "folds_sha256": folds_sha256(config)}
+    oof_outputs = []
+    for member in members:
+        missing_folds = sorted(set(fold_of.tolist()) - set(done_folds(config, member)))
+        if missing_folds:
+            raise FoldMismatch(f"member {member!r} has no finished fold {', '.join(map(str, missing_folds))}: "
+                               f"finish it with `competition run {member}`")
+        for fold in sorted(set(fold_of.tolist())):
+            member_meta = load_meta(config, member, fold) or {}
+            if any(member_meta.get(key, digest) != digest for key, digest in digests.items()):
+                raise FoldMismatch(f"member {member!r} fold {fold} was predicted on other data or folds than now: "
+                                   f"rerun it with `competition run {member} --force`")
+        oof = load_oof(config, member)
+        member_folds = oof.drop_duplicates("fname").set_index("fname")["fold"]
+        if set(member_folds.index) != set(fnames) or (member_folds.loc[fnames].astype(int).to_numpy() != fold_of).any():
+            raise FoldMismatch(f"member {member!r} was run with other folds than {config.cv.folds_file}: "
+                               f"rerun it with `competition run {member} --force`")
+        oof_outputs.append(_aligned(oof, fnames, f"runs/{member} OOF"))
+
+    refs = references(labelled.drop_duplicates("fname").set_index("fname").loc[fnames].reset_index())
+
+    member_scores = [scorer.score(outputs, refs).per_row[:, :, 2] for outputs in
+                     tqdm(oof_outputs, desc="score members", disable=not progress, leave=False)]
+    f1 = np.stack(member_scores, axis=1)  # (rows, members, metrics)
+    quality = f1.mean(axis=2) * 100
+    if ensemble.method == "best":
+        utilities = np.zeros((len(fnames), len(members), len(members)))
+    else:
+        utilities = pairwise_utilities(oof_outputs, scorer, ensemble.utility, workers, progress)
+
+    chosen, fold_weights = nested_choice(ensemble, utilities, quality, fold_of)
+    all_weights = choose_weights(ensemble, utilities, quality)
+    rows = np.arange(len(fnames))
+    optimistic = quality[rows, mbr_choose(utilities, all_weights)].mean()
+    chosen_f1 = f1[rows, chosen].mean(axis=0)
+
+    settings = {**asdict(ensemble), "members": members}
+    meta = {"name": name, "kind": "ensemble", "method": ensemble.method, "utility": ensemble.utility,
+            "members": members, "config_hash": config_hash(settings), "config": settings, **digests}
+    test_fnames = data.test["fname"].tolist()
+    dev_fnames = data.dev["fname"].tolist() if data.dev is not None and not config.cv.include_dev else None
+    fold_tests = [load_fold_test(config, member) for member in members]
+    fold_devs = [load_fold_dev(config, member) for member in members]
+    for fold in tqdm(sorted(fold_weights), desc="write folds", disable=not progress, leave=False):
+        weights = fold_weights[fold]
+        held_out = fold_of == fold
+        oof_frame = pd.DataFrame({"fname": [fnames[i] for i in np.flatnonzero(held_out)],
+                                  "summary": [oof_outputs[chosen[i]][i] for i in np.flatnonzero(held_out)]})
+        test_frame, _ = _combine([tests.get(fold) for tests in fold_tests], members, test_fnames,
+                                 f"fold {fold} test", scorer, ensemble.utility, weights, workers)
+        dev_frame = None
+        if dev_fnames is not None:
+            dev_frame, _ = _combine([devs.get(fold) for devs in fold_devs], members, dev_fnames,
+                                    f"fold {fold} dev", scorer, ensemble.utility, weights, workers)
+        write_fold(config, name, fold, oof_frame, test_frame, dev_frame,
+                   {**meta, "fold": fold, "weights": dict(zip(members, weights.tolist()))})
+
+    test_frame, test_choice = _combine([load_test(config, m) for m in members], members, test_fnames, "test.csv",
+                                       scorer, ensemble.utility, all_weights, workers)
+    dev_frame, dev_final = None, None
+    if dev_fnames is not None:
+        dev_frame, _ = _combine([load_dev(config, m) for m in members], members, dev_fnames, "dev.csv",
+                                scorer, ensemble.utility, all_weights, workers)
+        if dev_frame is not None:
+            dev_refs = references(data.dev.drop_duplicates("fname").set_index("fname").loc[dev_fnames].reset_index())
+            dev_final = scorer.score(dev_frame["summary"].tolist(), dev_refs).final
+    write_source_outputs(config, name, test_frame, dev_frame,
+                         {**meta, "weights": dict(zip(members, all_weights.tolist()))})
+    test_chosen = dict(zip(members, np.bincount(test_choice, minlength=len(members)).tolist()))
+
+    return {
+        "name": name,
+        "method": ensemble.method,
+        "utility": ensemble.utility,
+        "members": members,
+        "member_finals": dict(zip(members, quality.mean(axis=0).tolist())),
+        "weights": dict(zip(members, all_weights.tolist())),
+        "fold_weights": {fold: dict(zip(members, w.tolist())) for fold, w in fold_weights.items()},
+        "oof": {**dict(zip(METRICS, chosen_f1.tolist())), "final": float(chosen_f1.mean() * 100)},
+        "oof_final": float(chosen_f1.mean() * 100),
+        "optimistic_final": float(optimistic),
+        "dev_final": dev_final,
+        "diagnostics": diagnostics(quality, chosen, members, config.cv.bootstrap, config.cv.seed),
+        "test_chosen": test_chosen,
+    }

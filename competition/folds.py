@@ -1,0 +1,220 @@
+"""K-fold splits of the labelled rows, written once and checked by every later stage.
+
+folds/folds.csv (fname,fold) and folds/folds.json (k, seed, strategy, the sha256 of the rows they
+were built from, rows per fold) are tracked in git: changing them silently would invalidate every
+out-of-fold prediction, so a rebuild that differs needs force, and the runner, cv and ensembles
+refuse data that no longer matches (FoldMismatch).
+
+Strategies:
+- ``length`` (default): stratified by dialogue-length quantile bins (ROUGE varies with length);
+- ``random``: a seeded shuffle;
+- ``stratify:COLUMN``: stratified by a column, classes rarer than k merged into one;
+- ``group:COLUMN``: all rows sharing a value stay in one fold (largest groups placed first).
+Assignments depend only on the rows (by fname), k, seed and strategy, never on row order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import rows_sha256
+from .errors import ConfigError, FoldMismatch, MissingFolds
+
+STRATEGIES = ("length", "random", "stratify:COLUMN", "group:COLUMN")
+_LENGTH_BINS = 10
+
+
+@dataclass
+class FoldPlan:
+    """A parsed strategy: kind is length, random, stratify or group; column for the last two."""
+
+    kind: str
+    column: str = ""
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind}:{self.column}" if self.column else self.kind
+
+
+def parse_strategy(strategy: str) -> FoldPlan:
+    kind, _, column = strategy.partition(":")
+    if kind in ("length", "random") and not column:
+        return FoldPlan(kind)
+    if kind in ("stratify", "group") and column:
+        return FoldPlan(kind, column)
+    raise ConfigError(f"fold strategy {strategy!r} is not one of {', '.join(STRATEGIES)} "
+                      f"(e.g. group:topic); fix [cv] strategy or --strategy")
+
+
+def labelled_rows(config, data) -> pd.DataFrame:
+    """The rows the folds split: train, plus dev when [cv] include_dev."""
+    if data.dev is not None and config.cv.include_dev:
+        return pd.concat([data.train, data.dev], ignore_index=True)
+    return data.train
+
+
+def _order_within(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Positions sorted by key, ties in a seeded random order."""
+    return np.lexsort((rng.permutation(len(keys)), keys))
+
+
+def _stratified(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Deal rows to folds in turn, class by class (shuffled inside each), so every fold gets its
+    share of every class and fold sizes differ by at most one."""
+    order = _order_within(labels, rng)
+    folds = np.empty(len(labels), dtype=np.int64)
+    folds[order] = np.arange(len(labels)) % k
+    return folds
+
+
+def _grouped(groups: np.ndarray, k: int, rng: np.random.Generator, column: str) -> np.ndarray:
+    names, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(names) < k:
+        raise ConfigError(f"group:{column} has {len(names)} distinct value(s), fewer than k = {k}: "
+                          f"lower k or choose another column")
+    # Largest groups first (random among equal sizes), each to the currently smallest fold.
+    order = np.lexsort((rng.permutation(len(names)), -sizes))
+    totals = np.zeros(k, dtype=np.int64)
+    fold_of_group = np.empty(len(names), dtype=np.int64)
+    for group in order:
+        fold = int(np.argmin(totals))
+        fold_of_group[group] = fold
+        totals[fold] += sizes[group]
+    return fold_of_group[inverse]
+
+
+def assign_folds(rows: pd.DataFrame, k: int = 5, seed: int = 42, strategy: str = "length") -> pd.DataFrame:
+    """DataFrame(fname, fold) in the order of `rows`; the same for any order of the same rows."""
+    plan = parse_strategy(strategy)
+    if not isinstance(k, int) or k < 2:
+        raise ConfigError(f"k = {k!r}: use at least 2 folds")
+    if len(rows) < k:
+        raise ConfigError(f"k = {k} folds but only {len(rows)} labelled row(s): lower k")
+    if plan.column and plan.column not in rows.columns:
+        raise ConfigError(f"fold strategy {plan.text!r}: no column {plan.column!r} in the data "
+                          f"(has {', '.join(rows.columns)})")
+    by_fname = rows.sort_values("fname", kind="stable").reset_index()
+    rng = np.random.default_rng(seed)
+    if plan.kind == "random":
+        folds = _stratified(np.zeros(len(by_fname), dtype=np.int64), k, rng)
+    elif plan.kind == "length":
+        lengths = by_fname["dialogue"].str.len().to_numpy()
+        rank = np.lexsort((by_fname["fname"].to_numpy(), lengths)).argsort()
+        bins = max(1, min(_LENGTH_BINS, len(by_fname) // k))
+        folds = _stratified(rank * bins // len(by_fname), k, rng)
+    elif plan.kind == "stratify":
+        labels = by_fname[plan.column].astype(str)
+        counts = labels.value_counts()
+        rare = set(counts[counts < k].index)
+        # Classes rarer than k cannot be in every fold: pooled they still spread evenly.
+        labels = labels.where(~labels.isin(rare), "\0rare")
+        folds = _stratified(pd.factorize(labels, sort=True)[0], k, rng)
+    else:
+        values = by_fname[plan.column].astype(str).to_numpy().copy()
+        empty = values == ""
+        values[empty] = "\0row:" + by_fname["fname"].to_numpy()[empty]  # no value: a group of its own
+        folds = _grouped(values, k, rng, plan.column)
+    assigned = pd.Series(folds, index=by_fname["index"]).loc[rows.index]
+    return pd.DataFrame({"fname": rows["fname"].to_numpy(), "fold": assigned.to_numpy().astype(int)})
+
+
+def folds_paths(config) -> tuple[Path, Path]:
+    """(folds.csv, folds.json) in the workspace."""
+    csv_path = config.resolve(config.cv.folds_file)
+    return csv_path, csv_path.with_suffix(".json")
+
+
+def _csv_text(folds: pd.DataFrame) -> str:
+    return folds[["fname", "fold"]].to_csv(index=False, lineterminator="\n")
+
+
+def build_folds(config, rows: pd.DataFrame, k: int | None = None, seed: int | None = None,
+                strategy: str | None = None, force: bool = False) -> dict:
+    """Split `rows` and write folds.csv + folds.json; k/seed/strategy default to [cv].
+
+    Returns folds.json's content plus "path" and "changed" (False when identical files were
+    already there). Refuses to replace different folds unless `force`.
+    """
+    from .predictions import atomic_write_text
+
+    k = config.cv.k if k is None else k
+    seed = config.cv.seed if seed is None else seed
+    strategy = config.cv.strategy if strategy is None else strategy
+    folds = assign_folds(rows, k, seed, strategy)
+    csv_path, json_path = folds_paths(config)
+    sizes = np.bincount(folds["fold"].to_numpy(), minlength=k)
+    info = {"k": k, "seed": seed, "strategy": parse_strategy(strategy).text,
+            "include_dev": bool(config.cv.include_dev), "rows": int(len(folds)),
+            "rows_per_fold": [int(n) for n in sizes], "data_sha256": rows_sha256(rows)}
+    csv_text = _csv_text(folds)
+    info["folds_sha256"] = hashlib.sha256(csv_text.encode()).hexdigest()
+    json_text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    same_folds = csv_path.exists() and csv_path.read_text(encoding="utf-8") == csv_text
+    unchanged = same_folds and json_path.exists() and json_path.read_text(encoding="utf-8") == json_text
+    # Only a change of assignments invalidates predictions; a missing or outdated folds.json is rewritten.
+    if csv_path.exists() and not same_folds and not force:
+        raise FoldMismatch(f"{csv_path} already exists with different folds; replacing them invalidates every "
+                           f"out-of-fold prediction under runs/: pass --force to rebuild anyway")
+    if not unchanged:
+        atomic_write_text(csv_path, csv_text)
+        atomic_write_text(json_path, json_text)
+    return {**info, "path": str(csv_path), "changed": not unchanged}
+
+
+def load_folds(config) -> pd.DataFrame:
+    """folds.csv as DataFrame(fname, fold:int), in file order."""
+    csv_path, _ = folds_paths(config)
+    if not csv_path.exists():
+        raise MissingFolds(f"{csv_path} not found: run `competition folds build` first")
+    folds = pd.read_csv(csv_path, dtype={"fname": str}, keep_default_na=False)
+    if list(folds.columns[:2]) != ["fname", "fold"] or not pd.api.types.is_integer_dtype(folds["fold"]):
+        raise FoldMismatch(f"{csv_path}: expected integer columns fname,fold: rebuild it with "
+                           f"`competition folds build --force`")
+    if folds["fname"].duplicated().any():
+        raise FoldMismatch(f"{csv_path}: fname {folds['fname'][folds['fname'].duplicated()].iloc[0]!r} is listed "
+                           f"twice: rebuild it with `competition folds build --force`")
+    return folds[["fname", "fold"]].astype({"fold": int})
+
+
+def folds_info(config) -> dict:
+    """folds.json as a dict ({} when only folds.csv exists, e.g. written by hand)."""
+    _, json_path = folds_paths(config)
+    if not json_path.exists():
+        return {}
+    return json.loads(json_path.read_text(encoding="utf-8"))
+
+
+def folds_sha256(config) -> str:
+    """sha256 of folds.csv's bytes: what out-of-fold predictions depend on."""
+    csv_path, _ = folds_paths(config)
+    if not csv_path.exists():
+        raise MissingFolds(f"{csv_path} not found: run `competition folds build` first")
+    return hashlib.sha256(csv_path.read_bytes()).hexdigest()
+
+
+def check_folds(config, train_rows: pd.DataFrame) -> pd.DataFrame:
+    """The folds, after checking they were built from exactly `train_rows` (else FoldMismatch)."""
+    folds = load_folds(config)
+    csv_path, json_path = folds_paths(config)
+    info = folds_info(config)
+    rebuild = "rebuild with `competition folds build --force` (invalidates runs/) or restore the data"
+    if info and bool(info.get("include_dev", False)) != bool(config.cv.include_dev):
+        raise FoldMismatch(f"{json_path} was built with include_dev = {str(info.get('include_dev')).lower()} but "
+                           f"[cv] include_dev = {str(config.cv.include_dev).lower()}: set it back, or {rebuild}")
+    if info and info.get("data_sha256") != rows_sha256(train_rows):
+        raise FoldMismatch(f"the data ({len(train_rows)} labelled rows) no longer matches {json_path} "
+                           f"(built from {info.get('rows')} rows, sha256 {str(info.get('data_sha256'))[:12]}...): "
+                           f"{rebuild}")
+    listed, present = set(folds["fname"]), set(train_rows["fname"])
+    if listed != present:
+        missing, extra = sorted(present - listed), sorted(listed - present)
+        parts = [f"{len(missing)} row(s) not in the folds (e.g. {', '.join(missing[:3])})" if missing else "",
+                 f"{len(extra)} fold row(s) not in the data (e.g. {', '.join(extra[:3])})" if extra else ""]
+        raise FoldMismatch(f"{csv_path} does not match the data: " + "; ".join(p for p in parts if p)
+                           + f": {rebuild}")
+    return folds

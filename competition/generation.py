@@ -1,0 +1,133 @@
+"""Batched generation shared by the qlora, prompt and seq2seq kinds: rows sorted by length (less
+padding), left padding for decoder-only models, middle truncation of over-long inputs, and output
+clean-up (chat tokens, whitespace, a sentence cut off by max_new_tokens, empty -> lead)."""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+
+from .prompts import DEFAULT_MARKER
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
+_CHAT_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>|<pad>|<unk>|<eos>|<bos>")
+_ANSWER_PREFIX = re.compile(r"^\s*(요약|summary|assistant)\s*[:：]\s*", re.I)
+_SENTENCE_END = re.compile(r"[.!?。…](?=\s|$)")
+
+
+@dataclass
+class GenerationReport:
+    """What happened to a batch of rows: how many were cut by max_new_tokens, emptied, truncated."""
+    rows: int = 0
+    cut_by_max_new_tokens: int = 0
+    empty_to_lead: int = 0
+    inputs_truncated: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def generation_kwargs(params, tokenizer) -> dict:
+    """`model.generate` arguments from a kind's Params (beams, lengths, penalties, sampling)."""
+    kwargs = dict(num_beams=params.num_beams, max_new_tokens=params.max_new_tokens,
+                  no_repeat_ngram_size=params.no_repeat_ngram_size, length_penalty=params.length_penalty,
+                  repetition_penalty=params.repetition_penalty, do_sample=params.do_sample,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if params.num_beams > 1:
+        kwargs["early_stopping"] = True
+    if params.do_sample:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p)
+    return kwargs
+
+
+def _ids(value) -> set:
+    if value is None:
+        return set()
+    return {value} if isinstance(value, int) else set(value)
+
+
+def truncate_ids_middle(ids: list[int], limit: int, marker_ids: list[int]) -> list[int]:
+    """Keep the head and the tail of a token sequence around `marker_ids` so it has `limit` tokens."""
+    if len(ids) <= limit:
+        return ids
+    room = max(limit - len(marker_ids), 2)
+    head = room // 2
+    return ids[:head] + marker_ids + ids[len(ids) - (room - head):]
+
+
+def generate(model, tokenizer, texts: list[str], params, *, encoder_decoder: bool = False,
+             max_input_tokens: int | None = None, batch_size: int | None = None, sort_by_length: bool = True,
+             report: GenerationReport | None = None, progress: bool = True) -> list[tuple[str, bool]]:
+    """(raw text, cut by max_new_tokens) per input, in input order.
+
+    Inputs are tokenized once, sorted longest first (so an out-of-memory shows on the first batch
+    and each batch pads to similar lengths), padded per batch on the left for decoder-only models.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    report = report if report is not None else GenerationReport()
+    batch_size = batch_size or params.eval_batch_size
+    # Special tokens as in training (trl tokenizes prompts with them): BOS for Llama-style models.
+    encoded = tokenizer(texts)["input_ids"]
+    if max_input_tokens:
+        marker_ids = tokenizer(DEFAULT_MARKER, add_special_tokens=False)["input_ids"]
+        for index, ids in enumerate(encoded):
+            if len(ids) > max_input_tokens:
+                encoded[index] = truncate_ids_middle(ids, max_input_tokens, marker_ids)
+                report.inputs_truncated += 1
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i])) if sort_by_length else list(range(len(texts)))
+    tokenizer.padding_side = "right" if encoder_decoder else "left"
+    kwargs = generation_kwargs(params, tokenizer)
+    # Stop at the tokenizer's EOS and at every EOS the model's generation config names (Qwen3: two).
+    eos_ids = {tokenizer.eos_token_id} | _ids(getattr(model.generation_config, "eos_token_id", None))
+    eos_ids.discard(None)
+    kwargs["eos_token_id"] = sorted(eos_ids)
+    device = next(model.parameters()).device
+    results: list[tuple[str, bool] | None] = [None] * len(texts)
+    model.eval()
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generate", unit="batch", file=sys.stderr, disable=not progress, leave=False):
+        padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+        padded = {key: value.to(device) for key, value in padded.items()}
+        with torch.inference_mode():
+            output = model.generate(**padded, **kwargs)
+        new_tokens = output if encoder_decoder else output[:, padded["input_ids"].shape[1]:]
+        for row, tokens in zip(batch, new_tokens.tolist()):
+            if encoder_decoder and tokens and tokens[0] == model.config.decoder_start_token_id:
+                tokens = tokens[1:]
+            ended = any(token in eos_ids for token in tokens)
+            cut = not ended and len(tokens) >= params.max_new_tokens
+            results[row] = (tokenizer.decode(tokens, skip_special_tokens=True), cut)
+    report.rows += len(texts)
+    return results  # type: ignore[return-value]
+
+
+def clean_output(text: str, cut: bool = False) -> str:
+    """Strip chat tokens and thinking blocks, collapse whitespace, drop a dangling last sentence."""
+    text = _THINK.sub(" ", text)
+    text = _CHAT_TOKEN.sub(" ", text)
+    text = _ANSWER_PREFIX.sub("", text).replace("\ufffd", "")  # half a character cut by max_new_tokens
+    text = " ".join(text.split())
+    if cut:
+        ends = [match.end() for match in _SENTENCE_END.finditer(text)]
+        if ends and ends[-1] < len(text):
+            text = text[:ends[-1]]
+    return text.strip()
+
+
+def lead_fallback(dialogue: str, turns: int = 2) -> str:
+    """The lead baseline for one row: its first turns on one line (used when a model says nothing)."""
+    lines = [line.strip() for line in str(dialogue).splitlines() if line.strip()]
+    return " ".join(lines[:turns])
+
+
+def finish(raw: list[tuple[str, bool]], dialogues: list[str], report: GenerationReport) -> list[str]:
+    """Cleaned summaries; an empty one becomes the lead output and is counted in `report`."""
+    summaries = []
+    for (text, cut), dialogue in zip(raw, dialogues):
+        report.cut_by_max_new_tokens += int(cut)
+        summary = clean_output(text, cut)
+        if not summary:
+            summary = lead_fallback(dialogue)
+            report.empty_to_lead += 1
+        summaries.append(summary)
+    return summaries

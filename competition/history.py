@@ -1,0 +1,194 @@
+"""What the submission log says: CV against the leaderboard, and which two files to pick at the end.
+
+The public leaderboard scores a small part of the test set, so a public gain that the OOF score does
+not share is more likely noise than progress. The numbers here make that visible: correlations of
+CV with public and private scores (with how many points they rest on), the public gains CV does
+not back, and the classic final pick: the best-CV submission plus the best public one whose CV is
+within the best's 95% interval.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .errors import SubmissionError
+
+SORT_KEYS = ("id", "cv", "public", "private")
+# Used for "CV agrees" when the best-CV submission has no 95% interval in the log.
+DEFAULT_CV_TOLERANCE = 1.0
+# Fewer points than this and a correlation says nothing.
+MIN_POINTS = 3
+
+
+def _float(text: str) -> float | None:
+    text = str(text).strip()
+    return float(text) if text else None
+
+
+def _gap(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 4)
+
+
+def history_rows(log: pd.DataFrame) -> list[dict]:
+    """One dict per logged submission, scores as floats (None where unknown), with the gaps."""
+    rows = []
+    for record in log.to_dict("records"):
+        cv, public, private = _float(record["oof_final"]), _float(record["public"]), _float(record["private"])
+        rows.append({
+            "id": record["id"], "created_at": record["created_at"], "source": record["source"],
+            "file": record["file"], "cv": cv, "dev": _float(record["dev_final"]), "public": public,
+            "private": private, "ci95": [_float(record["oof_ci95_low"]), _float(record["oof_ci95_high"])],
+            "public_minus_cv": _gap(public, cv), "private_minus_cv": _gap(private, cv),
+            "private_minus_public": _gap(private, public), "note": record["note"],
+        })
+    return rows
+
+
+def sort_rows(rows: list[dict], key: str = "id") -> list[dict]:
+    """By id (oldest first), or best first by cv, public or private (unknown values last)."""
+    if key not in SORT_KEYS:
+        raise SubmissionError(f"cannot sort by {key!r}: choose one of {', '.join(SORT_KEYS)}")
+    if key == "id":
+        return sorted(rows, key=lambda row: int(row["id"]))
+    return sorted(rows, key=lambda row: (row[key] is None, -(row[key] or 0.0), int(row["id"])))
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (what Spearman's coefficient needs)."""
+    return pd.Series(values).rank(method="average").to_numpy()
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return None if denominator == 0 else float((x * y).sum() / denominator)
+
+
+def correlation(rows: Sequence[dict], x_key: str = "cv", y_key: str = "public") -> dict:
+    """Pearson and Spearman of x with y over the submissions holding both; None below MIN_POINTS
+    points or when one side is constant."""
+    pairs = [(row[x_key], row[y_key]) for row in rows if row[x_key] is not None and row[y_key] is not None]
+    result = {"n": len(pairs), "pearson": None, "spearman": None}
+    if len(pairs) >= MIN_POINTS:
+        x, y = np.array(pairs, dtype=float).T
+        result["pearson"] = _pearson(x, y)
+        result["spearman"] = _pearson(_ranks(x), _ranks(y))
+    return result
+
+
+def noise_warnings(rows: Sequence[dict]) -> list[str]:
+    """Steps where a submission beat the best public score so far while its CV did not beat that
+    submission's CV: public gains not backed by CV (chasing public noise)."""
+    warnings = []
+    best = None
+    for row in sort_rows([r for r in rows if r["public"] is not None and r["cv"] is not None], "id"):
+        if best is not None and row["public"] > best["public"]:
+            cv_change = row["cv"] - best["cv"]
+            if cv_change <= 0:
+                warnings.append(f"#{row['id']} ({row['source']}) raised the best public score by "
+                                f"{row['public'] - best['public']:+.4f} over #{best['id']} while its CV changed "
+                                f"{cv_change:+.4f}: a public gain not backed by CV is likely noise")
+        if best is None or row["public"] > best["public"]:
+            best = row
+    public = correlation(rows, "cv", "public")
+    if public["spearman"] is not None and public["n"] >= 5 and public["spearman"] < 0.3:
+        warnings.append(f"CV and public scores barely agree (Spearman {public['spearman']:.2f} over {public['n']} "
+                        f"submissions): trust CV, the public board is a small sample")
+    return warnings
+
+
+def final_picks(rows: Sequence[dict], tolerance: float = DEFAULT_CV_TOLERANCE) -> dict:
+    """The two final submissions: the best by CV, and the best public score among the others whose
+    CV agrees (at least the low end of the best's 95% interval, else best CV - tolerance)."""
+    scored = [row for row in sort_rows(list(rows), "cv") if row["cv"] is not None]
+    if not scored:
+        return {"best_cv": None, "best_public_agreeing": None, "cv_threshold": None,
+                "advice": "no submission has a CV score yet: run `competition cv`, then submit"}
+    best_cv = scored[0]
+    low = best_cv["ci95"][0]
+    threshold = low if low is not None else best_cv["cv"] - tolerance
+    agreeing = [row for row in sort_rows(list(rows), "public")
+                if row["public"] is not None and row["cv"] is not None and row["cv"] >= threshold
+                and row["id"] != best_cv["id"]]
+    second = agreeing[0] if agreeing else None
+    lines = [f"pick 1 (best CV): #{best_cv['id']} {best_cv['source']} CV {best_cv['cv']:.4f}"
+             + (f", public {best_cv['public']:.4f}" if best_cv["public"] is not None else "")]
+    if second:
+        lines.append(f"pick 2 (best public with CV >= {threshold:.4f}): #{second['id']} {second['source']} "
+                     f"CV {second['cv']:.4f}, public {second['public']:.4f}")
+    else:
+        lines.append(f"pick 2: no other submission with a public score has CV >= {threshold:.4f}; "
+                     f"record public scores (`competition lb record`) or pick the next best CV")
+    best_public = sort_rows([row for row in rows if row["public"] is not None], "public")
+    if best_public and best_public[0]["cv"] is not None and best_public[0]["cv"] < threshold:
+        top = best_public[0]
+        lines.append(f"not recommended: #{top['id']} has the best public {top['public']:.4f} but CV "
+                     f"{top['cv']:.4f} < {threshold:.4f}")
+    return {"best_cv": best_cv, "best_public_agreeing": second, "cv_threshold": threshold,
+            "advice": "\n".join(lines)}
+
+
+def history_report(config: Config, sort: str = "id", tolerance: float = DEFAULT_CV_TOLERANCE) -> dict:
+    """Everything `competition history` shows, as plain data."""
+    from .submission import read_log
+
+    rows = history_rows(read_log(config))
+    return {
+        "submissions": sort_rows(rows, sort),
+        "correlation": {"public": correlation(rows, "cv", "public"), "private": correlation(rows, "cv", "private")},
+        "warnings": noise_warnings(rows),
+        "picks": final_picks(rows, tolerance),
+    }
+
+
+def plot_history(rows: Sequence[dict], path: str | Path) -> Path:
+    """A PNG: CV against public and private scores with the y = x diagonal, and every score over
+    the submissions in order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sort_rows(list(rows), "id")
+    if not rows:
+        raise SubmissionError("no submissions in the log yet: nothing to plot")
+    figure, (scatter, timeline) = plt.subplots(1, 2, figsize=(12, 5))
+    values = []
+    for key, marker in (("public", "o"), ("private", "s")):
+        points = [(row["cv"], row[key], row["id"]) for row in rows if row["cv"] is not None and row[key] is not None]
+        if points:
+            scatter.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=key)
+            for x, y, label in points:
+                scatter.annotate(label.lstrip("0") or "0", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            values += [v for p in points for v in p[:2]]
+    if values:
+        low, high = min(values), max(values)
+        margin = (high - low) * 0.05 or 1.0
+        scatter.plot([low - margin, high + margin], [low - margin, high + margin], "k--", linewidth=1, label="y = x")
+        scatter.legend()
+    else:
+        scatter.text(0.5, 0.5, "no leaderboard scores recorded yet", ha="center", transform=scatter.transAxes)
+    scatter.set_xlabel("CV (OOF final)")
+    scatter.set_ylabel("leaderboard final")
+    scatter.set_title("CV vs leaderboard")
+    positions = list(range(len(rows)))
+    for key in ("cv", "dev", "public", "private"):
+        series = [np.nan if row[key] is None else row[key] for row in rows]
+        if not all(np.isnan(series)):
+            timeline.plot(positions, series, marker="o", label=key)
+    timeline.set_xticks(positions)
+    timeline.set_xticklabels([row["id"] for row in rows], rotation=90, fontsize=7)
+    timeline.set_xlabel("submission")
+    timeline.set_ylabel("final")
+    timeline.set_title("scores over time")
+    timeline.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    plt.close(figure)
+    return path

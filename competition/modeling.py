@@ -1,0 +1,120 @@
+"""Pure builders from a kind's Params to library objects (quantization, LoRA, device), and loaders
+that turn a missing or unreadable model into one user-facing line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ConfigError
+
+QUANTIZATIONS = ("4bit", "8bit", "none")
+
+
+def resolve_device(params) -> str:
+    """"cuda" or "cpu": `device = "auto"` picks CUDA when there is one."""
+    import torch
+
+    if params.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if params.device not in ("cuda", "cpu"):
+        raise ConfigError(f"device = {params.device!r} is not one of auto, cuda, cpu: fix it in competition.toml")
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = \"cuda\" but this machine has no CUDA: use device = \"auto\" or a GPU machine")
+    return params.device
+
+
+def compute_dtype(device: str):
+    """bf16 on CUDA (what QLoRA trains in), float32 on CPU (bf16 matmuls are slow or missing there)."""
+    import torch
+
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def bnb_config(params, device: str = "cpu"):
+    """BitsAndBytesConfig for `quantization`: NF4 with double quantization, 8-bit, or None."""
+    if params.quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization = {params.quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if params.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if params.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype(device), bnb_4bit_quant_storage=compute_dtype(device))
+
+
+def lora_config(params, task_type: str = "CAUSAL_LM"):
+    """peft LoraConfig from lora_r, lora_alpha, lora_dropout, target_modules ("all-linear" or a list)."""
+    from peft import LoraConfig
+
+    targets = params.target_modules
+    return LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+                      target_modules=targets, bias="none", task_type=task_type)
+
+
+def model_source(params) -> str:
+    """A local folder (absolute, or relative to the current workspace) or a hub id as given."""
+    path = Path(params.model).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if params.model.startswith((".", "/", "~")) or params.model.count("/") > 1:
+        raise ConfigError(f"model folder {params.model!r} does not exist: fix `model` in competition.toml")
+    return params.model
+
+
+def load_error(params, error: Exception) -> ConfigError:
+    return ConfigError(f"cannot load model {params.model!r} ({type(error).__name__}: {str(error).splitlines()[0]}): "
+                       "point `model` at a local folder with config.json and safetensors weights, or a hub id "
+                       "reachable from this machine")
+
+
+def load_tokenizer(params, source: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source or model_source(params),
+                                                  trust_remote_code=params.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise load_error(params, error) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(params, device: str, adapter: Path | None = None, trainable: bool = False):
+    """The causal LM, quantized per `quantization`, with a saved LoRA adapter attached when given."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_source(params), quantization_config=bnb_config(params, device), dtype=compute_dtype(device),
+            device_map={"": 0 if device == "cuda" else "cpu"}, trust_remote_code=params.trust_remote_code,
+            use_safetensors=True)
+    except (OSError, ValueError) as error:
+        raise load_error(params, error) from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    return model
+
+
+def completion_loss(model, tokenizer, prompts: list[str], completions: list[str]) -> float:
+    """Mean token loss of `completions` given `prompts` (prompt tokens masked), one batch."""
+    import torch
+
+    rows = []
+    for prompt, completion in zip(prompts, completions):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        completion_ids = tokenizer(completion + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        rows.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        output = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device))
+    return float(output.loss)

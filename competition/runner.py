@@ -1,0 +1,354 @@
+"""`competition run`: fit each candidate on k-1 folds, predict the held-out fold (OOF), test and dev.
+
+The runner owns folds, caching, files and progress; a candidate kind only has fit and predict.
+A fold is done when its meta.json exists (written last, atomically) and records the same config,
+data, folds, test and dev hashes as now: such folds are skipped, stale ones re-run, --force
+re-runs all. Once every fold is done the source's test (and dev) output is chosen per row by MBR
+over the k fold models' outputs, or comes from a model refit on all rows ([cv] test_strategy).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, config_hash
+from .data import rows_sha256
+from .errors import CudaRequired, FoldMismatch, UnknownCandidate
+from .predictions import (done_folds, fold_dir, read_meta, run_dir, write_fold, write_source_outputs)
+
+# Hashes a finished fold must share with the current run to be reused.
+_FOLD_KEYS = ("config_hash", "data_sha256", "folds_sha256", "test_sha256", "dev_sha256")
+_VERSIONED = ("competition", "numpy", "pandas", "scikit-learn", "kiwipiepy", "torch", "transformers", "peft", "trl")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def versions() -> dict:
+    """Python and package versions, for meta.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in _VERSIONED:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def candidate_settings(config: Config, name: str) -> dict:
+    """What a candidate's predictions depend on besides the data: hashed into config_hash."""
+    candidate = config.candidate(name)
+    from .candidates import candidate_class
+
+    settings = {"kind": candidate.kind, "params": dataclasses.asdict(candidate.params),
+                "augmentations": list(candidate.augmentations), "seed": config.cv.seed}
+    if getattr(candidate_class(candidate.kind), "uses_metric", False):
+        # Kinds that tune on ROUGE (lead, retrieval) change with the metric's settings.
+        settings["metric"] = dataclasses.asdict(config.metric)
+    return settings
+
+
+def select_mbr(outputs: Sequence[Sequence[str]], scorer) -> np.ndarray:
+    """Per row, the index of the output with the highest mean final against the other outputs
+    (minimum Bayes risk); ties go to the lowest index. outputs: (sources, rows)."""
+    sources = len(outputs)
+    rows = len(outputs[0]) if sources else 0
+    chosen = np.zeros(rows, dtype=np.int64)
+    if sources < 2 or rows == 0:
+        return chosen
+    matrix = np.asarray(outputs, dtype=object)  # (sources, rows)
+    # Rows whose outputs all agree need no scoring.
+    varied = np.flatnonzero([len(set(matrix[:, row])) > 1 for row in range(rows)])
+    if not len(varied):
+        return chosen
+    pairs = [(i, j) for i in range(sources) for j in range(sources) if i != j]
+    hyps = [matrix[i, row] for row in varied for i, _ in pairs]
+    refs = [matrix[j, row] for row in varied for _, j in pairs]
+    finals = scorer.score_pairs(hyps, refs)[:, :, 2].mean(axis=1).reshape(len(varied), len(pairs))
+    utility = np.zeros((len(varied), sources))
+    for column, (i, _) in enumerate(pairs):
+        utility[:, i] += finals[:, column]
+    chosen[varied] = utility.argmax(axis=1)
+    return chosen
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Everything shared by the candidates of one run: rows, folds and their hashes."""
+
+    config: Config
+    rows: pd.DataFrame
+    fold_of: np.ndarray
+    k: int
+    test: pd.DataFrame
+    dev: pd.DataFrame | None  # None unless dev is a hold-out (not inside the folds)
+    hashes: dict
+
+
+def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
+    """Load the data and the folds, check they match (FoldMismatch) and hash the inputs."""
+    from .data import load_from_config
+    from .folds import check_folds, folds_sha256, labelled_rows
+
+    data = load_from_config(config, data_dir)
+    rows = labelled_rows(config, data).reset_index(drop=True)
+    folds = check_folds(config, rows)
+    fold_of = folds.set_index("fname")["fold"].loc[rows["fname"]].to_numpy()
+    k = int(folds["fold"].max()) + 1
+    empty = [fold for fold in range(k) if not (fold_of == fold).any()]
+    if empty:
+        raise FoldMismatch(f"{config.cv.folds_file}: fold(s) {', '.join(map(str, empty))} have no rows: "
+                           f"rebuild with `competition folds build --force`")
+    dev = data.dev if data.dev is not None and not config.cv.include_dev else None
+    hashes = {"data_sha256": rows_sha256(rows), "folds_sha256": folds_sha256(config),
+              "test_sha256": rows_sha256(data.test[["fname", "dialogue"]]),
+              "dev_sha256": rows_sha256(dev) if dev is not None else None}
+    return RunContext(config, rows, fold_of, k, data.test, dev, hashes)
+
+
+def _training_rows(context: RunContext, name: str, mask: np.ndarray) -> pd.DataFrame:
+    """Rows a model of this fold learns from, plus the augmented rows it may see."""
+    train = context.rows[mask].reset_index(drop=True)
+    augmentations = context.config.candidate(name).augmentations
+    if not augmentations:
+        return train
+    from .augment import fold_training_rows, read_augmented
+
+    return fold_training_rows(train, [read_augmented(context.config.resolve(path)) for path in augmentations])
+
+
+def _candidate_hash(context: RunContext, name: str) -> tuple[str, dict]:
+    settings = candidate_settings(context.config, name)
+    augmented = {path: _file_sha256(context.config.resolve(path)) for path in settings["augmentations"]
+                 if context.config.resolve(path).exists()}
+    return config_hash({**settings, "augmentation_sha256": augmented}), settings
+
+
+def _make(context: RunContext, name: str, workdir: Path):
+    from .candidates import candidate_class
+
+    candidate_config = context.config.candidate(name)
+    instance = candidate_class(candidate_config.kind)(name, candidate_config.params, workdir, context.config.cv.seed)
+    instance.metric = context.config.metric
+    return instance
+
+
+def _predict(instance, rows: pd.DataFrame, what: str) -> tuple[pd.DataFrame, float]:
+    start = time.perf_counter()
+    summaries = list(instance.predict(rows)) if len(rows) else []
+    if len(summaries) != len(rows):
+        raise RuntimeError(f"candidate {instance.name!r} returned {len(summaries)} summaries for {len(rows)} {what} rows")
+    frame = pd.DataFrame({"fname": rows["fname"].to_numpy(), "summary": ["" if s is None else str(s) for s in summaries]})
+    return frame, time.perf_counter() - start
+
+
+def fold_is_current(meta: dict | None, wanted: dict) -> bool:
+    return meta is not None and all(meta.get(key) == wanted.get(key) for key in _FOLD_KEYS)
+
+
+def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: dict) -> dict:
+    """Fit on the other folds, predict the held-out fold, test and dev; write fold_K/ (meta last)."""
+    started_at, start = _now(), time.perf_counter()
+    held_out = context.fold_of == fold
+    train = _training_rows(context, name, ~held_out)
+    instance = _make(context, name, fold_dir(context.config, name, fold) / "work")
+    fit_start = time.perf_counter()
+    instance.fit(train, fold)
+    timings = {"fit_s": time.perf_counter() - fit_start}
+    oof, timings["predict_oof_s"] = _predict(instance, context.rows[held_out], "held-out")
+    test, timings["predict_test_s"] = _predict(instance, context.test, "test")
+    dev = None
+    if context.dev is not None:
+        dev, timings["predict_dev_s"] = _predict(instance, context.dev, "dev")
+    timings["total_s"] = time.perf_counter() - start
+    meta = {**wanted, "name": name, "kind": settings["kind"], "config": settings, "fold": fold,
+            "rows": {"train": int(len(train)), "oof": int(held_out.sum()), "test": int(len(context.test)),
+                     "dev": None if context.dev is None else int(len(context.dev))},
+            "timings": timings, "started_at": started_at, "finished_at": _now(), "versions": versions()}
+    write_fold(context.config, name, fold, oof, test, dev, meta)
+    return meta
+
+
+def _choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """MBR over the k fold models' test (and dev) outputs, row by row."""
+    from .predictions import load_fold_dev, load_fold_test
+
+    chosen_counts = {}
+    frames = []
+    for split, rows, by_fold in (("test", context.test, load_fold_test(context.config, name)),
+                                 ("dev", context.dev, load_fold_dev(context.config, name) if context.dev is not None else {})):
+        if rows is None:
+            frames.append(None)
+            continue
+        fnames = rows["fname"].tolist()
+        outputs = []
+        for fold in range(context.k):
+            if fold not in by_fold:
+                raise FoldMismatch(f"{fold_dir(context.config, name, fold)}/{split}.csv is missing: "
+                                   f"re-run with `competition run {name} --folds {fold} --force`")
+            series = by_fold[fold].set_index("fname")["summary"]
+            if set(series.index) != set(fnames):
+                raise FoldMismatch(f"{fold_dir(context.config, name, fold)}/{split}.csv does not cover the {split} rows: "
+                                   f"re-run with `competition run {name} --folds {fold} --force`")
+            outputs.append(series.loc[fnames].tolist())
+        choice = select_mbr(outputs, scorer)
+        chosen_counts[split] = np.bincount(choice, minlength=context.k).tolist()
+        frames.append(pd.DataFrame({"fname": fnames, "summary": [outputs[c][r] for r, c in enumerate(choice)]}))
+    return frames[0], frames[1], {"chosen_per_fold": chosen_counts}
+
+
+def _refit_outputs(context: RunContext, name: str) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """A model fit on every labelled row (fold None) predicts test and dev."""
+    instance = _make(context, name, run_dir(context.config, name) / "refit" / "work")
+    start = time.perf_counter()
+    instance.fit(_training_rows(context, name, np.ones(len(context.rows), dtype=bool)), None)
+    timings = {"fit_s": time.perf_counter() - start}
+    test, timings["predict_test_s"] = _predict(instance, context.test, "test")
+    dev = None
+    if context.dev is not None:
+        dev, timings["predict_dev_s"] = _predict(instance, context.dev, "dev")
+    return test, dev, {"refit_timings": timings}
+
+
+def _drop_extra_folds(context: RunContext, name: str, echo: Callable[[str], None]) -> None:
+    """Remove fold_K/ outputs for K >= k (left by a run with more folds) so no row counts twice."""
+    for fold in done_folds(context.config, name):
+        if fold >= context.k:
+            shutil.rmtree(fold_dir(context.config, name, fold))
+            echo(f"{name}: removed fold_{fold}/ (the folds now have k = {context.k})")
+
+
+def run_candidate(context: RunContext, name: str, folds: Sequence[int], force: bool, progress: bool,
+                  echo: Callable[[str], None]) -> dict:
+    """Run one candidate's selected folds, then choose its test/dev outputs when all folds are done."""
+    from tqdm import tqdm
+
+    from .metric import get_scorer
+
+    config = context.config
+    digest, settings = _candidate_hash(context, name)
+    wanted = {"config_hash": digest, **context.hashes}
+    _drop_extra_folds(context, name, echo)
+    ran, skipped = [], []
+    for fold in tqdm(folds, desc=f"{name} folds", disable=not progress, file=sys.stderr, leave=False):
+        meta = read_meta(fold_dir(config, name, fold) / "meta.json")
+        if not force and fold_is_current(meta, wanted) and (fold_dir(config, name, fold) / "oof.csv").exists():
+            skipped.append(fold)
+            continue
+        if meta is not None and not force:
+            echo(f"{name}: fold {fold} is stale (config, data or folds changed): re-running")
+        run_fold(context, name, fold, wanted, settings)
+        ran.append(fold)
+    current = [fold for fold in range(context.k)
+               if fold_is_current(read_meta(fold_dir(config, name, fold) / "meta.json"), wanted)]
+    report = {"kind": settings["kind"], "config_hash": digest, "ran": ran, "skipped": skipped,
+              "folds_done": len(current), "k": context.k, "complete": len(current) == context.k}
+    if not report["complete"]:
+        missing = [fold for fold in range(context.k) if fold not in current]
+        echo(f"{name}: {len(current)}/{context.k} folds done; test output not chosen until fold(s) "
+             f"{', '.join(map(str, missing))} run")
+        return report
+
+    strategy = config.cv.test_strategy
+    fold_finished = [read_meta(fold_dir(config, name, fold) / "meta.json").get("finished_at") for fold in range(context.k)]
+    source_inputs = {**wanted, "test_strategy": strategy, "fold_finished_at": fold_finished,
+                     "metric": dataclasses.asdict(config.metric)}
+    existing = read_meta(run_dir(config, name) / "meta.json") or {}
+    if not force and existing.get("inputs") == source_inputs and (run_dir(config, name) / "test.csv").exists():
+        report["test_output"] = "unchanged"
+        return report
+    start = time.perf_counter()
+    if strategy == "refit":
+        test, dev, extra = _refit_outputs(context, name)
+    else:
+        scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
+        test, dev, extra = _choose_outputs(context, name, scorer)
+    meta = {"name": name, "kind": settings["kind"], "config_hash": digest, "config": settings, "inputs": source_inputs,
+            **context.hashes, "k": context.k, "test_strategy": strategy, **extra,
+            "seconds": time.perf_counter() - start, "finished_at": _now(), "versions": versions()}
+    write_source_outputs(config, name, test, dev, meta)
+    report["test_output"] = strategy
+    return report
+
+
+def _needs_cuda_missing(context: RunContext, name: str) -> bool:
+    instance = _make(context, name, run_dir(context.config, name) / "fold_0" / "work")
+    if not instance.needs_cuda():
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def resolve_names(config: Config, names: Sequence[str] | None) -> list[str]:
+    """The candidates to run: the named ones (checked) or every enabled one."""
+    if not names:
+        enabled = [name for name, candidate in config.candidates.items() if candidate.enabled]
+        if not enabled:
+            raise UnknownCandidate(f"no enabled candidate in {config.path or 'competition.toml'}: "
+                                   f"add one, e.g. [candidates.lead] kind = \"lead\"")
+        return enabled
+    for name in names:
+        if name in config.ensembles:
+            raise UnknownCandidate(f"{name!r} is an ensemble, not a candidate: build it with "
+                                   f"`competition ensemble {name}`")
+        config.candidate(name)
+    return list(dict.fromkeys(names))
+
+
+def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Sequence[int] | None = None,
+                   force: bool = False, data_dir: str | Path | None = None, require_all: bool = False,
+                   progress: bool = True, echo: Callable[[str], None] = _stderr) -> dict:
+    """Run candidates (default: every enabled one) on the selected folds (default: all).
+
+    Returns {name: {"kind", "config_hash", "ran", "skipped", "folds_done", "k", "complete",
+    "test_output"}} or {"skipped": "needs CUDA"} for a CUDA-only candidate on a CPU machine
+    (CudaRequired instead with require_all).
+    """
+    names = resolve_names(config, names)
+    context = prepare(config, data_dir)
+    selected = list(range(context.k)) if folds is None else sorted(set(int(f) for f in folds))
+    bad = [fold for fold in selected if not 0 <= fold < context.k]
+    if bad:
+        raise FoldMismatch(f"--folds {','.join(map(str, bad))}: the folds are 0..{context.k - 1} "
+                           f"({config.cv.folds_file})")
+    echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows, "
+         + (f"{len(context.dev)} dev rows (hold-out)" if context.dev is not None else "no dev hold-out")
+         + f"; test output by {config.cv.test_strategy}")
+    echo("config: " + json.dumps({"metric": dataclasses.asdict(config.metric), "cv": dataclasses.asdict(config.cv)},
+                                 sort_keys=True))
+    results = {}
+    for name in names:
+        settings = candidate_settings(config, name)
+        echo(f"{name}: " + json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str))
+        if _needs_cuda_missing(context, name):
+            message = f"candidate {name!r} needs CUDA and this machine has none"
+            if require_all:
+                raise CudaRequired(f"{message}: run it on a GPU machine, or drop --require-all to skip it")
+            echo(f"{name}: skipped ({message})")
+            results[name] = {"kind": settings["kind"], "skipped": "needs CUDA"}
+            continue
+        results[name] = run_candidate(context, name, selected, force, progress, echo)
+    return results

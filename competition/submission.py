@@ -1,0 +1,360 @@
+"""Leaderboard CSVs and the tracked submission log (`submissions/log.csv`).
+
+Every submission is a file `submissions/NNNN-SOURCE.csv` in exactly the leaderboard format and one
+row in `log.csv` with what produced it (source, config hash, git commit) and its local scores (OOF,
+dev). Leaderboard scores are typed in later with `record_scores`: `log.csv` keeps the current
+values and `lb_history.csv` every recording, so a corrected typo stays visible. Writers take an
+exclusive lock on `submissions/.log.lock` and replace files atomically, so parallel `submit`s never
+lose or corrupt a row.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import hashlib
+import io
+import math
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pandas as pd
+
+from .config import Config
+from .errors import SubmissionError, UnknownCandidate
+
+LOG_FILE = "log.csv"
+LB_HISTORY_FILE = "lb_history.csv"
+LOCK_FILE = ".log.lock"
+LOG_COLUMNS = [
+    "id", "created_at", "file", "sha256", "source", "config_hash", "git_commit", "git_dirty",
+    "oof_rouge1", "oof_rouge2", "oof_rougeL", "oof_final", "oof_ci95_low", "oof_ci95_high", "dev_final",
+    "public", "private", "note",
+]
+LB_HISTORY_COLUMNS = ["recorded_at", "id", "public", "private", "previous_public", "previous_private"]
+LB_RANGE = (0.0, 100.0)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class DuplicateSubmission(SubmissionError):
+    """The exact same file (same sha256) is already in the log."""
+
+    def __init__(self, message: str, existing: dict):
+        super().__init__(message)
+        self.existing = existing
+
+
+def now_utc() -> str:
+    """UTC ISO 8601 to the second, e.g. 2026-11-24T03:54:05+00:00."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def submissions_dir(config: Config) -> Path:
+    return config.resolve(config.submit.dir)
+
+
+# --- the leaderboard file -------------------------------------------------------------------------
+
+def _csv_field(value: str) -> str:
+    """RFC 4180: a field holding a comma, a quote, CR or LF is quoted, quotes doubled. (The csv
+    module leaves a lone CR unquoted when the line terminator is LF; readers then split the row.)"""
+    if any(ch in value for ch in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def csv_text(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """A CSV document with LF line ends and minimal RFC 4180 quoting."""
+    return "".join(",".join(_csv_field(str(value)) for value in row) + "\n" for row in [header, *rows])
+
+
+def _label(ids: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def leaderboard_csv(sample_ids: Sequence[str], predictions: pd.DataFrame, source: str = "predictions") -> bytes:
+    """The leaderboard file: header fname,summary, one row per sample id in its order, UTF-8.
+
+    Raises SubmissionError naming the rows when an id is missing, extra or duplicated, or a summary
+    is empty.
+    """
+    fnames = predictions["fname"].astype(str).tolist()
+    summaries = ["" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+                 for value in predictions["summary"].tolist()]
+    problems = []
+    counts = Counter(fnames)
+    seen = set(counts)
+    duplicated = sorted(f for f, count in counts.items() if count > 1)
+    if duplicated:
+        problems.append(f"{len(duplicated)} duplicated id(s): {_label(duplicated)}")
+    wanted = set(sample_ids)
+    missing = [f for f in sample_ids if f not in seen]
+    if missing:
+        problems.append(f"{len(missing)} missing id(s): {_label(missing)}")
+    extra = [f for f in dict.fromkeys(fnames) if f not in wanted]
+    if extra:
+        problems.append(f"{len(extra)} id(s) not in sample_submission: {_label(extra)}")
+    empty = [f for f, text in zip(fnames, summaries) if not text.strip() and f in wanted]
+    if empty:
+        problems.append(f"{len(empty)} empty summar(ies): {_label(empty)}")
+    if problems:
+        raise SubmissionError(f"{source}: test predictions do not match sample_submission: "
+                              + "; ".join(problems) + "; re-run the source or fix its test.csv")
+    summary_of = dict(zip(fnames, summaries))
+    return csv_text([[fname, summary_of[fname]] for fname in sample_ids], ["fname", "summary"]).encode("utf-8")
+
+
+def _atomic_write(path: Path, content: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then os.replace (readers see old or new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+# --- the log --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def log_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the submissions folder's lock file (held until the block ends)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame({column: pd.Series(dtype=str) for column in columns})
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise SubmissionError(f"{path}: missing column(s) {', '.join(missing)}; restore it from git "
+                              f"(`git checkout {path.name}`)")
+    return frame[columns]
+
+
+def read_log(config: Config) -> pd.DataFrame:
+    """The submission log, every value a string ("" where not known)."""
+    return _read_table(submissions_dir(config) / LOG_FILE, LOG_COLUMNS)
+
+
+def read_lb_history(config: Config) -> pd.DataFrame:
+    """Every leaderboard recording, oldest first (corrections included)."""
+    return _read_table(submissions_dir(config) / LB_HISTORY_FILE, LB_HISTORY_COLUMNS)
+
+
+def _write_table(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
+    _atomic_write(path, csv_text(frame[columns].astype(str).values.tolist(), columns).encode("utf-8"))
+
+
+def git_state(folder: Path, exclude: Sequence[str] = ()) -> tuple[str, str]:
+    """(commit, dirty) of the git checkout holding `folder`; ("", "") outside git. Changes to
+    tracked files under `exclude` (the submissions folder, rewritten by every submit) don't count."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return "", ""
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                 *(f":(exclude){path}" for path in exclude))
+    return commit.strip(), ("" if status is None else str(bool(status.strip())).lower())
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{float(value):.4f}"
+
+
+def local_scores(config: Config, source: str) -> dict:
+    """The source's OOF ROUGE, 95% interval, dev final and config hash from cv.leaderboard."""
+    from .cv import leaderboard
+
+    entries = leaderboard(config, [source])
+    if not entries:
+        return {}
+    entry = entries[0]
+    oof = entry.get("oof") or {}
+    complete = entry.get("complete", False)
+    ci = entry.get("ci95") or [None, None]
+    return {
+        "config_hash": entry.get("config_hash") or "",
+        "oof_rouge1": _number(oof.get("rouge1")) if complete else "",
+        "oof_rouge2": _number(oof.get("rouge2")) if complete else "",
+        "oof_rougeL": _number(oof.get("rougeL")) if complete else "",
+        "oof_final": _number(oof.get("final")) if complete else "",
+        "oof_ci95_low": _number(ci[0]) if complete else "",
+        "oof_ci95_high": _number(ci[1]) if complete else "",
+        "dev_final": _number(entry.get("dev_final")),
+    }
+
+
+def _source_predictions(config: Config, source: str) -> pd.DataFrame:
+    from .predictions import list_sources, load_test
+
+    sources = list_sources(config)
+    if source not in sources:
+        import difflib
+
+        close = difflib.get_close_matches(source, sources, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; sources with predictions: {', '.join(sources) or 'none'}"
+        raise UnknownCandidate(f"no predictions for {source!r} under runs/{hint}; "
+                               f"run `competition run {source}` (or `competition ensemble {source}`) first")
+    return load_test(config, source)
+
+
+def _refuse_duplicate(log: pd.DataFrame, digest: str, source: str) -> None:
+    same = log[log["sha256"] == digest]
+    if len(same):
+        existing = same.iloc[0].to_dict()
+        raise DuplicateSubmission(f"{source}: identical to submission {existing['id']} ({existing['file']}, "
+                                  f"sha256 {digest[:12]}); pass --allow-duplicate to log it again", existing)
+
+
+def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = False) -> dict:
+    """Write `submissions/NNNN-SOURCE.csv` from SOURCE's test predictions and log it; returns the
+    new log row. Refuses a malformed file, and a file already logged unless `allow_duplicate`."""
+    from .data import read_split
+
+    sample_path = config.resolve(config.data.dir) / config.data.sample_submission
+    sample_ids = read_split(sample_path, "sample_submission")["fname"].tolist()
+    content = leaderboard_csv(sample_ids, _source_predictions(config, source), source)
+    digest = hashlib.sha256(content).hexdigest()
+    if not allow_duplicate:
+        _refuse_duplicate(read_log(config), digest, source)  # early, before scoring; again under the lock
+    commit, dirty = git_state(config.root, [config.submit.dir])
+    row = {"source": source, "sha256": digest, "git_commit": commit, "git_dirty": dirty,
+           "note": " ".join(note.split()), "public": "", "private": "",
+           **{column: "" for column in LOG_COLUMNS if column.startswith(("oof_", "dev_"))}, "config_hash": ""}
+    row.update(local_scores(config, source))
+    folder = submissions_dir(config)
+    with log_lock(folder):
+        log = read_log(config)
+        if not allow_duplicate:
+            _refuse_duplicate(log, digest, source)
+        number = max((int(value) for value in log["id"] if value.isdigit()), default=0) + 1
+        name = f"{number:04d}-{_SAFE_NAME.sub('_', source)}.csv"
+        _atomic_write(folder / name, content)
+        row.update({"id": f"{number:04d}", "created_at": now_utc(), "file": name})
+        log = pd.concat([log, pd.DataFrame([row])[LOG_COLUMNS]], ignore_index=True)
+        _write_table(folder / LOG_FILE, log, LOG_COLUMNS)
+    return {column: row[column] for column in LOG_COLUMNS}
+
+
+# --- leaderboard scores ---------------------------------------------------------------------------
+
+def find_row(log: pd.DataFrame, key: str, where: str = LOG_FILE) -> int:
+    """The log position of a submission given as its id ("3" or "0003") or file name."""
+    key = str(key).strip()
+    if key.isdigit():
+        matches = [i for i, value in enumerate(log["id"]) if value.isdigit() and int(value) == int(key)]
+    else:
+        matches = [i for i, value in enumerate(log["file"]) if value == Path(key).name]
+    if not matches:
+        known = _label(log["id"].tolist()[-5:]) or "none yet"
+        raise SubmissionError(f"no submission {key!r} in {where} (latest ids: {known}); "
+                              f"see `competition history`")
+    return matches[0]
+
+
+def _score(value: float | None, which: str) -> str:
+    if value is None:
+        return ""
+    low, high = LB_RANGE
+    if not (low <= value <= high) or math.isnan(value):
+        raise SubmissionError(f"--{which} {value} is outside {low:g}-{high:g}: type the leaderboard's final "
+                              f"score as shown (e.g. 42.8153)")
+    return f"{value:.4f}"
+
+
+def record_scores(config: Config, key: str, public: float | None = None, private: float | None = None) -> dict:
+    """Record leaderboard scores for a logged submission; returns the updated log row. A new value
+    replaces the old one in log.csv and both are kept in lb_history.csv."""
+    if public is None and private is None:
+        raise SubmissionError("nothing to record: pass --public X and/or --private Y")
+    public_text, private_text = _score(public, "public"), _score(private, "private")
+    folder = submissions_dir(config)
+    with log_lock(folder):
+        log = read_log(config)
+        position = find_row(log, key, str(folder / LOG_FILE))
+        previous = log.iloc[position][["public", "private"]].to_dict()
+        if public_text:
+            log.iloc[position, LOG_COLUMNS.index("public")] = public_text
+        if private_text:
+            log.iloc[position, LOG_COLUMNS.index("private")] = private_text
+        history = read_lb_history(config)
+        entry = {"recorded_at": now_utc(), "id": log.iloc[position]["id"], "public": public_text,
+                 "private": private_text, "previous_public": previous["public"] if public_text else "",
+                 "previous_private": previous["private"] if private_text else ""}
+        history = pd.concat([history, pd.DataFrame([entry])], ignore_index=True)
+        _write_table(folder / LB_HISTORY_FILE, history, LB_HISTORY_COLUMNS)
+        _write_table(folder / LOG_FILE, log, LOG_COLUMNS)
+    return log.iloc[position].to_dict()
+
+
+# --- comparing two submissions --------------------------------------------------------------------
+
+def submission_file(config: Config, key: str) -> Path:
+    """A submission given as a log id, a file name in the submissions folder, or a path."""
+    path = Path(key)
+    if path.suffix == ".csv" and path.exists():
+        return path
+    log = read_log(config)
+    row = log.iloc[find_row(log, key, str(submissions_dir(config) / LOG_FILE))]
+    return submissions_dir(config) / row["file"]
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise SubmissionError(f"{path} not found: it is in the log but not on disk; restore it from git")
+    return pd.read_csv(io.BytesIO(path.read_bytes()), dtype=str, keep_default_na=False)
+
+
+def diff_submissions(config: Config, first: str, second: str, examples: int = 3) -> dict:
+    """Rows whose summaries differ, the mean ROUGE of A against B over all rows, and the most
+    different rows side by side."""
+    from .metric import get_scorer
+
+    path_a, path_b = submission_file(config, first), submission_file(config, second)
+    frame_a, frame_b = read_submission(path_a), read_submission(path_b)
+    joined = frame_a.merge(frame_b, on="fname", how="outer", suffixes=("_a", "_b"), indicator=True)
+    unmatched = joined[joined["_merge"] != "both"]["fname"].tolist()
+    if unmatched:
+        raise SubmissionError(f"{path_a.name} and {path_b.name} hold different ids (e.g. {_label(unmatched, 3)}): "
+                              f"they are not for the same test set")
+    joined = joined.set_index("fname").loc[frame_a["fname"]].reset_index()
+    metric = config.metric
+    pairs = get_scorer(metric.tokenizer, metric.convention, metric.multi_ref).score_pairs(
+        joined["summary_a"].tolist(), joined["summary_b"].tolist())
+    f1 = pairs[:, :, 2] if len(joined) else pairs.reshape(0, 3)
+    row_final = f1.mean(axis=1) * 100
+    differ = (joined["summary_a"] != joined["summary_b"]).to_numpy()
+    order = sorted(range(len(joined)), key=lambda i: row_final[i])
+    shown = [{"fname": joined["fname"][i], "final": round(float(row_final[i]), 2),
+              "a": joined["summary_a"][i], "b": joined["summary_b"][i]} for i in order if differ[i]][:examples]
+    means = f1.mean(axis=0) if len(joined) else [0.0, 0.0, 0.0]
+    return {"a": str(path_a), "b": str(path_b), "rows": int(len(joined)), "differing": int(differ.sum()),
+            "rouge1": float(means[0]), "rouge2": float(means[1]), "rougeL": float(means[2]),
+            "final": float(sum(means) / 3 * 100), "examples": shown}

@@ -1,0 +1,161 @@
+"""The CV leaderboard: numbers against rouge-score, ranking, coverage, incomplete and stale sources."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SHARED_DATA, write_workspace
+
+from competition.config import load_config
+from competition.cv import bootstrap_interval
+from competition.data import load_from_config, read_split
+from competition.folds import build_folds, load_folds
+from competition.predictions import load_dev, load_oof, write_fold
+from competition.runner import run_candidates
+
+CONFIG = """
+[metric]
+tokenizer = "english"
+convention = "rouge-score"
+
+[cv]
+k = 3
+bootstrap = 200
+
+[candidates.lead]
+kind = "lead"
+max_turns = 4
+
+[candidates.retrieval]
+kind = "retrieval"
+"""
+
+
+@pytest.fixture(scope="module")
+def english_run(tmp_path_factory):
+    """English DialogSum: 600 train rows, 100 dev rows as hold-out, 50 more dev dialogues as test;
+    folds built and lead + retrieval run once for the module."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    train = read_split(SHARED_DATA / "dialogsum-en" / "train.jsonl", "train").head(600)
+    dev = read_split(SHARED_DATA / "dialogsum-en" / "dev.jsonl", "dev")
+    root = write_workspace(tmp_path_factory.mktemp("english"), train, dev.iloc[100:150], dev.head(100), CONFIG)
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+    run_candidates(config, progress=False)
+    return root
+
+
+@pytest.fixture
+def workspace(english_run, tmp_path):
+    """A private copy of the module's workspace (tests may break it)."""
+    copy = tmp_path / "ws"
+    shutil.copytree(english_run, copy)
+    return copy
+
+
+def rouge_score_oracle(predictions: list[str], references: list[str]) -> dict:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    f1 = {metric: float(np.mean([s[metric].fmeasure for s in scores])) for metric in ("rouge1", "rouge2", "rougeL")}
+    return {**f1, "final": float(np.mean(list(f1.values())) * 100)}
+
+
+def test_cv_json_ranks_the_baselines_with_numbers_rouge_score_agrees_with(workspace, cli):
+    result = cli(["cv", "--json"], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    board = json.loads(result.stdout)
+    assert {entry["name"] for entry in board} == {"lead", "retrieval"}
+    assert board[0]["oof"]["final"] >= board[1]["oof"]["final"]
+    config = load_config(workspace / "competition.toml")
+    train = load_from_config(config).train.set_index("fname")
+    dev = load_from_config(config).dev
+    folds = load_folds(config)
+    for entry in board:
+        assert entry["complete"] and entry["problems"] == [] and entry["folds_done"] == entry["k"] == 3
+        assert entry["coverage"] == {"missing": 0, "duplicated": 0, "extra": 0, "wrong_fold": 0}
+        oof = load_oof(config, entry["name"])
+        expected = rouge_score_oracle(oof["summary"].tolist(), train.loc[oof["fname"], "summary"].tolist())
+        for metric in ("rouge1", "rouge2", "rougeL", "final"):
+            assert entry["oof"][metric] == pytest.approx(expected[metric], abs=1e-9)
+        per_fold = [rouge_score_oracle(part["summary"].tolist(), train.loc[part["fname"], "summary"].tolist())["final"]
+                    for _, part in oof.groupby("fold")]
+        assert entry["fold_final_mean"] == pytest.approx(np.mean(per_fold))
+        assert entry["fold_final_std"] == pytest.approx(np.std(per_fold, ddof=1))
+        lo, hi = entry["ci95"]
+        assert lo < entry["oof"]["final"] < hi and hi - lo < 10
+        dev_predictions = load_dev(config, entry["name"]).set_index("fname").loc[dev["fname"], "summary"].tolist()
+        assert entry["dev_final"] == pytest.approx(rouge_score_oracle(dev_predictions, dev["summary"].tolist())["final"])
+        assert entry["config_hash"] and entry["kind"] == entry["name"]
+        assert entry["rows"] == len(folds)
+    assert 10 < board[-1]["oof"]["final"] and board[0]["oof"]["final"] < 60
+
+    table = cli(["cv"], cwd=workspace)
+    assert table.exit_code == 0 and "OOF final" in table.output and "complete" in table.output
+    only = json.loads(cli(["cv", "retrieval", "--json"], cwd=workspace).stdout)
+    assert [entry["name"] for entry in only] == ["retrieval"]
+
+
+def _planted(config, name: str, folds_written: list[int], extra_rows_into_fold_0: int = 0) -> None:
+    """A source that copies the references: perfect where present."""
+    train = load_from_config(config).train
+    folds = load_folds(config)
+    summaries = train.set_index("fname")["summary"]
+    for fold in folds_written:
+        fnames = folds[folds["fold"] == fold]["fname"].tolist()
+        if fold == 0 and extra_rows_into_fold_0:
+            fnames += folds[folds["fold"] == 1]["fname"].head(extra_rows_into_fold_0).tolist()
+        oof = pd.DataFrame({"fname": fnames, "summary": summaries.loc[fnames].tolist()})
+        write_fold(config, name, fold, oof, None, None, {"kind": "planted", "config_hash": "x"})
+
+
+def test_incomplete_sources_are_marked_and_never_ranked(workspace, cli):
+    config = load_config(workspace / "competition.toml")
+    _planted(config, "two_folds", [0, 1])
+    _planted(config, "overlapping", [0, 1, 2], extra_rows_into_fold_0=5)
+    board = json.loads(cli(["cv", "--json"], cwd=workspace).stdout)
+    names = [entry["name"] for entry in board]
+    assert names[:2] == ["lead", "retrieval"] or names[:2] == ["retrieval", "lead"]
+    by_name = {entry["name"]: entry for entry in board}
+    partial = by_name["two_folds"]
+    assert not partial["complete"] and partial["folds_done"] == 2 and partial["oof"]["final"] == pytest.approx(100)
+    assert partial["problems"][0] == "folds 2/3" and partial["coverage"]["missing"] == 200
+    overlapping = by_name["overlapping"]
+    assert not overlapping["complete"] and overlapping["coverage"]["duplicated"] == 5
+    assert "5 duplicated" in overlapping["problems"]
+    table = cli(["cv"], cwd=workspace).output
+    assert "incomplete: folds 2/3; 200 missing" in table
+
+
+def test_changed_data_or_folds_are_reported(workspace, cli):
+    config = load_config(workspace / "competition.toml")
+    build_folds(config, load_from_config(config).train, seed=1, force=True)
+    board = json.loads(cli(["cv", "--json"], cwd=workspace).stdout)
+    for entry in board:
+        assert not entry["complete"] and entry["coverage"]["wrong_fold"] > 0
+        assert any(problem.startswith("stale fold(s)") for problem in entry["problems"])
+
+    train = pd.read_csv(workspace / "data" / "train.csv", dtype=str, keep_default_na=False)
+    train.head(599).to_csv(workspace / "data" / "train.csv", index=False)
+    result = cli(["cv"], cwd=workspace)
+    assert result.exit_code == 2 and "no longer matches" in result.output
+
+
+def test_unknown_source_is_refused(workspace, cli):
+    result = cli(["cv", "retreival"], cwd=workspace)
+    assert result.exit_code == 2 and "did you mean 'retrieval'" in result.output
+
+
+def test_bootstrap_interval_by_hand():
+    assert bootstrap_interval(np.full(50, 7.0), 100, seed=0) == [7.0, 7.0]
+    values = np.arange(100, dtype=float)
+    lo, hi = bootstrap_interval(values, 500, seed=1)
+    assert lo < values.mean() < hi and bootstrap_interval(values, 500, seed=1) == [lo, hi]
+    # The standard error of the mean is ~2.9 here: a 95% interval is about +-5.7.
+    assert 4 < (hi - lo) / 2 < 7.5

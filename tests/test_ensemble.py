@@ -1,0 +1,327 @@
+"""Ensembles: MBR on hand-made cases, honest nested hill-climbing, files that cv and submit read."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from competition import ensemble as ens
+from competition.config import EnsembleConfig
+from competition.errors import ConfigError
+from competition.metric import RougeScorer
+
+
+@pytest.fixture
+def words_scorer() -> RougeScorer:
+    return RougeScorer("whitespace", "official", "mean")
+
+
+# -- MBR --------------------------------------------------------------------------------------
+def test_mbr_picks_the_consensus_output(words_scorer):
+    # Member 1 is the centre: 4 of 5 words shared with members 2 and 3, who share only 3;
+    # member 0 agrees with nobody and, though first, is not chosen.
+    outputs = [["q r s t u"], ["a b c d e"], ["a b c d x"], ["a b y d e"]]
+    assert ens.mbr_select(outputs, words_scorer).tolist() == [1]
+
+
+def test_mbr_consensus_on_korean_rows():
+    scorer = RougeScorer("kiwi", "official", "mean")
+    outputs = [
+        ["#Person1#는 내일 회의에 늦을 것 같다고 말합니다.", "두 사람은 주말에 등산을 가기로 합니다."],
+        ["#Person1#는 회의에 늦을 것 같다고 #Person2#에게 말합니다.", "#Person2#는 저녁 메뉴를 고릅니다."],
+        ["#Person2#는 새 컴퓨터를 삽니다.", "두 사람은 주말에 산에 가기로 합니다."],
+        ["#Person1#는 내일 회의에 늦는다고 말합니다.", "두 사람은 주말에 함께 등산을 가기로 합니다."],
+    ]
+    chosen = ens.mbr_select(outputs, scorer)
+    assert chosen[0] in (0, 1, 3) and chosen[1] in (0, 2, 3)
+    assert chosen[0] != 2 and chosen[1] != 1
+
+
+def test_ties_go_to_the_earliest_member(words_scorer):
+    # Two members: each agrees with the other equally; identical outputs are one output.
+    assert ens.mbr_select([["a b c"], ["a b d"]], words_scorer).tolist() == [0]
+    assert ens.mbr_select([["x y z"], ["a b c"], ["a b c"]], words_scorer).tolist() == [1]
+
+
+def test_weights_act_as_a_prior_and_zero_weight_members_are_never_chosen(words_scorer):
+    outputs = [["q r s t u"], ["a b c d e"], ["a b c d x"], ["a b y d e"]]
+    assert ens.mbr_select(outputs, words_scorer, weights=[0, 0, 1, 1]).tolist() == [2]
+    assert ens.mbr_select(outputs, words_scorer, weights=[10, 1, 1, 1]).tolist() == [0]
+    with pytest.raises(ConfigError, match="non-negative"):
+        ens.mbr_select(outputs, words_scorer, weights=[0, 0, 0, 0])
+
+
+def test_pairwise_utilities_follow_the_metric_in_each_direction(words_scorer):
+    outputs = [["a b c . d e", "", "same text"], ["a x c . e d b", "a b", "same text"], ["c a", "a b", "other"]]
+    utilities = ens.pairwise_utilities(outputs, words_scorer, "final")
+    for row in range(3):
+        for i in range(3):
+            for j in range(3):
+                hyp, ref = outputs[i][row], outputs[j][row]
+                if hyp == ref:
+                    expected = 1.0 if hyp else 0.0
+                else:
+                    expected = words_scorer.score_pairs([hyp], [ref])[0, :, 2].mean()
+                assert utilities[row, i, j] == pytest.approx(expected), (row, i, j)
+    rouge2 = ens.pairwise_utilities(outputs, words_scorer, "rouge2")
+    assert rouge2[0, 0, 1] == pytest.approx(words_scorer.score_pairs(["a b c . d e"], ["a x c . e d b"])[0, 1, 2])
+    with pytest.raises(ConfigError, match="utility"):
+        ens.pairwise_utilities(outputs, words_scorer, "bleu")
+
+
+def test_process_pool_gives_the_same_utilities(words_scorer, monkeypatch):
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{i}" for i in range(30)]
+    outputs = [[" ".join(rng.choice(vocabulary, 6)) for _ in range(40)] for _ in range(4)]
+    sequential = ens.pairwise_utilities(outputs, words_scorer, workers=1)
+    monkeypatch.setattr(ens, "_POOL_MIN_PAIRS", 1)
+    pooled = ens.pairwise_utilities(outputs, words_scorer, workers=2)
+    np.testing.assert_allclose(pooled, sequential)
+
+
+# -- hill-climbing and nested selection -------------------------------------------------------
+def _planted_case(scorer: RougeScorer, rows: int = 50, folds: int = 5):
+    """Three noisy members (0-5 of 8 words wrong per row) and a planted one that copies the
+    reference on fold 0 only and is unrelated elsewhere."""
+    rng = np.random.default_rng(1)
+    vocabulary = [f"w{i}" for i in range(200)]
+    references = [list(rng.choice(vocabulary, 8, replace=False)) for _ in range(rows)]
+    fold_of = np.arange(rows) % folds
+    outputs = []
+    for _ in range(3):
+        member = []
+        for ref in references:
+            words = list(ref)
+            for position in rng.choice(8, rng.integers(0, 6), replace=False):
+                words[position] = str(rng.choice(vocabulary))
+            member.append(" ".join(words))
+        outputs.append(member)
+    outputs.append([" ".join(ref) if fold == 0 else " ".join(rng.choice(vocabulary, 8))
+                    for ref, fold in zip(references, fold_of)])
+    refs = [" ".join(ref) for ref in references]
+    quality = np.stack([scorer.score(member, refs).row_finals for member in outputs], axis=1)
+    return ens.pairwise_utilities(outputs, scorer), quality, fold_of
+
+
+def test_hill_climb_improves_on_the_best_member(words_scorer):
+    utilities, quality, _ = _planted_case(words_scorer)
+    counts = ens.hill_climb(utilities[:, :3, :3], quality[:, :3], max_members=8)
+    assert counts.sum() >= 2 and counts.sum() <= 8
+    assert ens.ensemble_final(utilities[:, :3, :3], quality[:, :3], counts) > quality[:, :3].mean(axis=0).max()
+    assert ens.hill_climb(utilities, quality, max_members=1).sum() == 1
+
+
+def test_nested_selection_never_sees_the_held_out_fold(words_scorer):
+    utilities, quality, fold_of = _planted_case(words_scorer)
+    config = EnsembleConfig(name="climb", method="hill-climb")
+    chosen, fold_weights = ens.nested_choice(config, utilities, quality, fold_of)
+    optimistic_weights = ens.choose_weights(config, utilities, quality)
+    # Seen on all rows, the planted member is worth picking; chosen without fold 0, it is not.
+    assert optimistic_weights[3] > 0
+    assert fold_weights[0][3] == 0
+    assert all(fold_weights[fold][3] > 0 for fold in (1, 2, 3, 4))
+    assert (chosen[fold_of == 0] != 3).all()
+    nested = quality[np.arange(len(chosen)), chosen].mean()
+    assert nested < ens.ensemble_final(utilities, quality, optimistic_weights)
+
+
+def test_best_is_chosen_on_the_other_folds(words_scorer):
+    utilities, quality, fold_of = _planted_case(words_scorer)
+    chosen, fold_weights = ens.nested_choice(EnsembleConfig(name="top", method="best"), utilities, quality, fold_of)
+    for fold, weights in fold_weights.items():
+        others = fold_of != fold
+        assert np.flatnonzero(weights).tolist() == [int(np.argmax(quality[others].mean(axis=0)))]
+        assert set(chosen[fold_of == fold].tolist()) == {int(np.argmax(quality[others].mean(axis=0)))}
+
+
+def test_diagnostics_oracle_counts_and_gain():
+    quality = np.array([[10.0, 30.0], [40.0, 20.0], [50.0, 50.0], [0.0, 60.0]])
+    report = ens.diagnostics(quality, np.array([1, 0, 0, 1]), ["a", "b"], resamples=200, seed=0)
+    assert report["oracle_final"] == pytest.approx((30 + 40 + 50 + 60) / 4)
+    assert report["chosen"] == {"a": 2, "b": 2}
+    assert report["best_member"] == "b"
+    assert report["gain"] == pytest.approx(((30 - 30) + (40 - 20) + 0 + 0) / 4)
+    low, high = report["gain_ci95"]
+    assert 0 <= low <= report["gain"] <= high
+
+
+# -- end to end on a workspace: files that cv and submit read ---------------------------------
+FOLDS = 3
+
+
+def _turns(dialogue: str) -> list[str]:
+    return [line.split(":", 1)[1].strip() for line in dialogue.split("\n")]
+
+
+MEMBERS = {
+    "lead1": lambda row: _turns(row["dialogue"])[0],
+    "lead2": lambda row: " ".join(_turns(row["dialogue"])[:2]),
+    "last2": lambda row: " ".join(_turns(row["dialogue"])[-2:]),
+}
+
+
+def _write_member(config, name: str, rows: pd.DataFrame, fold_of: dict, test: pd.DataFrame,
+                  dev: pd.DataFrame | None, summarise) -> None:
+    from competition.predictions import write_fold, write_source_outputs
+
+    def predict(frame):
+        return pd.DataFrame({"fname": frame["fname"], "summary": [summarise(r) for _, r in frame.iterrows()]})
+
+    meta = {"kind": "lead", "config_hash": name}
+    test_frame = predict(test)
+    dev_frame = predict(dev) if dev is not None else None
+    for fold in range(FOLDS):
+        held_out = rows[[fold_of[f] == fold for f in rows["fname"]]]
+        write_fold(config, name, fold, predict(held_out), test_frame, dev_frame, {**meta, "fold": fold})
+    write_source_outputs(config, name, test_frame, dev_frame, meta)
+
+
+@pytest.fixture
+def member_workspace(tmp_path, korean_rows):
+    """12 train rows in 3 folds (fold = position % 3), 4 test rows, 4 dev rows, three lead members
+    and a planted member that copies the reference on fold 0 only and is empty elsewhere (on 8
+    rows, an unrelated text could still win a pick as a tie-breaking voter)."""
+    from conftest import write_workspace
+
+    from competition.config import load_config
+
+    dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    config_text = f"""
+[cv]
+k = {FOLDS}
+bootstrap = 100
+
+[ensembles.mix]
+members = ["lead1", "lead2", "last2"]
+
+[ensembles.climb]
+members = ["lead1", "lead2", "last2", "planted"]
+method = "hill-climb"
+
+[ensembles.top]
+members = ["lead1", "lead2", "last2"]
+method = "best"
+
+[ensembles.typo]
+members = ["lead1", "lead3"]
+"""
+    root = write_workspace(tmp_path, korean_rows, test, dev, config_text)
+    fold_of = {fname: position % FOLDS for position, fname in enumerate(korean_rows["fname"])}
+    (root / "folds").mkdir()
+    pd.DataFrame({"fname": list(fold_of), "fold": list(fold_of.values())}).to_csv(root / "folds" / "folds.csv",
+                                                                                 index=False)
+    config = load_config(root / "competition.toml")
+    for name, summarise in MEMBERS.items():
+        _write_member(config, name, korean_rows, fold_of, test, dev, summarise)
+    references = dict(zip(korean_rows["fname"], korean_rows["summary"]))
+    _write_member(config, "planted", korean_rows, fold_of, test, dev,
+                  lambda row: references.get(row["fname"]) if fold_of.get(row["fname"]) == 0 else "")
+    return root
+
+
+def test_mbr_ensemble_is_a_source_that_cv_reads(member_workspace, cli, korean_rows):
+    import json
+
+    from competition.config import load_config
+    from competition.cv import leaderboard
+    from competition.predictions import load_oof, load_test
+
+    result = cli(["ensemble", "mix", "--json"], cwd=member_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["members"] == ["lead1", "lead2", "last2"]
+    assert sum(report["diagnostics"]["chosen"].values()) == len(korean_rows)
+    assert report["optimistic_final"] == pytest.approx(report["oof_final"])  # uniform weights: nothing chosen
+    assert report["diagnostics"]["oracle_final"] >= report["oof_final"]
+
+    config = load_config(member_workspace / "competition.toml")
+    oof = load_oof(config, "mix")
+    members = {name: load_oof(config, name).set_index("fname")["summary"] for name in MEMBERS}
+    for fname, summary in zip(oof["fname"], oof["summary"]):
+        assert summary in {members[name][fname] for name in MEMBERS}
+    ensemble_test = load_test(config, "mix")
+    assert ensemble_test["fname"].tolist() == [f"test_{f}" for f in korean_rows.tail(4)["fname"]]
+    member_tests = [load_test(config, name)["summary"].tolist() for name in MEMBERS]
+    for row, summary in enumerate(ensemble_test["summary"]):
+        assert summary in {outputs[row] for outputs in member_tests}
+    assert sum(report["test_chosen"].values()) == len(ensemble_test)
+    assert all((member_workspace / "runs" / "mix" / f"fold_{fold}" / "test.csv").exists() for fold in range(FOLDS))
+
+    board = {entry["name"]: entry for entry in leaderboard(config)}
+    assert board["mix"]["complete"]
+    assert board["mix"]["oof"]["final"] == pytest.approx(report["oof_final"])
+    assert board["mix"]["dev_final"] == pytest.approx(report["dev_final"])
+
+
+def test_hill_climb_report_keeps_the_planted_member_out_of_its_held_out_fold(member_workspace, cli):
+    import json
+
+    result = cli(["ensemble", "climb", "--json"], cwd=member_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fold_weights"]["0"]["planted"] == 0
+    assert report["weights"]["planted"] > 0  # chosen on all rows, it looks great
+    assert report["optimistic_final"] > report["oof_final"]
+
+
+def test_best_prints_a_report_and_no_name_lists_the_ensembles(member_workspace, cli):
+    result = cli(["ensemble", "top"], cwd=member_workspace)
+    assert result.exit_code == 0, result.output
+    assert "OOF final" in result.output and "oracle" in result.output
+    listing = cli(["ensemble"], cwd=member_workspace)
+    assert listing.exit_code == 0
+    assert "mix" in listing.output and "climb" in listing.output
+
+
+def test_user_mistakes_are_one_line_errors(member_workspace, cli):
+    missing = cli(["ensemble", "typo"], cwd=member_workspace)
+    assert missing.exit_code == 2
+    assert "'lead3' has no predictions" in missing.output and "competition run lead3" in missing.output
+    unknown = cli(["ensemble", "mixx"], cwd=member_workspace)
+    assert unknown.exit_code == 2 and "did you mean 'mix'" in unknown.output
+    with open(member_workspace / "competition.toml", "a", encoding="utf-8") as toml:
+        toml.write('\n[ensembles.weighted]\nmembers = ["lead1", "lead2"]\nweights = [1.0]\n')
+    weighted = cli(["ensemble", "weighted"], cwd=member_workspace)
+    assert weighted.exit_code == 2 and "1 weights for 2 members" in weighted.output
+    with open(member_workspace / "competition.toml", "a", encoding="utf-8") as toml:
+        toml.write('\n[ensembles.vote]\nmethod = "majority"\n')
+    bad_method = cli(["ensemble", "mix"], cwd=member_workspace)
+    assert bad_method.exit_code == 2 and "[ensembles.vote] method = 'majority'" in bad_method.output
+
+
+def test_an_ensemble_is_submitted_like_a_candidate(member_workspace, cli, korean_rows):
+    import json
+
+    assert cli(["ensemble", "mix"], cwd=member_workspace).exit_code == 0
+    result = cli(["submit", "mix", "--json"], cwd=member_workspace)
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["source"] == "mix" and row["file"].endswith("-mix.csv")
+    submitted = pd.read_csv(member_workspace / "submissions" / row["file"], dtype=str, keep_default_na=False)
+    ensemble_test = pd.read_csv(member_workspace / "runs" / "mix" / "test.csv", dtype=str, keep_default_na=False)
+    assert submitted["fname"].tolist() == [f"test_{f}" for f in korean_rows.tail(4)["fname"]]
+    assert submitted["summary"].tolist() == ensemble_test["summary"].tolist()
+    assert float(row["oof_final"]) > 0
+
+
+def test_star_takes_finished_candidates_and_a_half_run_member_is_refused(member_workspace, cli, korean_rows):
+    import json
+
+    from competition.config import load_config
+    from competition.predictions import write_fold
+
+    with open(member_workspace / "competition.toml", "a", encoding="utf-8") as toml:
+        toml.write('\n[candidates.lead1]\nkind = "lead"\nturns = 1\n\n[candidates.lead2]\nkind = "lead"\nturns = 2\n'
+                   '\n[candidates.half]\nkind = "lead"\n\n[ensembles.every]\n\n'
+                   '[ensembles.with_half]\nmembers = ["lead1", "half"]\n')
+    config = load_config(member_workspace / "competition.toml")
+    held_out = korean_rows.iloc[::FOLDS]  # fold 0 only
+    write_fold(config, "half", 0, held_out.assign(summary="요약"), None, None, {"kind": "lead"})
+
+    every = cli(["ensemble", "every", "--json"], cwd=member_workspace)
+    assert every.exit_code == 0, every.output
+    assert json.loads(every.stdout)["members"] == ["lead1", "lead2"]
+    refused = cli(["ensemble", "with_half"], cwd=member_workspace)
+    assert refused.exit_code == 2
+    assert "'half' has no finished fold 1, 2" in refused.output and "competition run half" in refused.output

@@ -1,0 +1,135 @@
+"""Folds: deterministic bytes, balanced and stratified, refusals, and the data check later stages rely on."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_workspace
+
+from competition.config import load_config
+from competition.data import load_from_config
+from competition.errors import ConfigError, FoldMismatch
+from competition.folds import assign_folds, build_folds, check_folds, load_folds
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.fixture
+def korean_dev_workspace(tmp_path, shared_data):
+    """The real Korean dev.csv (499 rows) as train, the real test.csv, no dev file."""
+    train = read(shared_data / "dialogsum-ko" / "dev.csv")
+    test = read(shared_data / "dialogsum-ko" / "test.csv")
+    return write_workspace(tmp_path, train, test)
+
+
+def test_build_is_deterministic_and_balanced(korean_dev_workspace, cli):
+    result = cli(["folds", "build", "--json"], cwd=korean_dev_workspace)
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    csv_bytes = (korean_dev_workspace / "folds" / "folds.csv").read_bytes()
+    json_bytes = (korean_dev_workspace / "folds" / "folds.json").read_bytes()
+    assert info["changed"] and info["rows"] == 499 and info["k"] == 5 and info["strategy"] == "length"
+    assert info["rows_per_fold"] == [100, 100, 100, 100, 99]
+    stored = json.loads(json_bytes)
+    assert stored["data_sha256"] == info["data_sha256"] and stored["seed"] == 42
+
+    again = cli(["folds", "build"], cwd=korean_dev_workspace)
+    assert again.exit_code == 0 and again.stdout.startswith("unchanged")
+    assert (korean_dev_workspace / "folds" / "folds.csv").read_bytes() == csv_bytes
+    assert (korean_dev_workspace / "folds" / "folds.json").read_bytes() == json_bytes
+
+    folds = read(korean_dev_workspace / "folds" / "folds.csv")
+    train = read(korean_dev_workspace / "data" / "train.csv")
+    assert folds["fname"].tolist() == train["fname"].tolist()  # file order = data order
+
+
+def test_assignment_ignores_row_order_and_length_bins_spread_lengths(shared_data):
+    rows = read(shared_data / "dialogsum-ko" / "dev.csv")
+    folds = assign_folds(rows, k=5, seed=7, strategy="length")
+    shuffled = assign_folds(rows.sample(frac=1, random_state=3), k=5, seed=7, strategy="length")
+    assert shuffled.set_index("fname")["fold"].loc[folds["fname"]].tolist() == folds["fold"].tolist()
+    assert assign_folds(rows, k=5, seed=8, strategy="length")["fold"].tolist() != folds["fold"].tolist()
+
+    lengths = rows["dialogue"].str.len().to_numpy()
+    quartiles = np.quantile(lengths, [0.25, 0.5, 0.75])
+    for fold in range(5):
+        mine = lengths[folds["fold"].to_numpy() == fold]
+        # Every fold holds its share of each length quartile (random folds would drift further).
+        share = np.histogram(mine, bins=[0, *quartiles, lengths.max() + 1])[0] / len(mine)
+        assert np.all(np.abs(share - 0.25) < 0.06), (fold, share)
+
+
+def test_group_keeps_a_topic_in_one_fold_and_stratify_spreads_classes(shared_data):
+    rows = read(shared_data / "dialogsum-ko" / "dev.csv")
+    grouped = assign_folds(rows, k=5, seed=42, strategy="group:topic").assign(topic=rows["topic"])
+    assert grouped.groupby("topic")["fold"].nunique().max() == 1
+    sizes = grouped["fold"].value_counts()
+    assert sizes.max() - sizes.min() <= rows["topic"].value_counts().max()
+
+    stratified = assign_folds(rows, k=5, seed=42, strategy="stratify:topic").assign(topic=rows["topic"])
+    counts = rows["topic"].value_counts()
+    for topic in counts[counts >= 5].index:
+        per_fold = stratified[stratified["topic"] == topic]["fold"].value_counts().reindex(range(5), fill_value=0)
+        assert per_fold.max() - per_fold.min() <= 1, topic
+    assert stratified["fold"].value_counts().max() - stratified["fold"].value_counts().min() <= 1
+
+
+def test_bad_strategies_and_k_are_refused_with_the_fix(korean_rows):
+    with pytest.raises(ConfigError, match="group:COLUMN"):
+        assign_folds(korean_rows, strategy="length:topic")
+    with pytest.raises(ConfigError, match="no column 'speaker'"):
+        assign_folds(korean_rows, strategy="group:speaker")
+    with pytest.raises(ConfigError, match="lower k"):
+        assign_folds(korean_rows, k=20)
+    with pytest.raises(ConfigError, match="fewer than k"):
+        assign_folds(korean_rows.assign(topic="같은 주제"), k=3, strategy="group:topic")
+
+
+def test_rebuilding_different_folds_needs_force(korean_dev_workspace, cli):
+    assert cli(["folds", "build"], cwd=korean_dev_workspace).exit_code == 0
+    before = (korean_dev_workspace / "folds" / "folds.csv").read_bytes()
+    refused = cli(["folds", "build", "--seed", "1"], cwd=korean_dev_workspace)
+    assert refused.exit_code == 2
+    assert "already exists with different folds" in refused.output and "--force" in refused.output
+    assert (korean_dev_workspace / "folds" / "folds.csv").read_bytes() == before
+    forced = cli(["folds", "build", "--seed", "1", "--k", "3", "--force"], cwd=korean_dev_workspace)
+    assert forced.exit_code == 0, forced.output
+    assert sorted(read(korean_dev_workspace / "folds" / "folds.csv")["fold"].unique()) == ["0", "1", "2"]
+
+
+def test_changed_data_is_a_fold_mismatch_everywhere(korean_workspace, cli):
+    config = load_config(korean_workspace / "competition.toml")
+    train = load_from_config(config).train
+    build_folds(config, train, k=3)
+    assert check_folds(config, train)["fname"].tolist() == train["fname"].tolist()
+
+    edited = train.copy()
+    edited.loc[0, "summary"] = edited.loc[0, "summary"] + " 추가"
+    with pytest.raises(FoldMismatch, match="no longer matches"):
+        check_folds(config, edited)
+    edited.to_csv(korean_workspace / "data" / "train.csv", index=False)
+    with (korean_workspace / "competition.toml").open("a", encoding="utf-8") as file:
+        file.write('[candidates.lead]\nkind = "lead"\n')
+    result = cli(["run", "lead"], cwd=korean_workspace)
+    assert result.exit_code == 2
+    assert "no longer matches" in result.output and "folds build --force" in result.output
+    assert not (korean_workspace / "runs").exists()
+
+
+def test_include_dev_must_match_the_folds(korean_workspace, cli):
+    (korean_workspace / "competition.toml").write_text('[candidates.lead]\nkind = "lead"\n', encoding="utf-8")
+    assert cli(["folds", "build", "--include-dev", "--k", "3"], cwd=korean_workspace).exit_code == 0
+    assert len(load_folds(load_config(korean_workspace / "competition.toml"))) == 16  # 12 train + 4 dev
+    result = cli(["run", "lead"], cwd=korean_workspace)
+    assert result.exit_code == 2 and "include_dev = true" in result.output
+
+
+def test_missing_folds_say_how_to_build_them(korean_workspace, cli):
+    (korean_workspace / "competition.toml").write_text('[candidates.lead]\nkind = "lead"\n', encoding="utf-8")
+    result = cli(["run", "lead"], cwd=korean_workspace)
+    assert result.exit_code == 2 and "competition folds build" in result.output

@@ -1,0 +1,100 @@
+"""`make submit` (competition pipeline): from the competition files to a valid leaderboard CSV and
+one log row, on the real Korean data (dev as train) and on a tiny workspace."""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from competition.config import load_config
+from competition.cv import leaderboard
+from competition.pipeline import with_data_dir
+from conftest import write_workspace
+
+FAST_CANDIDATES = """
+[cv]
+k = 3
+bootstrap = 100
+
+[candidates.lead]
+kind = "lead"
+
+[candidates.retrieval]
+kind = "retrieval"
+"""
+
+
+def _check_submission(root, test_ids):
+    log = pd.read_csv(root / "submissions" / "log.csv", dtype=str, keep_default_na=False)
+    assert len(log) == 1
+    row = log.iloc[0]
+    content = (root / "submissions" / row["file"]).read_bytes()
+    frame = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+    assert frame.columns.tolist() == ["fname", "summary"]
+    assert frame["fname"].tolist() == test_ids
+    assert (frame["summary"].str.strip() != "").all()
+    return row
+
+
+def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
+    korean = shared_data / "dialogsum-ko"
+    train = pd.read_csv(korean / "dev.csv", dtype=str, keep_default_na=False)
+    test = pd.read_csv(korean / "test.csv", dtype=str, keep_default_na=False)
+    write_workspace(tmp_path, train, test, None, FAST_CANDIDATES)
+    # The files live elsewhere than [data] dir: --data (make submit DATA=...) must be what is read.
+    (tmp_path / "data").rename(tmp_path / "competition-files")
+
+    result = cli(["pipeline", "--data", tmp_path / "competition-files"], cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "folds" / "folds.csv").exists()
+    row = _check_submission(tmp_path, test["fname"].tolist())
+    config = with_data_dir(load_config(tmp_path / "competition.toml"), tmp_path / "competition-files")
+    board = leaderboard(config)
+    assert [entry["name"] for entry in board if entry["complete"]] and {e["name"] for e in board} == {"lead", "retrieval"}
+    assert row["source"] == board[0]["name"]  # the best OOF final
+    assert float(row["oof_final"]) == pytest.approx(board[0]["oof"]["final"], abs=1e-4)
+    assert "CV leaderboard" in result.output and f"{board[0]['oof']['final']:.4f}" in result.output
+    assert 5 < float(row["oof_final"]) < 60  # ROUGE finals of simple baselines on this data
+    assert row["file"] in result.output and row["sha256"] in result.output  # the new log row
+
+
+def test_pipeline_skips_cuda_candidates_unless_required(tmp_path, korean_rows, cli, monkeypatch):
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    write_workspace(tmp_path, korean_rows, test, None, """
+[metric]
+tokenizer = "whitespace"
+
+[cv]
+k = 3
+bootstrap = 50
+
+[submit]
+source = "lead"
+
+[candidates.lead]
+kind = "lead"
+
+[candidates.big]
+kind = "qlora"
+model = "models/not-downloaded"
+require_cuda = true
+""")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the check is about CPU-only machines
+    result = cli(["pipeline", "--require-all"], cwd=tmp_path)
+    assert result.exit_code == 2 and "'big' needs CUDA" in result.output
+    assert not (tmp_path / "submissions" / "log.csv").exists()
+
+    result = cli(["pipeline"], cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "big: skipped (candidate 'big' needs CUDA" in result.output
+    row = _check_submission(tmp_path, test["fname"].tolist())
+    assert row["source"] == "lead" and row["note"] == "make submit"
+
+    # A second `make submit` with nothing changed reuses the runs and logs nothing new.
+    again = cli(["pipeline"], cwd=tmp_path)
+    assert again.exit_code == 0, again.output
+    assert "nothing new logged" in again.output and "(already logged)" in again.output
+    assert _check_submission(tmp_path, test["fname"].tolist())["sha256"] == row["sha256"]

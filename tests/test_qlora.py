@@ -1,0 +1,119 @@
+"""QLoRA on a tiny Qwen3 through the user's path: 4-bit load, LoRA, SFT, save, reload, generate."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from competition.candidates.qlora import Params, QLoRACandidate
+from tiny_models import run_through_cli, tiny_causal_lm  # noqa: F401  (fixture)
+
+
+def tiny_params(model_dir, **overrides) -> Params:
+    settings = dict(model=str(model_dir), max_steps=6, batch_size=4, grad_accumulation=1, learning_rate=1e-2,
+                    warmup=0.0, logging_steps=1, save_steps=2, max_length=512, max_new_tokens=12,
+                    eval_batch_size=4, gradient_checkpointing=False)
+    settings.update(overrides)
+    return Params(**settings)
+
+
+@pytest.mark.slow
+def test_qlora_4bit_trains_saves_reloads_and_predicts(tiny_causal_lm, korean_rows, tmp_path):
+    import bitsandbytes as bnb
+
+    from competition.modeling import completion_loss, load_causal_lm
+
+    params = tiny_params(tiny_causal_lm)
+    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
+    train = korean_rows.head(8)
+    candidate.fit(train, fold=0)
+    adapter = tmp_path / "work" / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists() and not list(adapter.glob("*.bin"))
+    assert candidate.train_report["global_step"] == 6 and candidate.train_report["dropped_too_long"] == 0
+    assert not (tmp_path / "work" / "checkpoints").exists()  # only kept while training may resume
+
+    model, tokenizer = candidate.load()
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())  # the real 4-bit path
+    pairs, _ = candidate.training_pairs(train, tokenizer)
+    prompts, completions = [p["prompt"] for p in pairs], [p["completion"] for p in pairs]
+    base = load_causal_lm(params, "cpu")
+    assert completion_loss(model, tokenizer, prompts, completions) < completion_loss(base, tokenizer, prompts,
+                                                                                    completions) - 0.05
+
+    held_out = korean_rows.tail(4).reset_index(drop=True)
+    summaries = candidate.predict(held_out)
+    assert len(summaries) == 4 and all(s.strip() for s in summaries)
+
+    # A fresh object (a new process) reloads the saved adapter and says the same; fit is not redone.
+    again = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
+    again.fit(train, fold=0)
+    assert again.train_report == candidate.train_report
+    assert again.predict(held_out) == summaries
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_checkpoint(tiny_causal_lm, korean_rows, tmp_path):
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= 2:
+                raise KeyboardInterrupt  # what a kill after the step-2 checkpoint looks like
+
+    params = tiny_params(tiny_causal_lm, max_steps=4, batch_size=2)
+    first = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
+    first.callbacks.append(Kill())
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(korean_rows, fold=0)
+    assert (tmp_path / "work" / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "work" / "train.json").exists()
+    state = json.loads((tmp_path / "work" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    losses_before_kill = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+    second = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
+    second.fit(korean_rows, fold=0)
+    report = json.loads((tmp_path / "work" / "train.json").read_text())
+    assert report["resumed_from_step"] == 2 and report["global_step"] == 4
+    # steps 1-2 come from the checkpoint's history, steps 3-4 were trained after the restart
+    assert len(report["losses"]) == 4 and report["losses"][:2] == losses_before_kill
+
+
+@pytest.mark.slow
+def test_too_long_rows_are_dropped_and_counted(tiny_causal_lm, korean_rows, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    rows = korean_rows.head(4).copy()
+    rows.loc[0, "dialogue"] = "#Person1#: 네.\n" * 400
+    candidate = QLoRACandidate("tiny", tiny_params(tiny_causal_lm, max_length=300), tmp_path / "work")
+    pairs, dropped = candidate.training_pairs(rows, tokenizer)
+    assert dropped == 1 and len(pairs) == 3
+    assert all(len(tokenizer(p["prompt"] + p["completion"])["input_ids"]) <= 300 for p in pairs)
+
+
+def test_shipped_model_candidate_examples_parse():
+    """The commented examples under `# --- model candidates ---` in competition.toml are valid."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from competition.config import parse_config
+
+    text = (Path(__file__).resolve().parents[1] / "competition.toml").read_text(encoding="utf-8")
+    section = text.split("# --- model candidates ---")[1].split("# --- ensembles ---")[0]
+    lines = [line[2:] for line in section.splitlines() if line.startswith("# ")]
+    body = "\n".join(line for line in lines if line.startswith("[") or re.match(r"^[a-z_0-9]+ = ", line))
+    config = parse_config(tomllib.loads(body))
+    assert {c.kind for c in config.candidates.values()} == {"qlora", "seq2seq", "api"}
+    assert config.candidates["solar_qlora"].params.require_cuda
+
+
+@pytest.mark.slow
+def test_tiny_qlora_through_competition_run(cli, korean_workspace, tiny_causal_lm):
+    """A user's path: competition.toml points `model` at a folder; `competition run` fills runs/NAME."""
+    runs = run_through_cli(cli, korean_workspace, "tiny", (
+        f'kind = "qlora"\nmodel = "{tiny_causal_lm}"\nmax_steps = 2\nbatch_size = 4\ngrad_accumulation = 1\n'
+        'gradient_checkpointing = false\nmax_length = 512\nmax_new_tokens = 8\n'))
+    assert (runs / "fold_0" / "work" / "adapter" / "adapter_model.safetensors").exists()
+    meta = json.loads((runs / "fold_0" / "meta.json").read_text())
+    assert meta["kind"] == "qlora" and meta["config"]["params"]["model"] == str(tiny_causal_lm)

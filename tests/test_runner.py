@@ -1,0 +1,238 @@
+"""The runner: complete fold files, resumption after a crash, staleness, --force, MBR and refit
+test outputs, refusals."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_workspace
+
+from competition.config import load_config
+from competition.data import load_from_config
+from competition.folds import build_folds, load_folds
+from competition.metric import get_scorer
+from competition.predictions import atomic_write_text, load_fold_test, load_oof, load_test, read_meta, run_dir
+from competition.runner import run_candidates, select_mbr
+
+CONFIG = """
+[cv]
+k = 3
+bootstrap = 50
+
+[candidates.lead]
+kind = "lead"
+max_turns = 4
+
+[candidates.retrieval]
+kind = "retrieval"
+"""
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.fixture
+def workspace(tmp_path, shared_data):
+    """90 real Korean dev rows as train, 30 more as a dev hold-out, 20 real test rows; k = 3."""
+    rows = read(shared_data / "dialogsum-ko" / "dev.csv")
+    test = read(shared_data / "dialogsum-ko" / "test.csv").head(20)
+    root = write_workspace(tmp_path, rows.head(90), test, rows.iloc[90:120], CONFIG)
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+    return root
+
+
+def finished_at(config, name: str) -> dict[int, str]:
+    return {fold: read_meta(run_dir(config, name) / f"fold_{fold}" / "meta.json")["finished_at"] for fold in range(3)}
+
+
+def test_run_writes_complete_oof_test_and_dev_files(workspace, cli):
+    result = cli(["run", "--json"], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"lead", "retrieval"}
+    config = load_config(workspace / "competition.toml")
+    folds = load_folds(config)
+    test_fnames = read(workspace / "data" / "test.csv")["fname"].tolist()
+    dev_fnames = read(workspace / "data" / "dev.csv")["fname"].tolist()
+    for name in ("lead", "retrieval"):
+        assert report[name]["ran"] == [0, 1, 2] and report[name]["complete"] and report[name]["test_output"] == "mbr"
+        oof = load_oof(config, name)
+        assert sorted(oof["fname"]) == sorted(folds["fname"])  # every fold row exactly once
+        assert (oof.set_index("fname")["fold"].loc[folds["fname"]].to_numpy() == folds["fold"].to_numpy()).all()
+        assert (oof["summary"] != "").all()
+        for fold in range(3):
+            folder = run_dir(config, name) / f"fold_{fold}"
+            assert read(folder / "test.csv")["fname"].tolist() == test_fnames
+            assert read(folder / "dev.csv")["fname"].tolist() == dev_fnames
+            meta = json.loads((folder / "meta.json").read_text())
+            assert meta["fold"] == fold and meta["rows"] == {"train": 60, "oof": 30, "test": 20, "dev": 30}
+            assert {"config_hash", "data_sha256", "folds_sha256", "versions", "timings"} <= set(meta)
+            assert meta["versions"]["python"] and meta["timings"]["fit_s"] >= 0
+        assert load_test(config, name)["fname"].tolist() == test_fnames
+        assert read(run_dir(config, name) / "dev.csv")["fname"].tolist() == dev_fnames
+        # The chosen test output is, row by row, one of the fold models' outputs.
+        by_fold = load_fold_test(config, name)
+        for row, summary in enumerate(load_test(config, name)["summary"]):
+            assert summary in {by_fold[fold]["summary"].iloc[row] for fold in range(3)}
+        assert not list(run_dir(config, name).rglob("*.tmp"))
+
+
+def test_a_crashed_run_resumes_with_only_the_missing_folds(workspace, cli, monkeypatch):
+    from competition.candidates import lead
+
+    config = load_config(workspace / "competition.toml")
+    original_fit = lead.LeadCandidate.fit
+
+    def crash_in_fold_2(self, train_rows, fold):
+        if fold == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during fold 2
+        return original_fit(self, train_rows, fold)
+
+    monkeypatch.setattr(lead.LeadCandidate, "fit", crash_in_fold_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_candidates(config, ["lead"], progress=False)
+    folder = run_dir(config, "lead")
+    assert (folder / "fold_1" / "meta.json").exists() and not (folder / "fold_2" / "meta.json").exists()
+    assert not (folder / "test.csv").exists()  # no test output from an incomplete run
+    before = {fold: read_meta(folder / f"fold_{fold}" / "meta.json")["finished_at"] for fold in (0, 1)}
+
+    monkeypatch.setattr(lead.LeadCandidate, "fit", original_fit)
+    result = cli(["run", "lead", "--json"], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["lead"]
+    assert report["ran"] == [2] and report["skipped"] == [0, 1] and report["complete"]
+    after = finished_at(config, "lead")
+    assert {fold: after[fold] for fold in (0, 1)} == before
+    assert (folder / "test.csv").exists()
+
+    # Deleting one fold's files re-runs exactly that fold.
+    (folder / "fold_1" / "meta.json").unlink()
+    report = run_candidates(config, ["lead"], progress=False)["lead"]
+    assert report["ran"] == [1] and report["skipped"] == [0, 2]
+    assert finished_at(config, "lead")[0] == after[0]
+
+
+def test_changed_params_make_folds_stale_and_force_reruns(workspace, cli):
+    config = load_config(workspace / "competition.toml")
+    run_candidates(config, ["lead"], progress=False)
+    first = finished_at(config, "lead")
+    cached = run_candidates(config, ["lead"], progress=False)["lead"]
+    assert cached["ran"] == [] and cached["test_output"] == "unchanged"
+
+    (workspace / "competition.toml").write_text(CONFIG.replace("max_turns = 4", "max_turns = 3"), encoding="utf-8")
+    changed = load_config(workspace / "competition.toml")
+    result = cli(["run", "lead", "--folds", "0"], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    assert "fold 0 is stale" in result.stderr and "1/3 folds done" in result.stderr
+    assert finished_at(changed, "lead")[1] == first[1]
+    report = run_candidates(changed, ["lead"], progress=False)["lead"]
+    assert report["ran"] == [1, 2] and report["complete"]
+    forced = run_candidates(changed, ["lead"], force=True, progress=False)["lead"]
+    assert forced["ran"] == [0, 1, 2]
+
+
+def test_refit_fits_once_on_every_row(workspace):
+    from competition.candidates.lead import lead_text
+
+    (workspace / "competition.toml").write_text(
+        CONFIG.replace("bootstrap = 50", 'bootstrap = 50\ntest_strategy = "refit"').replace("max_turns = 4", "turns = 2"),
+        encoding="utf-8")
+    config = load_config(workspace / "competition.toml")
+    report = run_candidates(config, ["lead"], progress=False)["lead"]
+    assert report["test_output"] == "refit"
+    assert (run_dir(config, "lead") / "refit" / "work" / "lead.json").exists()
+    test = read(workspace / "data" / "test.csv")
+    assert load_test(config, "lead")["summary"].tolist() == [lead_text(d, 2) for d in test["dialogue"]]
+    assert json.loads((run_dir(config, "lead") / "meta.json").read_text())["test_strategy"] == "refit"
+
+
+def test_mbr_picks_the_output_closest_to_the_others():
+    scorer = get_scorer("whitespace", "rouge-score", "mean")
+    outputs = [["a b c d", "same", "p q"],
+               ["a b c", "same", "p q"],
+               ["x y z", "same", "r s"]]
+    # Row 0: "a b c d" and "a b c" agree with each other (F1 is symmetric: a tie, the lower index
+    # wins); "x y z" agrees with nobody. Row 1: all equal. Row 2: "p q" twice, tie -> index 0.
+    chosen = select_mbr(outputs, scorer)
+    assert chosen.tolist() == [0, 0, 0]
+    assert select_mbr([["a b", "x"], ["z", "x y"], ["a b", "x y"]], scorer).tolist() == [0, 1]
+
+
+def test_refusals_name_the_fix(workspace, cli):
+    typo = cli(["run", "leed"], cwd=workspace)
+    assert typo.exit_code == 2 and "did you mean 'lead'" in typo.output
+    bad_fold = cli(["run", "lead", "--folds", "0,5"], cwd=workspace)
+    assert bad_fold.exit_code == 2 and "the folds are 0..2" in bad_fold.output
+    not_a_number = cli(["run", "lead", "--folds", "first"], cwd=workspace)
+    assert not_a_number.exit_code == 2 and "separated by commas" in not_a_number.output
+    assert not (workspace / "runs").exists()
+
+
+def test_cuda_only_candidates_are_skipped_on_cpu_or_refused(workspace, cli, monkeypatch):
+    import torch
+
+    from competition.candidates import lead
+
+    monkeypatch.setattr(lead.LeadCandidate, "requires_cuda", True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = cli(["run", "lead", "--json"], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["lead"]["skipped"] == "needs CUDA"
+    assert "lead: skipped (candidate 'lead' needs CUDA" in result.stderr
+    refused = cli(["run", "lead", "--require-all"], cwd=workspace)
+    assert refused.exit_code == 2 and "drop --require-all" in refused.output
+    assert not (workspace / "runs" / "lead" / "fold_0" / "oof.csv").exists()
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    import os
+
+    target = tmp_path / "runs" / "x" / "oof.csv"
+    atomic_write_text(target, "fname,summary\na,old\n")
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "fname,summary\na,new\n")
+    assert target.read_text() == "fname,summary\na,old\n"
+    assert [p.name for p in target.parent.iterdir()] == ["oof.csv"]
+
+
+def test_extra_folds_from_a_larger_k_are_removed(workspace):
+    config = load_config(workspace / "competition.toml")
+    run_candidates(config, ["lead"], progress=False)
+    build_folds(config, load_from_config(config).train, k=2, force=True)
+    report = run_candidates(config, ["lead"], progress=False)["lead"]
+    assert report["k"] == 2 and report["ran"] == [0, 1]
+    assert not (run_dir(config, "lead") / "fold_2").exists()
+    assert len(load_oof(config, "lead")) == 90 and np.isin(load_oof(config, "lead")["fold"], [0, 1]).all()
+
+
+def test_augmented_rows_train_only_the_folds_their_source_is_in(workspace):
+    from competition.augment import speaker_swap, write_augmented
+
+    config = load_config(workspace / "competition.toml")
+    train = load_from_config(config).train
+    swapped, _ = speaker_swap(train)
+    write_augmented(swapped, workspace / "data" / "augmented" / "swap.csv")
+    (workspace / "competition.toml").write_text(
+        CONFIG.replace('kind = "retrieval"', 'kind = "retrieval"\naugmentations = ["data/augmented/swap.csv"]'),
+        encoding="utf-8")
+    config = load_config(workspace / "competition.toml")
+    run_candidates(config, ["retrieval"], progress=False)
+    meta = read_meta(run_dir(config, "retrieval") / "fold_0" / "meta.json")
+    assert meta["rows"]["train"] == 120  # 60 training rows + their 60 swaps, none of the held-out 30
+    # A held-out dialogue's own swap would be its nearest neighbour and give back its own summary.
+    own = train.set_index("fname")["summary"]
+    oof = load_oof(config, "retrieval")
+    assert (oof["summary"].to_numpy() != own.loc[oof["fname"]].to_numpy()).mean() > 0.9
+
+    write_augmented(swapped.head(10), workspace / "data" / "augmented" / "swap.csv")
+    assert run_candidates(config, ["retrieval"], progress=False)["retrieval"]["ran"] == [0, 1, 2]

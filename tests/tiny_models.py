@@ -1,0 +1,115 @@
+"""Tiny random-weight models saved to a folder, loaded through the same `from_pretrained` path a
+user's model directory takes: a Qwen3-style causal LM with a ChatML template and a T5."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from korean_fixture import DIALOGUES
+
+# Tags found in the data; kept as whole tokens by the trained tokenizer.
+TAGS = ["#Person1#", "#Person2#", "#Person3#", "#PhoneNumber#", "#Address#"]
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def fixture_text() -> list[str]:
+    """Korean dialogues and summaries plus the prompt words, so the vocabulary covers them."""
+    from competition.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
+
+    lines = [DEFAULT_SYSTEM, DEFAULT_INSTRUCTION, "대화 요약 주제 ... (중략) ..."]
+    for _, dialogue, summary, topic in DIALOGUES:
+        lines += [dialogue, summary, topic]
+    return lines * 3
+
+
+def _train_tokenizer(special: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(fixture_text(), trainer=trainer)
+    return tokenizer
+
+
+def build_tiny_causal_lm(folder: Path) -> Path:
+    """A 2-layer Qwen3 (hidden 64) with a ByteLevel BPE tokenizer trained on the fixture text."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    folder = Path(folder)
+    raw = _train_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=700)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.add_tokens(TAGS)
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_t5(folder: Path) -> Path:
+    """A 2-layer T5 (d_model 64) with a BPE tokenizer whose ids follow T5's: pad 0, eos 1, unk 2."""
+    import torch
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    folder = Path(folder)
+    raw = _train_tokenizer(["<pad>", "</s>", "<unk>"], vocab_size=700)
+    raw.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_ff=128, d_kv=16, num_layers=2,
+                      num_decoder_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0,
+                      eos_token_id=1, tie_word_embeddings=False)
+    model = T5ForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """Folder of the tiny Qwen3 (built once per test session); import this fixture into a test module."""
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+def run_through_cli(cli, workspace: Path, name: str, table: str) -> Path:
+    """Add [candidates.NAME] (TOML body `table`) to a workspace with k = 2, build folds, run
+    `competition run NAME`, and check runs/NAME has a non-empty summary for every row."""
+    import pandas as pd
+
+    config = (workspace / "competition.toml").read_text(encoding="utf-8")
+    config += f"[cv]\nk = 2\n\n[candidates.{name}]\n{table}\n"
+    (workspace / "competition.toml").write_text(config, encoding="utf-8")
+    assert cli(["folds", "build"], cwd=workspace).exit_code == 0
+    result = cli(["run", name], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    runs = workspace / "runs" / name
+    oof = pd.concat([pd.read_csv(runs / f"fold_{k}" / "oof.csv", keep_default_na=False) for k in (0, 1)])
+    train = pd.read_csv(workspace / "data" / "train.csv")
+    assert sorted(oof["fname"]) == sorted(train["fname"]) and (oof["summary"].str.strip() != "").all()
+    test = pd.read_csv(runs / "test.csv", keep_default_na=False)
+    expected = pd.read_csv(workspace / "data" / "test.csv")["fname"].tolist()
+    assert test["fname"].tolist() == expected and (test["summary"].str.strip() != "").all()
+    return runs
