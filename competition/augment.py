@@ -207,28 +207,57 @@ class LocalGeneration:
     eval_batch_size: int = 4
 
 
-def local_completer(model_path: str, max_new_tokens: int = 512,
-                    trust_remote_code: bool = False) -> Callable[[list[str]], list[str]]:
-    """A generator from a local causal LM (path or hub id): chat template, batched greedy decoding."""
+def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_code: bool = False,
+                    cache_path: Path | None = None, chunk: int = 32) -> Callable[[list[str]], list[str]]:
+    """A generator from a local causal LM (path or hub id): chat template, batched greedy decoding.
+    With `cache_path`, outputs are appended every `chunk` prompts, so a killed job resumes."""
     def complete(prompts: list[str]) -> list[str]:
+        import hashlib
+        import json
+
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from tqdm.auto import tqdm
 
         from .generation import clean_output, generate
         from .prompts import render
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        except OSError as error:
-            raise CompetitionError(f"cannot load generator model {model_path!r} ({error}); "
-                                   f"pass a local model folder or a downloaded hub id") from None
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        texts = [render(tokenizer, [{"role": "user", "content": prompt}]) for prompt in prompts]
-        raw = generate(model, tokenizer, texts, LocalGeneration(max_new_tokens=max_new_tokens))
-        # Keep line breaks: a dialogue is one turn per line.
-        return ["\n".join(clean_output(line) for line in text.splitlines() if clean_output(line))
-                for text, _ in raw]
+        def key(prompt: str) -> str:
+            return hashlib.sha256(f"{model_path}\n{max_new_tokens}\n{prompt}".encode()).hexdigest()
+
+        cache: dict[str, str] = {}
+        if cache_path is not None and Path(cache_path).exists():
+            for line in Path(cache_path).read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    cache[entry["key"]] = entry["content"]
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut by a kill mid-write
+        todo = list(dict.fromkeys(p for p in prompts if key(p) not in cache))
+        if todo:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            except OSError as error:
+                raise CompetitionError(f"cannot load generator model {model_path!r} ({error}); "
+                                       f"pass a local model folder or a downloaded hub id") from None
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            for start in tqdm(range(0, len(todo), chunk), desc="generate", unit="chunk", leave=False):
+                part = todo[start:start + chunk]
+                texts = [render(tokenizer, [{"role": "user", "content": prompt}]) for prompt in part]
+                raw = generate(model, tokenizer, texts, LocalGeneration(max_new_tokens=max_new_tokens), progress=False)
+                # Keep line breaks: a dialogue is one turn per line.
+                outputs = ["\n".join(clean_output(line) for line in text.splitlines() if clean_output(line))
+                           for text, _ in raw]
+                lines = []
+                for prompt, output in zip(part, outputs):
+                    cache[key(prompt)] = output
+                    lines.append(json.dumps({"key": key(prompt), "content": output}, ensure_ascii=False) + "\n")
+                if cache_path is not None:
+                    Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+                    with open(cache_path, "a", encoding="utf-8") as out:
+                        out.writelines(lines)
+        return [cache[key(p)] for p in prompts]
 
     return complete
 

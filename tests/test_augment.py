@@ -12,6 +12,7 @@ import pytest
 from competition import augment as aug
 from competition.chat import Endpoint
 from competition.errors import CompetitionError
+from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
 
 
 def test_speaker_swap_renames_consistently_in_dialogue_and_summary(korean_rows):
@@ -152,3 +153,22 @@ def test_augment_cli_paraphrase_without_generator_says_what_to_pass(korean_works
     result = cli(["augment", "paraphrase"], cwd=korean_workspace)
     assert result.exit_code == 2
     assert "--local-model" in result.output and "--base-url" in result.output
+
+
+@pytest.mark.slow
+def test_paraphrase_and_synthetic_with_a_tiny_local_model(korean_workspace, cli, tiny_causal_lm):
+    # Random weights write no usable dialogue: every row must be rejected and counted, never kept.
+    result = cli(["augment", "paraphrase", "--local-model", tiny_causal_lm, "--limit", "2",
+                  "--max-new-tokens", "16", "--json"], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["source_rows"] == 2 and report["kept"] == 0
+    assert sum(report["dropped"].values()) == 2
+    assert set(report["dropped"]) <= {"lost a speaker or mask tag", "empty generation"}
+    cache = korean_workspace / "data" / "augmented" / "paraphrase.cache.jsonl"
+    assert len(cache.read_text(encoding="utf-8").splitlines()) == 4  # 2 dialogues + 2 summaries: resumable
+    result = cli(["augment", "synthetic", "--local-model", tiny_causal_lm, "--topics", "쇼핑", "--per-topic", "1",
+                  "--max-new-tokens", "16", "--json"], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dropped"] == {"not a tagged dialogue with a SUMMARY: part": 1}

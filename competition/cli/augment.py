@@ -21,6 +21,7 @@ from .common import json_option, print_json, with_config
 @click.option("--permutation", default="2,1", show_default=True,
               help="speaker-swap: new number of speaker 1,2,3...; 2,1 swaps #Person1# and #Person2#.")
 @click.option("--local-model", default=None, help="paraphrase/synthetic: a local causal LM folder (or hub id).")
+@click.option("--max-new-tokens", default=512, show_default=True, help="Local generator: most tokens per output.")
 @click.option("--base-url", default=None, help="paraphrase/synthetic: OpenAI-compatible endpoint root, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--model", default="", help="Model name the endpoint serves.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Env var with the key (\"\" = none).")
@@ -35,7 +36,7 @@ from .common import json_option, print_json, with_config
 @click.option("--rouge-max", default=0.95, show_default=True, help="paraphrase: drop rows nearer than this (no real rewrite).")
 @json_option
 @with_config
-def augment(config, method, out_path, data_dir, permutation, local_model, base_url, model, api_key_env, concurrency,
+def augment(config, method, out_path, data_dir, permutation, local_model, max_new_tokens, base_url, model, api_key_env, concurrency,
             limit, topics, rarest, per_topic, min_ratio, max_ratio, rouge_min, rouge_max, as_json) -> None:
     """Make augmented training rows that remember their source row (fold-safe).
 
@@ -51,7 +52,7 @@ def augment(config, method, out_path, data_dir, permutation, local_model, base_u
     complete = None
     if method != "speaker-swap":
         if local_model:
-            complete = aug.local_completer(local_model)
+            complete = aug.local_completer(local_model, max_new_tokens, cache_path=target.with_suffix(".cache.jsonl"))
         elif base_url:
             endpoint = Endpoint(base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency)
             complete = aug.api_completer(endpoint, target.with_suffix(".cache.jsonl"))
