@@ -131,26 +131,25 @@ def load_oof(config, name: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def load_fold_test(config, name: str) -> dict[int, pd.DataFrame]:
-    """{fold: DataFrame(fname, summary)} of each finished fold's test predictions."""
+def load_fold_outputs(config, name: str, split: str) -> dict[int, pd.DataFrame]:
+    """{fold: DataFrame(fname, summary)} of each finished fold's `split` ("test" or "dev") predictions."""
     _require_source(config, name)
     out = {}
     for fold in done_folds(config, name):
-        path = fold_dir(config, name, fold) / "test.csv"
+        path = fold_dir(config, name, fold) / f"{split}.csv"
         if path.exists():
             out[fold] = read_predictions(path)
     return out
+
+
+def load_fold_test(config, name: str) -> dict[int, pd.DataFrame]:
+    """{fold: DataFrame(fname, summary)} of each finished fold's test predictions."""
+    return load_fold_outputs(config, name, "test")
 
 
 def load_fold_dev(config, name: str) -> dict[int, pd.DataFrame]:
     """{fold: DataFrame(fname, summary)} of each finished fold's dev predictions (hold-out dev)."""
-    _require_source(config, name)
-    out = {}
-    for fold in done_folds(config, name):
-        path = fold_dir(config, name, fold) / "dev.csv"
-        if path.exists():
-            out[fold] = read_predictions(path)
-    return out
+    return load_fold_outputs(config, name, "dev")
 
 
 def load_test(config, name: str) -> pd.DataFrame:

@@ -70,30 +70,6 @@ def candidate_settings(config: Config, name: str) -> dict:
     return settings
 
 
-def select_mbr(outputs: Sequence[Sequence[str]], scorer) -> np.ndarray:
-    """Per row, the index of the output with the highest mean final against the other outputs
-    (minimum Bayes risk); ties go to the lowest index. outputs: (sources, rows)."""
-    sources = len(outputs)
-    rows = len(outputs[0]) if sources else 0
-    chosen = np.zeros(rows, dtype=np.int64)
-    if sources < 2 or rows == 0:
-        return chosen
-    matrix = np.asarray(outputs, dtype=object)  # (sources, rows)
-    # Rows whose outputs all agree need no scoring.
-    varied = np.flatnonzero([len(set(matrix[:, row])) > 1 for row in range(rows)])
-    if not len(varied):
-        return chosen
-    pairs = [(i, j) for i in range(sources) for j in range(sources) if i != j]
-    hyps = [matrix[i, row] for row in varied for i, _ in pairs]
-    refs = [matrix[j, row] for row in varied for _, j in pairs]
-    finals = scorer.score_pairs(hyps, refs)[:, :, 2].mean(axis=1).reshape(len(varied), len(pairs))
-    utility = np.zeros((len(varied), sources))
-    for column, (i, _) in enumerate(pairs):
-        utility[:, i] += finals[:, column]
-    chosen[varied] = utility.argmax(axis=1)
-    return chosen
-
-
 @dataclasses.dataclass
 class RunContext:
     """Everything shared by the candidates of one run: rows, folds and their hashes."""
@@ -193,6 +169,8 @@ def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: 
 
 def _choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """MBR over the k fold models' test (and dev) outputs, row by row."""
+    from .ensemble import mbr_select
+
     from .predictions import load_fold_dev, load_fold_test
 
     chosen_counts = {}
@@ -213,7 +191,7 @@ def _choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFram
                 raise FoldMismatch(f"{fold_dir(context.config, name, fold)}/{split}.csv does not cover the {split} rows: "
                                    f"re-run with `competition run {name} --folds {fold} --force`")
             outputs.append(series.loc[fnames].tolist())
-        choice = select_mbr(outputs, scorer)
+        choice = mbr_select(outputs, scorer)
         chosen_counts[split] = np.bincount(choice, minlength=context.k).tolist()
         frames.append(pd.DataFrame({"fname": fnames, "summary": [outputs[c][r] for r, c in enumerate(choice)]}))
     return frames[0], frames[1], {"chosen_per_fold": chosen_counts}

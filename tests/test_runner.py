@@ -15,7 +15,8 @@ from competition.data import load_from_config
 from competition.folds import build_folds, load_folds
 from competition.metric import get_scorer
 from competition.predictions import atomic_write_text, load_fold_test, load_oof, load_test, read_meta, run_dir
-from competition.runner import run_candidates, select_mbr
+from competition.ensemble import mbr_select
+from competition.runner import run_candidates
 
 CONFIG = """
 [cv]
@@ -158,9 +159,9 @@ def test_mbr_picks_the_output_closest_to_the_others():
                ["x y z", "same", "r s"]]
     # Row 0: "a b c d" and "a b c" agree with each other (F1 is symmetric: a tie, the lower index
     # wins); "x y z" agrees with nobody. Row 1: all equal. Row 2: "p q" twice, tie -> index 0.
-    chosen = select_mbr(outputs, scorer)
+    chosen = mbr_select(outputs, scorer)
     assert chosen.tolist() == [0, 0, 0]
-    assert select_mbr([["a b", "x"], ["z", "x y"], ["a b", "x y"]], scorer).tolist() == [0, 1]
+    assert mbr_select([["a b", "x"], ["z", "x y"], ["a b", "x y"]], scorer).tolist() == [0, 1]
 
 
 def test_refusals_name_the_fix(workspace, cli):

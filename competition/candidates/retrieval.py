@@ -116,10 +116,10 @@ class RetrievalCandidate(Candidate):
         dialogues = self._train["dialogue"].to_numpy()
         if neighbours.shape[1] > 1:
             from ..metric import get_scorer
-            from ..runner import select_mbr
+            from ..ensemble import mbr_select
 
             scorer = get_scorer(self.metric.tokenizer, self.metric.convention, self.metric.multi_ref)
-            choice = select_mbr([summaries[neighbours[:, j]].tolist() for j in range(neighbours.shape[1])], scorer)
+            choice = mbr_select([summaries[neighbours[:, j]].tolist() for j in range(neighbours.shape[1])], scorer)
             picked = neighbours[np.arange(len(rows)), choice]
         else:
             picked = neighbours[:, 0]
