@@ -91,9 +91,18 @@ def load_space(path: str | Path | None, params) -> dict[str, list]:
     return space
 
 
+def canonical(setting: dict) -> dict:
+    """length_scale only matters with dynamic length control: fixed settings carry scale 1.0."""
+    if setting.get("length_control", "fixed") == "fixed" and "length_scale" in setting:
+        return {**setting, "length_scale": 1.0}
+    return setting
+
+
 def grid(space: dict[str, list]) -> list[dict]:
+    """Every distinct setting of the space (settings equal after `canonical` appear once)."""
     keys = sorted(space)
-    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
+    settings = [canonical(dict(zip(keys, values))) for values in itertools.product(*(space[k] for k in keys))]
+    return list({setting_key(s): s for s in settings}.values())
 
 
 @dataclass
@@ -229,7 +238,7 @@ def propose(space: dict[str, list], done: list[Trial], count: int, method: str, 
     while len(proposals) < count and attempts < count * 20:
         attempts += 1
         asked = study.ask(distributions)
-        setting = {k: asked.params[k] for k in sorted(space)}
+        setting = canonical({k: asked.params[k] for k in sorted(space)})
         if setting_key(setting) in tried or setting in proposals:
             study.tell(asked, state=optuna.trial.TrialState.PRUNED)
             continue

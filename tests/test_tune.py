@@ -82,3 +82,9 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
     board = {row["name"]: row for row in json.loads(cv.stdout)}
     assert board["t5@tuned"]["complete"]
     assert np.isclose(board["t5@tuned"]["oof"]["final"], report["tuned_oof_final"], atol=1e-6)
+
+
+def test_grid_does_not_repeat_settings_that_differ_only_in_unused_length_scale():
+    settings = tuning.grid({"length_control": ["fixed", "dynamic"], "length_scale": [1.0, 1.3], "num_beams": [1]})
+    assert len(settings) == 3
+    assert {"length_control": "fixed", "length_scale": 1.0, "num_beams": 1} in settings
