@@ -81,6 +81,7 @@ class RunContext:
     test: pd.DataFrame
     dev: pd.DataFrame | None  # None unless dev is a hold-out (not inside the folds)
     hashes: dict
+    data_dir: str | None = None  # the --data override, passed on to launched training processes
 
 
 def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
@@ -101,7 +102,7 @@ def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
     hashes = {"data_sha256": rows_sha256(rows), "folds_sha256": folds_sha256(config),
               "test_sha256": rows_sha256(data.test[["fname", "dialogue"]]),
               "dev_sha256": rows_sha256(dev) if dev is not None else None}
-    return RunContext(config, rows, fold_of, k, data.test, dev, hashes)
+    return RunContext(config, rows, fold_of, k, data.test, dev, hashes, None if data_dir is None else str(data_dir))
 
 
 def _training_rows(context: RunContext, name: str, mask: np.ndarray) -> pd.DataFrame:
@@ -140,6 +141,16 @@ def _predict(instance, rows: pd.DataFrame, what: str) -> tuple[pd.DataFrame, flo
     return frame, time.perf_counter() - start
 
 
+def _fit(context: RunContext, name: str, instance, train: pd.DataFrame, fold: int | None) -> None:
+    """instance.fit, after training under `accelerate launch` when the candidate asks for it
+    (the fit here then finds the saved training and only loads it; see competition.launch)."""
+    from .launch import command_for, launcher_of, run_launcher
+
+    if launcher_of(instance.params) == "accelerate":
+        run_launcher(command_for(context.config, name, fold, context.data_dir), cwd=context.config.root)
+    instance.fit(train, fold)
+
+
 def fold_is_current(meta: dict | None, wanted: dict) -> bool:
     return meta is not None and all(meta.get(key) == wanted.get(key) for key in _FOLD_KEYS)
 
@@ -151,7 +162,7 @@ def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: 
     train = _training_rows(context, name, ~held_out)
     instance = _make(context, name, fold_dir(context.config, name, fold) / "work")
     fit_start = time.perf_counter()
-    instance.fit(train, fold)
+    _fit(context, name, instance, train, fold)
     timings = {"fit_s": time.perf_counter() - fit_start}
     oof, timings["predict_oof_s"] = _predict(instance, context.rows[held_out], "held-out")
     test, timings["predict_test_s"] = _predict(instance, context.test, "test")
@@ -201,7 +212,7 @@ def _refit_outputs(context: RunContext, name: str) -> tuple[pd.DataFrame, pd.Dat
     """A model fit on every labelled row (fold None) predicts test and dev."""
     instance = _make(context, name, run_dir(context.config, name) / "refit" / "work")
     start = time.perf_counter()
-    instance.fit(_training_rows(context, name, np.ones(len(context.rows), dtype=bool)), None)
+    _fit(context, name, instance, _training_rows(context, name, np.ones(len(context.rows), dtype=bool)), None)
     timings = {"fit_s": time.perf_counter() - start}
     test, timings["predict_test_s"] = _predict(instance, context.test, "test")
     dev = None
@@ -218,31 +229,39 @@ def _drop_extra_folds(context: RunContext, name: str, echo: Callable[[str], None
             echo(f"{name}: removed fold_{fold}/ (the folds now have k = {context.k})")
 
 
-def run_candidate(context: RunContext, name: str, folds: Sequence[int], force: bool, progress: bool,
-                  echo: Callable[[str], None]) -> dict:
-    """Run one candidate's selected folds, then choose its test/dev outputs when all folds are done."""
-    from tqdm import tqdm
-
-    from .metric import get_scorer
-
+def plan_candidate(context: RunContext, name: str, folds: Sequence[int], force: bool,
+                   echo: Callable[[str], None]) -> tuple[dict, dict, list[int], list[int]]:
+    """(wanted hashes, settings, folds to run, folds skipped because they are current)."""
     config = context.config
     digest, settings = _candidate_hash(context, name)
     wanted = {"config_hash": digest, **context.hashes}
     _drop_extra_folds(context, name, echo)
-    ran, skipped = [], []
-    for fold in tqdm(folds, desc=f"{name} folds", disable=not progress, file=sys.stderr, leave=False):
+    to_run, skipped = [], []
+    for fold in folds:
         meta = read_meta(fold_dir(config, name, fold) / "meta.json")
         if not force and fold_is_current(meta, wanted) and (fold_dir(config, name, fold) / "oof.csv").exists():
             skipped.append(fold)
             continue
         if meta is not None and not force:
             echo(f"{name}: fold {fold} is stale (config, data or folds changed): re-running")
-        run_fold(context, name, fold, wanted, settings)
-        ran.append(fold)
+        to_run.append(fold)
+    return wanted, settings, to_run, skipped
+
+
+def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dict, ran: list[int],
+                     skipped: list[int], force: bool, echo: Callable[[str], None],
+                     failed: dict[int, str] | None = None) -> dict:
+    """Report a candidate's folds and choose its test/dev outputs once every fold is done."""
+    from .metric import get_scorer
+
+    config = context.config
+    digest = wanted["config_hash"]
     current = [fold for fold in range(context.k)
                if fold_is_current(read_meta(fold_dir(config, name, fold) / "meta.json"), wanted)]
     report = {"kind": settings["kind"], "config_hash": digest, "ran": ran, "skipped": skipped,
               "folds_done": len(current), "k": context.k, "complete": len(current) == context.k}
+    if failed:
+        report["failed"] = {str(fold): error for fold, error in sorted(failed.items())}
     if not report["complete"]:
         missing = [fold for fold in range(context.k) if fold not in current]
         echo(f"{name}: {len(current)}/{context.k} folds done; test output not chosen until fold(s) "
@@ -271,9 +290,25 @@ def run_candidate(context: RunContext, name: str, folds: Sequence[int], force: b
     return report
 
 
+def run_candidate(context: RunContext, name: str, folds: Sequence[int], force: bool, progress: bool,
+                  echo: Callable[[str], None]) -> dict:
+    """Run one candidate's selected folds here, then choose its test/dev outputs when all folds are done."""
+    from .executors import LocalExecutor, jobs_for, run_jobs
+
+    wanted, settings, to_run, skipped = plan_candidate(context, name, folds, force, echo)
+    executor = LocalExecutor()
+    results = run_jobs(executor, context, jobs_for(context.config, name, to_run, wanted, settings, False),
+                       progress=progress, echo=echo)
+    return finish_candidate(context, name, wanted, settings, [r.job.fold for r in results if r.error is None],
+                            skipped, force, echo)
+
+
+def _needs_cuda(context: RunContext, name: str) -> bool:
+    return _make(context, name, run_dir(context.config, name) / "fold_0" / "work").needs_cuda()
+
+
 def _needs_cuda_missing(context: RunContext, name: str) -> bool:
-    instance = _make(context, name, run_dir(context.config, name) / "fold_0" / "work")
-    if not instance.needs_cuda():
+    if not _needs_cuda(context, name):
         return False
     import torch
 
@@ -298,20 +333,25 @@ def resolve_names(config: Config, names: Sequence[str] | None) -> list[str]:
 
 def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Sequence[int] | None = None,
                    force: bool = False, data_dir: str | Path | None = None, require_all: bool = False,
-                   progress: bool = True, echo: Callable[[str], None] = _stderr) -> dict:
+                   progress: bool = True, echo: Callable[[str], None] = _stderr, executor: str = "local",
+                   ray_address: str | None = None) -> dict:
     """Run candidates (default: every enabled one) on the selected folds (default: all).
 
     Returns {name: {"kind", "config_hash", "ran", "skipped", "folds_done", "k", "complete",
-    "test_output"}} or {"skipped": "needs CUDA"} for a CUDA-only candidate on a CPU machine
-    (CudaRequired instead with require_all).
+    "test_output", "failed" (ray only: {fold: error})}} or {"skipped": "needs CUDA"} for a
+    CUDA-only candidate on a CPU machine (CudaRequired instead with require_all).
+    executor "ray" runs every (candidate, fold) as one Ray task (see competition.executors).
     """
+    if executor != "local" or ray_address:
+        import contextlib
+
+        # Ray's driver prints worker and raylet messages on stdout; keep stdout for results (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            return _run_distributed(config, names, folds, force, data_dir, require_all, progress, echo,
+                                    executor, ray_address)
     names = resolve_names(config, names)
     context = prepare(config, data_dir)
-    selected = list(range(context.k)) if folds is None else sorted(set(int(f) for f in folds))
-    bad = [fold for fold in selected if not 0 <= fold < context.k]
-    if bad:
-        raise FoldMismatch(f"--folds {','.join(map(str, bad))}: the folds are 0..{context.k - 1} "
-                           f"({config.cv.folds_file})")
+    selected = _selected_folds(context, folds)
     echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows, "
          + (f"{len(context.dev)} dev rows (hold-out)" if context.dev is not None else "no dev hold-out")
          + f"; test output by {config.cv.test_strategy}")
@@ -330,3 +370,50 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
             continue
         results[name] = run_candidate(context, name, selected, force, progress, echo)
     return results
+
+
+def _selected_folds(context: RunContext, folds: Sequence[int] | None) -> list[int]:
+    selected = list(range(context.k)) if folds is None else sorted(set(int(f) for f in folds))
+    bad = [fold for fold in selected if not 0 <= fold < context.k]
+    if bad:
+        raise FoldMismatch(f"--folds {','.join(map(str, bad))}: the folds are 0..{context.k - 1} "
+                           f"({context.config.cv.folds_file})")
+    return selected
+
+
+def _run_distributed(config: Config, names, folds, force, data_dir, require_all, progress, echo,
+                     executor_name: str, ray_address: str | None) -> dict:
+    """Plan every candidate's pending folds, run them all at once on the executor, then finish each."""
+    from .executors import jobs_for, make_executor, run_jobs
+
+    names = resolve_names(config, names)
+    executor = make_executor(executor_name, ray_address)
+    try:
+        context = prepare(config, data_dir)
+        selected = _selected_folds(context, folds)
+        echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows "
+             f"on executor {executor_name}")
+        has_gpus = executor.cluster_has_gpus()
+        results, plans, jobs = {}, {}, []
+        for name in names:
+            settings = candidate_settings(config, name)
+            echo(f"{name}: " + json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str))
+            if not has_gpus and _needs_cuda(context, name):
+                message = f"candidate {name!r} needs CUDA and the {executor_name} executor has no GPU"
+                if require_all:
+                    raise CudaRequired(f"{message}: run it on a GPU cluster, or drop --require-all to skip it")
+                echo(f"{name}: skipped ({message})")
+                results[name] = {"kind": settings["kind"], "skipped": "needs CUDA"}
+                continue
+            wanted, settings, to_run, skipped = plan_candidate(context, name, selected, force, echo)
+            plans[name] = (wanted, settings, skipped)
+            jobs += jobs_for(config, name, to_run, wanted, settings, has_gpus)
+        outcomes = run_jobs(executor, context, jobs, progress=progress, echo=echo)
+    finally:
+        executor.close()
+    for name, (wanted, settings, skipped) in plans.items():
+        mine = [outcome for outcome in outcomes if outcome.job.name == name]
+        ran = sorted(o.job.fold for o in mine if o.error is None)
+        failed = {o.job.fold: o.error for o in mine if o.error is not None}
+        results[name] = finish_candidate(context, name, wanted, settings, ran, skipped, force, echo, failed)
+    return {name: results[name] for name in names if name in results}

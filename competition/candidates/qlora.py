@@ -35,6 +35,9 @@ class Params(prompt.Params):
     packing: bool = False  # pack several rows per sequence (needs flash attention to keep rows apart)
     save_steps: int = 100  # checkpoint every N updates; a killed run resumes from the last one
     logging_steps: int = 10  # log the loss every N updates
+    launcher: str = "none"  # "accelerate": train under `accelerate launch` (all GPUs of a machine; see README)
+    num_processes: int = 1  # launcher = "accelerate": processes (= GPUs) for this fold's training
+    accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
 
 
 # Params that change prediction only: editing them keeps the trained adapter.

@@ -58,9 +58,13 @@ class Params:
     do_sample: bool = False  # sampling instead of beam search (non-deterministic)
     temperature: float = 0.7  # sampling only
     top_p: float = 0.9  # sampling only
+    launcher: str = "none"  # "accelerate": train under `accelerate launch` (all GPUs of a machine; see README)
+    num_processes: int = 1  # launcher = "accelerate": processes (= GPUs) for this fold's training
+    accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
 
     def __post_init__(self):
         check_choice("device", self.device, ("auto", "cuda", "cpu"))
+        check_choice("launcher", self.launcher, ("none", "accelerate"))
         check_generation(self)
 
 

@@ -22,22 +22,31 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the competition files (default: [data] dir).")
 @click.option("--require-all", is_flag=True, help="Fail instead of skipping a CUDA-only candidate on a CPU machine.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: folds one after another here; ray: each (candidate, fold) is a Ray task.")
+@click.option("--ray-address", default=None,
+              help="With --executor ray: 'auto' (cluster on this node) or HOST:PORT (default: start Ray here).")
 @json_option
 @with_config
-def run_command(config, names, folds_text, force, data_dir, require_all, as_json) -> None:
+def run_command(config, names, folds_text, force, data_dir, require_all, executor, ray_address, as_json) -> None:
     """Fit each candidate per fold and write runs/NAME/fold_K/{oof,test,dev}.csv + meta.json.
 
     Without NAME, every enabled candidate runs. Finished folds whose config, data and folds are
-    unchanged are skipped (a killed run resumes); --force re-runs them.
+    unchanged are skipped (a killed run resumes); --force re-runs them. With --executor ray every
+    pending (candidate, fold) runs at once as a Ray task (the workspace must be on a filesystem
+    all nodes share); a failed task is reported and the others finish (exit code 1).
 
-    Example: competition run lead retrieval --folds 0,2
+    Example: competition run lead retrieval --folds 0,2 --executor ray --ray-address auto
     """
     from ..runner import run_candidates
 
     results = run_candidates(config, list(names) or None, folds=_parse_folds(folds_text), force=force,
-                             data_dir=data_dir, require_all=require_all)
+                             data_dir=data_dir, require_all=require_all, executor=executor, ray_address=ray_address)
+    failed = {name: report["failed"] for name, report in results.items() if report.get("failed")}
     if as_json:
         print_json(results)
+        if failed:
+            raise SystemExit(1)
         return
     rows = []
     for name, report in results.items():
@@ -48,6 +57,12 @@ def run_command(config, names, folds_text, force, data_dir, require_all, as_json
                      ",".join(map(str, report["skipped"])) or "-", f"{report['folds_done']}/{report['k']}",
                      report.get("test_output", "incomplete")])
     click.echo(table(rows, ["candidate", "kind", "ran", "cached", "done", "test output"]))
+    for name, errors in failed.items():
+        for fold, error in errors.items():
+            click.echo(f"FAILED {name} fold {fold}: {error}", err=True)
+    if failed:
+        click.echo("re-run the same command to run only the missing folds", err=True)
+        raise SystemExit(1)
 
 
 def register(main: click.Group) -> None:

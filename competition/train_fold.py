@@ -1,0 +1,42 @@
+"""`python -m competition.train_fold --config competition.toml --candidate NAME --fold K`: train one
+fold's model in this process (the entry point `accelerate launch` starts once per GPU).
+
+It fits exactly what `competition run` would fit for that fold (same rows, same workdir), so the
+runner afterwards finds the finished training and only predicts. `--fold refit` trains on all rows.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def train_fold(config_path: str | Path, name: str, fold: int | None, data_dir: str | Path | None = None) -> None:
+    """Fit candidate `name` on the training rows of `fold` (None: every labelled row) into its workdir."""
+    import numpy as np
+
+    from .config import load_config
+    from .predictions import fold_dir, run_dir
+    from .runner import _make, _training_rows, prepare
+
+    config = load_config(config_path)
+    context = prepare(config, data_dir)
+    if fold is None:
+        mask, workdir = np.ones(len(context.rows), dtype=bool), run_dir(config, name) / "refit" / "work"
+    else:
+        mask, workdir = context.fold_of != fold, fold_dir(config, name, fold) / "work"
+    instance = _make(context, name, workdir)
+    instance.fit(_training_rows(context, name, mask), fold)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m competition.train_fold", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="path of competition.toml")
+    parser.add_argument("--candidate", required=True, help="candidate name in [candidates.NAME]")
+    parser.add_argument("--fold", required=True, help="fold number, or 'refit' for the model on all rows")
+    parser.add_argument("--data", default=None, help="folder with the competition files (default: [data] dir)")
+    args = parser.parse_args(argv)
+    train_fold(args.config, args.candidate, None if args.fold == "refit" else int(args.fold), args.data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""launcher = "accelerate": the `accelerate launch` command for one fold, and a fold trained through it."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import write_workspace
+
+from competition.config import load_config
+from competition.errors import ConfigError
+from competition.launch import accelerate_command, command_for
+from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
+
+ENTRY = ["-m", "competition.train_fold"]
+
+
+def test_single_process_command_trains_one_fold():
+    command = accelerate_command("/ws/competition.toml", "solar", 2, 1, python="/venv/bin/python")
+    assert command == ["/venv/bin/python", "-m", "accelerate.commands.launch", "--num_processes", "1",
+                       "--num_machines", "1", *ENTRY, "--config", "/ws/competition.toml", "--candidate", "solar",
+                       "--fold", "2"]
+
+
+def test_several_processes_without_config_file_mean_ddp():
+    command = accelerate_command("c.toml", "solar", 0, 4, main_process_port=29600, data_dir="/data")
+    launch = command[:command.index("-m", 2)]
+    assert "--multi_gpu" in launch and launch[launch.index("--num_processes") + 1] == "4"
+    assert launch[launch.index("--main_process_port") + 1] == "29600"
+    assert command[-2:] == ["--data", "/data"]
+
+
+def test_config_file_is_passed_through_and_refit_is_named():
+    command = accelerate_command("c.toml", "solar", None, 8, accelerate_config="fsdp.yaml")
+    launch = command[:command.index("competition.train_fold")]
+    assert launch[launch.index("--config_file") + 1] == "fsdp.yaml"
+    assert "--multi_gpu" not in launch  # the file chooses FSDP/DeepSpeed/DDP
+    assert command[-2:] == ["--fold", "refit"]
+
+
+def test_zero_processes_is_a_config_error():
+    with pytest.raises(ConfigError, match="num_processes = 0"):
+        accelerate_command("c.toml", "solar", 0, 0)
+
+
+def test_command_from_candidate_params_resolves_the_config_file(tmp_path):
+    (tmp_path / "competition.toml").write_text(
+        '[candidates.big]\nkind = "qlora"\nlauncher = "accelerate"\nnum_processes = 2\n'
+        'accelerate_config = "configs/fsdp.yaml"\n', encoding="utf-8")
+    config = load_config(tmp_path / "competition.toml")
+    with pytest.raises(ConfigError, match="fsdp.yaml.*not found"):
+        command_for(config, "big", 1)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "fsdp.yaml").write_text("distributed_type: FSDP\n")
+    command = command_for(config, "big", 1)
+    assert command[command.index("--config_file") + 1] == str(tmp_path / "configs" / "fsdp.yaml")
+    assert command[command.index("--num_processes") + 1] == "2"
+    assert command[command.index("--config") + 1] == str(tmp_path / "competition.toml")
+    assert command[0] == sys.executable
+    port = int(command[command.index("--main_process_port") + 1])  # folds training at once on one node
+    assert 1024 < port < 65536
+
+
+def test_unknown_launcher_is_rejected(tmp_path, cli, korean_rows):
+    test = korean_rows.tail(3).assign(fname=lambda f: "test_" + f["fname"])
+    write_workspace(tmp_path, korean_rows, test, None,
+                    '[cv]\nk = 2\n\n[candidates.big]\nkind = "seq2seq"\nlauncher = "torchrun"\n')
+    result = cli(["run", "big"], cwd=tmp_path)
+    assert result.exit_code == 2 and "launcher" in result.output
+
+
+@pytest.mark.slow
+def test_fold_trains_under_accelerate_launch(tmp_path, cli, korean_rows, tiny_causal_lm, monkeypatch):
+    """The fold's adapter comes from the launched process: training in this process would fail."""
+    from competition.candidates.qlora import QLoRACandidate
+
+    def no_training_here(self, train_rows, fingerprint):
+        raise AssertionError("the runner trained in-process instead of through accelerate launch")
+
+    monkeypatch.setattr(QLoRACandidate, "_train", no_training_here)
+    test = korean_rows.tail(3).assign(fname=lambda f: "test_" + f["fname"])
+    write_workspace(tmp_path, korean_rows, test, None, (
+        f'[cv]\nk = 2\n\n[candidates.tiny]\nkind = "qlora"\nmodel = "{tiny_causal_lm}"\nlauncher = "accelerate"\n'
+        'num_processes = 1\nmax_steps = 2\nbatch_size = 4\ngrad_accumulation = 1\ngradient_checkpointing = false\n'
+        'max_length = 512\nmax_new_tokens = 8\n'))
+    assert cli(["folds", "build"], cwd=tmp_path).exit_code == 0
+    result = cli(["run", "tiny", "--folds", "0", "--json"], cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    work = tmp_path / "runs" / "tiny" / "fold_0" / "work"
+    assert json.loads((work / "train.json").read_text())["global_step"] == 2
+    assert (work / "adapter" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "runs" / "tiny" / "fold_0" / "oof.csv").exists()
