@@ -31,6 +31,8 @@ def generation_kwargs(params, tokenizer) -> dict:
                   no_repeat_ngram_size=params.no_repeat_ngram_size, length_penalty=params.length_penalty,
                   repetition_penalty=params.repetition_penalty, do_sample=params.do_sample,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if getattr(params, "min_new_tokens", 0) > 0:
+        kwargs["min_new_tokens"] = min(params.min_new_tokens, params.max_new_tokens)
     if params.num_beams > 1:
         kwargs["early_stopping"] = True
     if params.do_sample:

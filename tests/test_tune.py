@@ -88,3 +88,31 @@ def test_grid_does_not_repeat_settings_that_differ_only_in_unused_length_scale()
     settings = tuning.grid({"length_control": ["fixed", "dynamic"], "length_scale": [1.0, 1.3], "num_beams": [1]})
     assert len(settings) == 3
     assert {"length_control": "fixed", "length_scale": 1.0, "num_beams": 1} in settings
+
+
+def test_dynamic_length_gives_each_length_bin_its_own_token_budget():
+    import pandas as pd
+
+    from competition.candidates.seq2seq import Params
+    from competition.generation import generation_kwargs
+
+    class Recorder:
+        """Stands in for a trained candidate: records the budget each row was generated with."""
+
+        params = None
+
+        def predict(self, rows):
+            return [f"{self.params.min_new_tokens}-{self.params.max_new_tokens}" for _ in range(len(rows))]
+
+    targets = tuning.LengthTargets(edges=[50.0], max_new=[10, 40], min_new=[2, 8])
+    model = tuning.FoldModel(0, Recorder(), Params(max_new_tokens=100), pd.DataFrame(), targets,
+                             count_tokens=lambda texts: [len(t) for t in texts])
+    rows = pd.DataFrame({"fname": ["short", "long"], "dialogue": ["가" * 10, "나" * 80]})
+    assert model.predict(rows, {"length_control": "dynamic", "length_scale": 1.5}) == ["2-15", "8-60"]
+    assert model.predict(rows, {"length_control": "fixed", "num_beams": 2}) == ["0-100", "0-100"]
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+    assert generation_kwargs(Params(min_new_tokens=5, max_new_tokens=20), Tok())["min_new_tokens"] == 5
+    assert "min_new_tokens" not in generation_kwargs(Params(), Tok())

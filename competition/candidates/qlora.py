@@ -41,7 +41,7 @@ class Params(prompt.Params):
 
 
 # Params that change prediction only: editing them keeps the trained adapter.
-GENERATION_ONLY = {"eval_batch_size", "num_beams", "max_new_tokens", "no_repeat_ngram_size", "length_penalty",
+GENERATION_ONLY = {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "length_penalty",
                    "repetition_penalty", "do_sample", "temperature", "top_p", "require_cuda", "device"}
 
 

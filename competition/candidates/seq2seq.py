@@ -52,6 +52,7 @@ class Params:
     eval_batch_size: int = 16  # rows per generation batch (sorted by length)
     num_beams: int = 4  # beam search width
     max_new_tokens: int = 150  # summary length cap in tokens; a cut last sentence is dropped
+    min_new_tokens: int = 0  # shortest summary in tokens (0 = no floor); `competition tune` searches it
     no_repeat_ngram_size: int = 3  # forbid repeated n-grams of this size (0 = off)
     length_penalty: float = 1.0  # beam search: >1 favours longer summaries
     repetition_penalty: float = 1.0  # >1 discourages repeating tokens
