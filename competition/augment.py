@@ -278,14 +278,7 @@ def api_completer(endpoint, cache_path: Path, max_tokens: int = 1024,
 
 
 def write_augmented(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write an augmentation file atomically (temp file + rename)."""
-    import os
-    import tempfile
+    """Write an augmentation file atomically (temp file + rename), fields quoted as RFC 4180 asks."""
+    from .predictions import atomic_write_csv
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-        frame[AUGMENTED_COLUMNS].to_csv(out, index=False)
-    os.replace(temp, path)
-    return path
+    return atomic_write_csv(path, frame[AUGMENTED_COLUMNS])

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import DataError, UnknownCandidate
+from .submission import csv_text
 
 RUNS_DIR = "runs"
 _FOLD_DIR = re.compile(r"^fold_(\d+)$")
@@ -45,8 +46,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
-    """Write a frame as CSV (no index, LF line ends) atomically."""
-    return atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+    """Write a frame as CSV atomically: no index, LF line ends, every field holding a comma, quote,
+    CR or LF quoted (so a summary with a lone CR reads back as one row); missing values as ""."""
+    values = frame.astype(object).where(frame.notna(), "").values.tolist()
+    return atomic_write_text(path, csv_text(values, [str(column) for column in frame.columns]))
 
 
 def atomic_write_json(path: str | Path, value: Any) -> Path:

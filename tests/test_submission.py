@@ -59,15 +59,16 @@ def test_malformed_predictions_are_refused_naming_rows(fnames, summaries, messag
 
 
 # -- submit, the log and its refusals on a workspace with predictions in runs/ ------------------------
-TEST_SUMMARIES = [s for s in HOSTILE if "\r" not in s.replace("\r\n", "")][:4]
+TEST_SUMMARIES = HOSTILE  # the lone CR included: the runner's writer must quote it too
 
 
 @pytest.fixture
 def workspace(tmp_path, korean_rows):
-    """12 Korean training rows in 3 folds, 4 test rows; whitespace tokens keep ROUGE cheap."""
+    """12 Korean training rows in 3 folds, one test row per hostile summary; whitespace tokens keep
+    ROUGE cheap."""
     from conftest import write_workspace
 
-    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    test = korean_rows.tail(len(TEST_SUMMARIES)).assign(fname=lambda f: "test_" + f["fname"])
     return write_workspace(tmp_path, korean_rows, test, None, config=(
         '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 50\n\n'
         '[candidates.lead]\nkind = "lead"\n\n[candidates.other]\nkind = "lead"\n'))
@@ -106,6 +107,8 @@ def test_submit_writes_the_leaderboard_file_and_a_complete_log_row(workspace, cl
     sample_ids = pd.read_csv(workspace / "data" / "sample_submission.csv", dtype=str)["fname"].tolist()
     frame = _read_with_pandas(content)
     assert frame["fname"].tolist() == sample_ids and frame["summary"].tolist() == TEST_SUMMARIES
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8"), newline="")))
+    assert rows == [["fname", "summary"], *map(list, zip(sample_ids, TEST_SUMMARIES))]
     assert row["id"] == "0001" and row["file"] == "0001-lead.csv" and row["source"] == "lead"
     assert row["sha256"] == hashlib.sha256(content).hexdigest()
     assert row["created_at"].endswith("+00:00")
@@ -119,6 +122,26 @@ def test_submit_writes_the_leaderboard_file_and_a_complete_log_row(workspace, cl
     assert row["note"] == 'first, "quoted" note'
     log = read_log(config)
     assert log.columns.tolist() == LOG_COLUMNS and log.to_dict("records") == [row]
+
+
+def test_a_real_run_logs_its_config_hash_and_dev_final(tmp_path, korean_rows, cli):
+    from conftest import write_workspace
+    from competition.cv import leaderboard
+
+    dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    root = write_workspace(tmp_path, korean_rows, test, dev, config=(
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 50\n\n'
+        '[candidates.lead]\nkind = "lead"\nmax_turns = 2\n'))
+    for command in (["folds", "build"], ["run", "lead"], ["submit", "lead"]):
+        result = cli(command, cwd=root)
+        assert result.exit_code == 0, result.output
+    config = load_config(root / "competition.toml")
+    row = read_log(config).iloc[0]
+    board = leaderboard(config, ["lead"])[0]
+    assert row["config_hash"] and row["config_hash"] == board["config_hash"]
+    assert row["dev_final"] and float(row["dev_final"]) == pytest.approx(board["dev_final"], abs=1e-4)
+    assert 0 < float(row["dev_final"]) < 100
 
 
 def test_git_commit_and_dirty_flag_are_logged(workspace):
@@ -159,11 +182,12 @@ def test_refusals_exit_2_and_name_what_is_wrong(workspace, cli):
     from competition.predictions import write_source_outputs
 
     ids = pd.read_csv(workspace / "data" / "test.csv", dtype=str)["fname"].tolist()
-    write_source_outputs(config, "other", pd.DataFrame({"fname": ids[:3] + ["stray"], "summary": ["a", "", "c", "d"]}),
+    summaries = ["a", ""] + ["c"] * (len(ids) - 3) + ["d"]
+    write_source_outputs(config, "other", pd.DataFrame({"fname": ids[:-1] + ["stray"], "summary": summaries}),
                          None, {})
     result = cli(["submit", "other"], cwd=workspace)
     assert result.exit_code == 2
-    assert f"1 missing id(s): {ids[3]}" in result.output and "not in sample_submission: stray" in result.output
+    assert f"1 missing id(s): {ids[-1]}" in result.output and "not in sample_submission: stray" in result.output
     assert f"1 empty summar(ies): {ids[1]}" in result.output
     assert len(read_log(config)) == 2 and not list((workspace / "submissions").glob("*other*"))
 
@@ -200,7 +224,7 @@ def test_twenty_parallel_submits_leave_twenty_intact_rows(workspace):
 def test_diff_counts_rows_and_scores_a_against_b(workspace, cli):
     from competition.metric import get_scorer
 
-    changed = TEST_SUMMARIES[:2] + ["#Person1#는 전혀 다른 요약입니다.", "완전히 새로운 문장"]
+    changed = TEST_SUMMARIES[:-2] + ["#Person1#는 전혀 다른 요약입니다.", "완전히 새로운 문장"]
     add_source(workspace, "lead", TEST_SUMMARIES)
     add_source(workspace, "other", changed)
     assert cli(["submit", "lead"], cwd=workspace).exit_code == 0
@@ -208,14 +232,14 @@ def test_diff_counts_rows_and_scores_a_against_b(workspace, cli):
     result = cli(["diff", "1", "0002-other.csv", "--json"], cwd=workspace)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["rows"] == 4 and report["differing"] == 2
+    assert report["rows"] == len(TEST_SUMMARIES) and report["differing"] == 2
     # A is scored as the hypothesis against B as the reference (score, not score_pairs, as the oracle).
     expected = get_scorer("whitespace", "official", "mean").score(TEST_SUMMARIES, [[s] for s in changed])
     per_metric = expected.per_row[:, :, 2].mean(axis=0)
     assert [report["rouge1"], report["rouge2"], report["rougeL"]] == pytest.approx(per_metric.tolist(), abs=1e-9)
     assert report["final"] == pytest.approx(per_metric.mean() * 100, abs=1e-9)
     assert 0 < report["final"] < 100
-    assert {example["b"] for example in report["examples"]} == set(changed[2:])
+    assert {example["b"] for example in report["examples"]} == set(changed[-2:])
     text = cli(["diff", "1", "2"], cwd=workspace).output
-    assert "2 of 4 rows differ" in text and "완전히 새로운 문장" in text
+    assert f"2 of {len(TEST_SUMMARIES)} rows differ" in text and "완전히 새로운 문장" in text
     assert cli(["diff", "1", "9"], cwd=workspace).exit_code == 2
