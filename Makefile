@@ -24,8 +24,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # DATA overrides [data] dir only when given (make submit DATA=path, or in the environment).
+# ARGS goes to `competition pipeline` as is, e.g. make submit ARGS=--require-all
+ARGS ?=
 submit: $(STAMP)
-	$(BIN)/competition pipeline $(if $(filter command line environment,$(origin DATA)),--data $(DATA))
+	$(BIN)/competition pipeline $(if $(filter command line environment,$(origin DATA)),--data $(DATA)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
