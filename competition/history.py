@@ -33,18 +33,24 @@ def _gap(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 4)
 
 
+# (gap name, minuend, subtrahend): every pair of scores a submission can hold, None where one is unknown.
+GAPS = (("dev_minus_cv", "dev", "cv"), ("public_minus_cv", "public", "cv"), ("public_minus_dev", "public", "dev"),
+        ("private_minus_cv", "private", "cv"), ("private_minus_dev", "private", "dev"),
+        ("private_minus_public", "private", "public"))
+
+
 def history_rows(log: pd.DataFrame) -> list[dict]:
     """One dict per logged submission, scores as floats (None where unknown), with the gaps."""
     rows = []
     for record in log.to_dict("records"):
-        cv, public, private = _float(record["oof_final"]), _float(record["public"]), _float(record["private"])
-        rows.append({
+        row = {
             "id": record["id"], "created_at": record["created_at"], "source": record["source"],
-            "file": record["file"], "cv": cv, "dev": _float(record["dev_final"]), "public": public,
-            "private": private, "ci95": [_float(record["oof_ci95_low"]), _float(record["oof_ci95_high"])],
-            "public_minus_cv": _gap(public, cv), "private_minus_cv": _gap(private, cv),
-            "private_minus_public": _gap(private, public), "note": record["note"],
-        })
+            "file": record["file"], "cv": _float(record["oof_final"]), "dev": _float(record["dev_final"]),
+            "public": _float(record["public"]), "private": _float(record["private"]),
+            "ci95": [_float(record["oof_ci95_low"]), _float(record["oof_ci95_high"])],
+        }
+        row.update({name: _gap(row[high], row[low]) for name, high, low in GAPS})
+        rows.append({**row, "note": record["note"]})
     return rows
 
 

@@ -60,6 +60,20 @@ def test_correlations_match_scipy_with_point_counts(logged):
     assert result["spearman"] == pytest.approx(stats.spearmanr(*zip(*private_pairs))[0], abs=1e-9)
 
 
+def test_every_gap_between_cv_dev_public_and_private(logged):
+    rows = {row["id"]: row for row in history_rows(read_log(_config(logged)))}
+    # 0003: cv 35.00, dev 34.5, public 34.00, private 34.60
+    assert rows["0003"]["dev_minus_cv"] == pytest.approx(-0.5)
+    assert rows["0003"]["public_minus_cv"] == pytest.approx(-1.0)
+    assert rows["0003"]["public_minus_dev"] == pytest.approx(-0.5)
+    assert rows["0003"]["private_minus_cv"] == pytest.approx(-0.4)
+    assert rows["0003"]["private_minus_dev"] == pytest.approx(0.1)
+    assert rows["0003"]["private_minus_public"] == pytest.approx(0.6)
+    # 0005 has no private score yet: its private gaps are unknown, not zero.
+    assert rows["0005"]["public_minus_dev"] == pytest.approx(34.5 - 35.4)
+    assert rows["0005"]["private_minus_cv"] is None and rows["0005"]["private_minus_public"] is None
+
+
 def test_spearman_averages_ties_and_small_samples_say_nothing():
     rows = [{"cv": cv, "public": public} for cv, public in [(1, 5), (2, 5), (2, 7), (4, 6), (5, 9)]]
     result = correlation(rows)
@@ -122,11 +136,18 @@ def test_cli_record_history_and_plot(logged, cli):
     row = next(r for r in report["submissions"] if r["id"] == "0005")
     assert row["public_minus_cv"] == pytest.approx(34.7 - 36.0)
     assert row["private_minus_public"] == pytest.approx(35.8 - 34.7)
+    assert row["private_minus_cv"] == pytest.approx(35.8 - 36.0)
+    assert row["public_minus_dev"] == pytest.approx(34.7 - 35.4)
 
     plot = logged / "plots" / "history.png"
     result = cli(["history", "--plot", plot], cwd=logged)
     assert result.exit_code == 0, result.output
     assert "CV vs public: Pearson" in result.output and "n=6" in result.output
+    header, *lines = result.output.splitlines()
+    assert header.split()[6:12] == ["dev-CV", "pub-CV", "pub-dev", "priv-CV", "priv-dev", "priv-pub"]
+    row_0005 = next(line for line in lines if line.startswith("0005"))
+    # cv 36.00, dev 35.40, public 34.70, private 35.80 (recorded above)
+    assert row_0005.split()[6:12] == ["-0.6000", "-1.3000", "-0.7000", "-0.2000", "+0.4000", "+1.1000"]
     assert "WARNING: #0004" in result.output
     assert "pick 1 (best CV): #0005" in result.output and "pick 2" in result.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000

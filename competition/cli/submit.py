@@ -110,7 +110,7 @@ def history_command(config, sort_key, plot_path, cv_tolerance, as_json) -> None:
 
     Example: competition history --sort public --plot history.png
     """
-    from ..history import history_report, plot_history
+    from ..history import GAPS, history_report, plot_history
 
     report = history_report(config, sort_key, cv_tolerance)
     if plot_path:
@@ -121,11 +121,12 @@ def history_command(config, sort_key, plot_path, cv_tolerance, as_json) -> None:
     if not report["submissions"]:
         click.echo("No submissions yet: run `competition submit SOURCE` (or `make submit`).")
         return
+    short = {"cv": "CV", "dev": "dev", "public": "pub", "private": "priv"}
     rows = [[row["id"], row["source"], _score(row["cv"]), _score(row["dev"]), _score(row["public"]),
-             _score(row["private"]), _gap(row["public_minus_cv"]), _gap(row["private_minus_public"]),
+             _score(row["private"]), *(_gap(row[gap]) for gap, _, _ in GAPS),
              row["created_at"][:16], row["note"][:40]] for row in report["submissions"]]
-    click.echo(table(rows, ["id", "source", "CV", "dev", "public", "private", "pub-CV", "priv-pub", "created",
-                            "note"]))
+    gap_headers = [f"{short[high]}-{short[low]}" for _, high, low in GAPS]
+    click.echo(table(rows, ["id", "source", "CV", "dev", "public", "private", *gap_headers, "created", "note"]))
     click.echo("")
     click.echo(_correlation_line("public", report["correlation"]["public"]))
     click.echo(_correlation_line("private", report["correlation"]["private"]))
