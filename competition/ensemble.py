@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -134,7 +135,12 @@ def pairwise_utilities(outputs: Sequence[Sequence[str]], scorer: RougeScorer, ut
 def mbr_choose(utilities: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
     """Per row, the member (index) whose output has the highest weighted mean utility.
 
-    Members with weight 0 neither vote nor can be chosen; ties go to the earliest member.
+    The mean includes the candidate's own output (utility 1 with itself). With uniform weights
+    that term is the same for every non-empty output, so the choice equals the mean over the
+    *other* members' outputs (except that an empty output never wins a tie); with weights it is
+    what makes them a prior: a member's weight also counts for its own output, so a heavy member
+    can win a row that no other member agrees with. Members with weight 0 neither vote nor can be
+    chosen; ties go to the earliest member.
     """
     rows, members, _ = utilities.shape
     weights = np.ones(members) if weights is None else np.asarray(weights, dtype=float)
@@ -320,15 +326,48 @@ def _combine(frames: list[pd.DataFrame | None], members: list[str], fnames: list
     return pd.DataFrame({"fname": fnames, "summary": summaries}), chosen
 
 
+# What each hash in a member's meta.json fingerprints: named when it differs from now.
+_INPUT_HASHES = {"data_sha256": "training data", "folds_sha256": "fold split", "test_sha256": "test file",
+                 "dev_sha256": "dev file"}
+
+
+def _input_file(config: Config, key: str) -> str:
+    """The file behind one of _INPUT_HASHES, as the config points at it now."""
+    if key == "folds_sha256":
+        return config.cv.folds_file
+    file = getattr(config.data, {"data_sha256": "train", "test_sha256": "test", "dev_sha256": "dev"}[key])
+    return str(Path(config.data.dir) / file) if file else "(none)"
+
+
+def rerun_command(config: Config, member: str) -> str:
+    """The command that rebuilds a member's predictions on the current inputs."""
+    return f"competition ensemble {member}" if member in config.ensembles else f"competition run {member} --force"
+
+
+def check_member_inputs(config: Config, member: str, folds: Sequence[int], hashes: dict) -> None:
+    """Refuse (FoldMismatch) a member whose folds or test/dev outputs were predicted on other
+    training data, folds, test or dev files than `hashes` (the current ones). A hash the member's
+    meta.json does not record is not checked."""
+    from .predictions import load_meta
+
+    for fold in [*folds, None]:
+        meta = load_meta(config, member, fold) or {}
+        stale = [key for key in _INPUT_HASHES if key in meta and meta[key] != hashes.get(key)]
+        if stale:
+            where = f"fold {fold}" if fold is not None else "test/dev output"
+            what = " and ".join(f"{_INPUT_HASHES[key]} than the current {_input_file(config, key)}" for key in stale)
+            raise FoldMismatch(f"member {member!r} {where} was predicted on another {what}: "
+                               f"rerun it with `{rerun_command(config, member)}`")
+
+
 def run_ensemble(config: Config, name: str, workers: int | None = None, progress: bool = False) -> dict:
     """Build ensemble `name` from its members' files, write runs/NAME/ like a candidate, report."""
     from tqdm import tqdm
 
-    from .data import load_from_config, references
-    from .data import rows_sha256
-    from .folds import check_folds, folds_sha256, labelled_rows
-    from .predictions import (done_folds, load_dev, load_fold_dev, load_fold_test, load_meta, load_oof, load_test,
-                              write_fold, write_source_outputs)
+    from .data import references
+    from .predictions import (done_folds, load_dev, load_fold_dev, load_fold_test, load_oof, load_test, write_fold,
+                              write_source_outputs)
+    from .runner import prepare
 
     if name not in config.ensembles:
         import difflib
@@ -338,34 +377,28 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
         raise UnknownCandidate(f"no ensemble {name!r} in {config.path or 'competition.toml'}{hint}: "
                                f"add an [ensembles.{name}] section")
     ensemble = config.ensembles[name]
-    data = load_from_config(config)
-    labelled = labelled_rows(config, data)
-    folds = check_folds(config, labelled)
-    fnames = folds["fname"].tolist()
-    fold_of = folds["fold"].astype(int).to_numpy()
-    members = resolve_members(config, ensemble, sorted(set(fold_of.tolist())))
+    context = prepare(config)  # the rows, folds, test and dev the runner predicts, and their hashes
+    fnames = context.rows["fname"].tolist()
+    fold_of = context.fold_of.astype(int)
+    fold_numbers = sorted(set(fold_of.tolist()))
+    members = resolve_members(config, ensemble, fold_numbers)
     _check(ensemble, members)
     scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
-    digests = {"data_sha256": rows_sha256(labelled), "folds_sha256": folds_sha256(config)}
     oof_outputs = []
     for member in members:
-        missing_folds = sorted(set(fold_of.tolist()) - set(done_folds(config, member)))
+        missing_folds = sorted(set(fold_numbers) - set(done_folds(config, member)))
         if missing_folds:
             raise FoldMismatch(f"member {member!r} has no finished fold {', '.join(map(str, missing_folds))}: "
                                f"finish it with `competition run {member}`")
-        for fold in sorted(set(fold_of.tolist())):
-            member_meta = load_meta(config, member, fold) or {}
-            if any(member_meta.get(key, digest) != digest for key, digest in digests.items()):
-                raise FoldMismatch(f"member {member!r} fold {fold} was predicted on other data or folds than now: "
-                                   f"rerun it with `competition run {member} --force`")
+        check_member_inputs(config, member, fold_numbers, context.hashes)
         oof = load_oof(config, member)
         member_folds = oof.drop_duplicates("fname").set_index("fname")["fold"]
         if set(member_folds.index) != set(fnames) or (member_folds.loc[fnames].astype(int).to_numpy() != fold_of).any():
             raise FoldMismatch(f"member {member!r} was run with other folds than {config.cv.folds_file}: "
-                               f"rerun it with `competition run {member} --force`")
+                               f"rerun it with `{rerun_command(config, member)}`")
         oof_outputs.append(_aligned(oof, fnames, f"runs/{member} OOF"))
 
-    refs = references(labelled.drop_duplicates("fname").set_index("fname").loc[fnames].reset_index())
+    refs = references(context.rows)
 
     member_scores = [scorer.score(outputs, refs).per_row[:, :, 2] for outputs in
                      tqdm(oof_outputs, desc="score members", disable=not progress, leave=False)]
@@ -384,9 +417,9 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
 
     settings = {**asdict(ensemble), "members": members}
     meta = {"name": name, "kind": "ensemble", "method": ensemble.method, "utility": ensemble.utility,
-            "members": members, "config_hash": config_hash(settings), "config": settings, **digests}
-    test_fnames = data.test["fname"].tolist()
-    dev_fnames = data.dev["fname"].tolist() if data.dev is not None and not config.cv.include_dev else None
+            "members": members, "config_hash": config_hash(settings), "config": settings, **context.hashes}
+    test_fnames = context.test["fname"].tolist()
+    dev_fnames = context.dev["fname"].tolist() if context.dev is not None else None
     fold_tests = [load_fold_test(config, member) for member in members]
     fold_devs = [load_fold_dev(config, member) for member in members]
     for fold in tqdm(sorted(fold_weights), desc="write folds", disable=not progress, leave=False):
@@ -410,7 +443,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
         dev_frame, _ = _combine([load_dev(config, m) for m in members], members, dev_fnames, "dev.csv",
                                 scorer, ensemble.utility, all_weights, workers)
         if dev_frame is not None:
-            dev_refs = references(data.dev.drop_duplicates("fname").set_index("fname").loc[dev_fnames].reset_index())
+            dev_refs = references(context.dev)
             dev_final = scorer.score(dev_frame["summary"].tolist(), dev_refs).final
     write_source_outputs(config, name, test_frame, dev_frame,
                          {**meta, "weights": dict(zip(members, all_weights.tolist()))})

@@ -26,15 +26,17 @@ def test_mbr_picks_the_consensus_output(words_scorer):
 
 def test_mbr_consensus_on_korean_rows():
     scorer = RougeScorer("kiwi", "official", "mean")
+    # Each row has three outputs on one topic and one off topic; the centre is the output whose
+    # morphemes the other two on-topic outputs share: member 0 in row 0 (member 1 drops 내일 and
+    # adds #Person2#에게, member 3 says 늦는다고), member 3 in row 1 (member 0 adds 함께, member 2
+    # says 산에 for 등산을).
     outputs = [
-        ["#Person1#는 내일 회의에 늦을 것 같다고 말합니다.", "두 사람은 주말에 등산을 가기로 합니다."],
+        ["#Person1#는 내일 회의에 늦을 것 같다고 말합니다.", "두 사람은 주말에 함께 등산을 가기로 합니다."],
         ["#Person1#는 회의에 늦을 것 같다고 #Person2#에게 말합니다.", "#Person2#는 저녁 메뉴를 고릅니다."],
         ["#Person2#는 새 컴퓨터를 삽니다.", "두 사람은 주말에 산에 가기로 합니다."],
-        ["#Person1#는 내일 회의에 늦는다고 말합니다.", "두 사람은 주말에 함께 등산을 가기로 합니다."],
+        ["#Person1#는 내일 회의에 늦는다고 말합니다.", "두 사람은 주말에 등산을 가기로 합니다."],
     ]
-    chosen = ens.mbr_select(outputs, scorer)
-    assert chosen[0] in (0, 1, 3) and chosen[1] in (0, 2, 3)
-    assert chosen[0] != 2 and chosen[1] != 1
+    assert ens.mbr_select(outputs, scorer).tolist() == [0, 3]
 
 
 def test_ties_go_to_the_earliest_member(words_scorer):
@@ -46,9 +48,22 @@ def test_ties_go_to_the_earliest_member(words_scorer):
 def test_weights_act_as_a_prior_and_zero_weight_members_are_never_chosen(words_scorer):
     outputs = [["q r s t u"], ["a b c d e"], ["a b c d x"], ["a b y d e"]]
     assert ens.mbr_select(outputs, words_scorer, weights=[0, 0, 1, 1]).tolist() == [2]
+    # Member 0 agrees with nobody: only its own output's term, weighted 10, makes it win.
     assert ens.mbr_select(outputs, words_scorer, weights=[10, 1, 1, 1]).tolist() == [0]
     with pytest.raises(ConfigError, match="non-negative"):
         ens.mbr_select(outputs, words_scorer, weights=[0, 0, 0, 0])
+
+
+def test_uniform_weights_choose_as_the_mean_over_the_other_members(words_scorer):
+    # The own-output term is 1 for every non-empty output, so it cannot change a uniform choice.
+    rng = np.random.default_rng(7)
+    vocabulary = [f"w{i}" for i in range(8)]  # small: duplicates and exact ties happen
+    for members in (2, 3, 4, 6):
+        outputs = [[" ".join(rng.choice(vocabulary, rng.integers(1, 6))) for _ in range(60)] for _ in range(members)]
+        utilities = ens.pairwise_utilities(outputs, words_scorer, workers=1)
+        others = (utilities.sum(axis=2) - utilities[:, np.arange(members), np.arange(members)]) / (members - 1)
+        others_only = np.argmax(others >= others.max(axis=1, keepdims=True) - 1e-12, axis=1)
+        np.testing.assert_array_equal(ens.mbr_choose(utilities), others_only)
 
 
 def test_pairwise_utilities_follow_the_metric_in_each_direction(words_scorer):
@@ -134,6 +149,21 @@ def test_best_is_chosen_on_the_other_folds(words_scorer):
         assert set(chosen[fold_of == fold].tolist()) == {int(np.argmax(quality[others].mean(axis=0)))}
 
 
+def test_weights_from_oof_come_from_the_other_folds_only(words_scorer):
+    utilities, quality, fold_of = _planted_case(words_scorer)
+    config = EnsembleConfig(name="prior", weights_from_oof=True)
+    np.testing.assert_allclose(ens.choose_weights(config, utilities, quality), quality.mean(axis=0))
+    chosen, fold_weights = ens.nested_choice(config, utilities, quality, fold_of)
+    for fold, weights in fold_weights.items():
+        held_out = fold_of == fold
+        np.testing.assert_allclose(weights, np.maximum(quality[~held_out].mean(axis=0), 1e-6))
+        np.testing.assert_array_equal(chosen[held_out], ens.mbr_choose(utilities[held_out], weights))
+    # The planted member is perfect on fold 0 only: had fold 0's scores leaked into fold 0's
+    # weights, its weight there would be its all-rows final (over 20), not that of folds 1-4 (about 2).
+    assert fold_weights[0][3] * 5 < quality[:, 3].mean()
+    assert fold_weights[0][3] == min(fold_weights[0])
+
+
 def test_diagnostics_oracle_counts_and_gain():
     quality = np.array([[10.0, 30.0], [40.0, 20.0], [50.0, 50.0], [0.0, 60.0]])
     report = ens.diagnostics(quality, np.array([1, 0, 0, 1]), ["a", "b"], resamples=200, seed=0)
@@ -163,11 +193,12 @@ MEMBERS = {
 def _write_member(config, name: str, rows: pd.DataFrame, fold_of: dict, test: pd.DataFrame,
                   dev: pd.DataFrame | None, summarise) -> None:
     from competition.predictions import write_fold, write_source_outputs
+    from competition.runner import prepare
 
     def predict(frame):
         return pd.DataFrame({"fname": frame["fname"], "summary": [summarise(r) for _, r in frame.iterrows()]})
 
-    meta = {"kind": "lead", "config_hash": name}
+    meta = {"kind": "lead", "config_hash": name, **prepare(config).hashes}  # the input hashes the runner records
     test_frame = predict(test)
     dev_frame = predict(dev) if dev is not None else None
     for fold in range(FOLDS):
@@ -205,6 +236,10 @@ method = "best"
 
 [ensembles.typo]
 members = ["lead1", "lead3"]
+
+[ensembles.prior]
+members = ["lead1", "lead2", "last2", "planted"]
+weights_from_oof = true
 """
     root = write_workspace(tmp_path, korean_rows, test, dev, config_text)
     fold_of = {fname: position % FOLDS for position, fname in enumerate(korean_rows["fname"])}
@@ -263,6 +298,54 @@ def test_hill_climb_report_keeps_the_planted_member_out_of_its_held_out_fold(mem
     assert report["fold_weights"]["0"]["planted"] == 0
     assert report["weights"]["planted"] > 0  # chosen on all rows, it looks great
     assert report["optimistic_final"] > report["oof_final"]
+
+
+def test_oof_weights_of_a_fold_are_the_members_finals_on_the_other_folds(member_workspace, cli, korean_rows):
+    import json
+
+    from competition.metric import RougeScorer
+
+    report = json.loads(cli(["ensemble", "prior", "--json"], cwd=member_workspace).stdout)
+    scorer = RougeScorer("kiwi", "official", "mean")
+    fold_of = np.arange(len(korean_rows)) % FOLDS
+    references = dict(zip(korean_rows["fname"], korean_rows["summary"]))
+    summarisers = {**MEMBERS, "planted": lambda row: row["summary"] if fold_of[row.name] == 0 else ""}
+    for fold in range(FOLDS):
+        others = korean_rows[fold_of != fold]
+        for member, summarise in summarisers.items():
+            outputs = [summarise(row) for _, row in others.iterrows()]
+            final = scorer.score(outputs, [[references[f]] for f in others["fname"]]).final
+            assert report["fold_weights"][str(fold)][member] == pytest.approx(max(final, 1e-6)), (fold, member)
+    # Empty outside fold 0, the planted member weighs (almost) nothing where fold 0 is held out.
+    assert report["fold_weights"]["0"]["planted"] == pytest.approx(1e-6)
+    assert report["weights"]["planted"] > 1
+
+
+def test_a_member_predicted_on_another_test_or_dev_file_is_refused(member_workspace, cli, korean_rows):
+    from competition.config import load_config
+
+    assert cli(["ensemble", "mix"], cwd=member_workspace).exit_code == 0
+    test = pd.read_csv(member_workspace / "data" / "test.csv", dtype=str, keep_default_na=False)
+    test.loc[0, "dialogue"] = "#Person1#: 새 시험 대화입니다.\n#Person2#: 네, 알겠습니다."
+    test.to_csv(member_workspace / "data" / "test.csv", index=False)
+    # lead1 and lead2 are re-run on the new test file; last2 still holds the old one's predictions.
+    config = load_config(member_workspace / "competition.toml")
+    fold_of = {fname: position % FOLDS for position, fname in enumerate(korean_rows["fname"])}
+    dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
+    for name in ("lead1", "lead2"):
+        _write_member(config, name, korean_rows, fold_of, test, dev, MEMBERS[name])
+    refused = cli(["ensemble", "mix"], cwd=member_workspace)
+    assert refused.exit_code == 2
+    assert "member 'last2' fold 0 was predicted on another test file than the current data/test.csv" in refused.output
+    assert "competition run last2 --force" in refused.output
+    _write_member(config, "last2", korean_rows, fold_of, test, dev, MEMBERS["last2"])
+    assert cli(["ensemble", "mix"], cwd=member_workspace).exit_code == 0
+
+    changed_dev = dev.assign(summary=dev["summary"] + " 끝.")
+    changed_dev.to_csv(member_workspace / "data" / "dev.csv", index=False)
+    stale_dev = cli(["ensemble", "mix"], cwd=member_workspace)
+    assert stale_dev.exit_code == 2
+    assert "member 'lead1' fold 0 was predicted on another dev file than the current data/dev.csv" in stale_dev.output
 
 
 def test_best_prints_a_report_and_no_name_lists_the_ensembles(member_workspace, cli):
