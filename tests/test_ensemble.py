@@ -212,9 +212,12 @@ def member_workspace(tmp_path, korean_rows):
     """12 train rows in 3 folds (fold = position % 3), 4 test rows, 4 dev rows, three lead members
     and a planted member that copies the reference on fold 0 only and is empty elsewhere (on 8
     rows, an unrelated text could still win a pick as a tie-breaking voter)."""
+    import json
+
     from conftest import write_workspace
 
     from competition.config import load_config
+    from competition.data import rows_sha256
 
     dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
     test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
@@ -246,6 +249,10 @@ weights_from_oof = true
     (root / "folds").mkdir()
     pd.DataFrame({"fname": list(fold_of), "fold": list(fold_of.values())}).to_csv(root / "folds" / "folds.csv",
                                                                                  index=False)
+    # folds.json as `folds build` writes it: the sha256 of the rows the folds were built from.
+    (root / "folds" / "folds.json").write_text(json.dumps(
+        {"k": FOLDS, "include_dev": False, "rows": len(korean_rows), "data_sha256": rows_sha256(korean_rows)}),
+        encoding="utf-8")
     config = load_config(root / "competition.toml")
     for name, summarise in MEMBERS.items():
         _write_member(config, name, korean_rows, fold_of, test, dev, summarise)
@@ -346,6 +353,16 @@ def test_a_member_predicted_on_another_test_or_dev_file_is_refused(member_worksp
     stale_dev = cli(["ensemble", "mix"], cwd=member_workspace)
     assert stale_dev.exit_code == 2
     assert "member 'lead1' fold 0 was predicted on another dev file than the current data/dev.csv" in stale_dev.output
+    # An ensemble is a member like any other: rebuilt with `competition ensemble`, not `run`.
+    for name, summarise in MEMBERS.items():
+        _write_member(config, name, korean_rows, fold_of, test, changed_dev, summarise)
+    with open(member_workspace / "competition.toml", "a", encoding="utf-8") as toml:
+        toml.write('\n[ensembles.outer]\nmembers = ["mix", "lead1", "lead2"]\n')
+    stale_ensemble = cli(["ensemble", "outer"], cwd=member_workspace)
+    assert stale_ensemble.exit_code == 2
+    assert "member 'mix'" in stale_ensemble.output and "`competition ensemble mix`" in stale_ensemble.output
+    assert cli(["ensemble", "mix"], cwd=member_workspace).exit_code == 0
+    assert cli(["ensemble", "outer"], cwd=member_workspace).exit_code == 0
 
 
 def test_best_prints_a_report_and_no_name_lists_the_ensembles(member_workspace, cli):
