@@ -56,8 +56,9 @@ def swap_speakers(text: str, mapping: dict[int, int]) -> str:
     return _SPEAKER.sub(lambda m: f"#Person{mapping.get(int(m.group(1)), int(m.group(1)))}#", text)
 
 
-def speaker_swap(rows: pd.DataFrame, permutation: str = "2,1") -> tuple[pd.DataFrame, AugmentReport]:
-    """Each row with its speakers renamed consistently in dialogue and summary."""
+def speaker_swap(rows: pd.DataFrame, permutation: str = "2,1", name: str = "swap") -> tuple[pd.DataFrame, AugmentReport]:
+    """Each row with its speakers renamed consistently in dialogue and summary; fnames are
+    SOURCE__NAME (the CLI passes its output file's stem, so two files never share an fname)."""
     mapping = parse_permutation(permutation)
     report = AugmentReport("speaker-swap", source_rows=len(rows))
     out = []
@@ -67,7 +68,7 @@ def speaker_swap(rows: pd.DataFrame, permutation: str = "2,1") -> tuple[pd.DataF
         if dialogue == row.dialogue and summary == row.summary:
             report.drop("swap changes nothing")
             continue
-        out.append({"fname": f"{row.fname}__swap", "source_fname": row.fname, "augmentation": "speaker-swap",
+        out.append({"fname": f"{row.fname}__{name}", "source_fname": row.fname, "augmentation": "speaker-swap",
                     "dialogue": dialogue, "summary": summary, "topic": getattr(row, "topic", "")})
     report.made = len(out)
     return pd.DataFrame(out, columns=AUGMENTED_COLUMNS), report
@@ -118,19 +119,39 @@ def read_augmented(path: str | Path) -> pd.DataFrame:
     missing = [c for c in AUGMENTED_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(AUGMENTED_COLUMNS)}")
-    return frame[AUGMENTED_COLUMNS]
+    frame = frame[AUGMENTED_COLUMNS].copy()
+    frame.attrs["path"] = str(path)  # names the file in fold_training_rows' errors
+    return frame
+
+
+def _file_of(frame: pd.DataFrame, position: int) -> str:
+    return frame.attrs.get("path", f"augmentation file {position + 1}")
+
+
+def check_unique_fnames(train_rows: pd.DataFrame, augmented: Sequence[pd.DataFrame]) -> None:
+    """Raise DataError naming the fname and both files when an augmented fname repeats one of the
+    training rows or another augmented row (a silently dropped row would change what trains)."""
+    owner = dict.fromkeys(train_rows["fname"], "the training data")
+    for position, frame in enumerate(augmented):
+        here = _file_of(frame, position)
+        for fname in frame["fname"]:
+            if fname in owner:
+                where = f"twice in {here}" if owner[fname] == here else f"in both {owner[fname]} and {here}"
+                raise DataError(f"augmented fname {fname!r} is {where}: every row needs its own fname; "
+                                f"write each augmentation to its own --out file (fnames follow the file name)")
+            owner[fname] = here
 
 
 def fold_training_rows(train_rows: pd.DataFrame, augmented: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """A fold's training rows plus the augmented rows it may see: those whose source row is in
     `train_rows` and synthetic rows (no source). Never a row derived from a held-out dialogue."""
+    check_unique_fnames(train_rows, augmented)
     allowed = set(train_rows["fname"])
     parts = [train_rows]
     for frame in augmented:
         usable = frame[(frame["source_fname"] == "") | frame["source_fname"].isin(allowed)]
         parts.append(usable[["fname", "dialogue", "summary", "topic"]])
-    combined = pd.concat(parts, ignore_index=True)
-    return combined.drop_duplicates("fname", keep="first").reset_index(drop=True)
+    return pd.concat(parts, ignore_index=True)
 
 
 def keeps_tags(source: str, rewritten: str) -> bool:
@@ -145,8 +166,10 @@ SYNTHETIC_PROMPT = ("주제 '{topic}'에 대한 두 사람의 일상 대화를 6
                     "세 문장 이내의 요약을 쓰세요. 화자는 #Person1#, #Person2#로 표기하세요.")
 
 
-def paraphrase(rows: pd.DataFrame, complete: Callable[[list[str]], list[str]]) -> tuple[pd.DataFrame, AugmentReport]:
-    """Rewrite dialogue and summary with a generator; rows that lose a tag are rejected."""
+def paraphrase(rows: pd.DataFrame, complete: Callable[[list[str]], list[str]],
+               name: str = "para") -> tuple[pd.DataFrame, AugmentReport]:
+    """Rewrite dialogue and summary with a generator; rows that lose a tag are rejected. Fnames are
+    SOURCE__NAME."""
     report = AugmentReport("paraphrase", source_rows=len(rows))
     prompts = [PARAPHRASE_PROMPT.format(text=d) for d in rows["dialogue"]]
     prompts += [SUMMARY_PROMPT.format(text=s) for s in rows["summary"]]
@@ -161,7 +184,7 @@ def paraphrase(rows: pd.DataFrame, complete: Callable[[list[str]], list[str]]) -
         if not keeps_tags(row.dialogue, dialogue) or not keeps_tags(row.summary, summary):
             report.drop("lost a speaker or mask tag")
             continue
-        out.append({"fname": f"{row.fname}__para", "source_fname": row.fname, "augmentation": "paraphrase",
+        out.append({"fname": f"{row.fname}__{name}", "source_fname": row.fname, "augmentation": "paraphrase",
                     "dialogue": dialogue, "summary": summary, "topic": getattr(row, "topic", "")})
     report.made = len(out)
     return pd.DataFrame(out, columns=AUGMENTED_COLUMNS), report
@@ -174,8 +197,9 @@ def rarest_topics(rows: pd.DataFrame, count: int) -> list[str]:
 
 
 def synthetic(topics: Sequence[str], per_topic: int, complete: Callable[[list[str]], list[str]],
-              prefix: str = "synthetic") -> tuple[pd.DataFrame, AugmentReport]:
-    """New dialogue + summary pairs for `topics` (e.g. the rarest); source_fname stays empty."""
+              name: str = "synthetic") -> tuple[pd.DataFrame, AugmentReport]:
+    """New dialogue + summary pairs for `topics` (e.g. the rarest); source_fname stays empty and
+    fnames are NAME_N."""
     report = AugmentReport("synthetic", source_rows=0)
     jobs = [(topic, i) for topic in topics for i in range(per_topic)]
     outputs = complete([SYNTHETIC_PROMPT.format(topic=topic) + f"\n(변형 {i + 1})" for topic, i in jobs])
@@ -186,7 +210,7 @@ def synthetic(topics: Sequence[str], per_topic: int, complete: Callable[[list[st
         if not sep or not dialogue or not summary or "#Person1#" not in dialogue:
             report.drop("not a tagged dialogue with a SUMMARY: part")
             continue
-        out.append({"fname": f"{prefix}_{number}", "source_fname": "", "augmentation": "synthetic",
+        out.append({"fname": f"{name}_{number}", "source_fname": "", "augmentation": "synthetic",
                     "dialogue": dialogue, "summary": summary, "topic": topic})
     report.made = len(out)
     return pd.DataFrame(out, columns=AUGMENTED_COLUMNS), report

@@ -11,7 +11,7 @@ import pytest
 
 from competition import augment as aug
 from competition.chat import Endpoint
-from competition.errors import CompetitionError
+from competition.errors import CompetitionError, DataError
 from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
 
 
@@ -62,6 +62,43 @@ def test_fold_training_rows_never_include_rows_derived_from_the_held_out_fold(ko
         assert "synthetic_0" in set(rows["fname"])
 
 
+def test_augmented_fname_colliding_across_files_or_with_training_is_refused(korean_rows, tmp_path):
+    swapped, _ = aug.speaker_swap(korean_rows)
+    first = aug.read_augmented(aug.write_augmented(swapped, tmp_path / "swap_a.csv"))
+    second = aug.read_augmented(aug.write_augmented(swapped.head(2), tmp_path / "swap_b.csv"))
+    with pytest.raises(DataError, match=r"'f_0__swap' is in both .*swap_a\.csv and .*swap_b\.csv"):
+        aug.fold_training_rows(korean_rows, [first, second])
+    with pytest.raises(DataError, match=r"'f_0__swap' is twice in .*swap_a\.csv"):
+        aug.fold_training_rows(korean_rows, [first, first])
+    clash = aug.read_augmented(aug.write_augmented(swapped.head(1).assign(fname="f_5"), tmp_path / "clash.csv"))
+    with pytest.raises(DataError, match=r"'f_5' is in both the training data and .*clash\.csv"):
+        aug.fold_training_rows(korean_rows, [clash])
+
+
+def test_augment_cli_fnames_follow_the_output_file_so_two_files_train_together(korean_workspace, cli):
+    folder = korean_workspace / "data" / "augmented"
+    for name, permutation in (("swap_a", "2,1"), ("swap_b", "2,1,3")):
+        result = cli(["augment", "speaker-swap", "--permutation", permutation, "--out", folder / f"{name}.csv"],
+                     cwd=korean_workspace)
+        assert result.exit_code == 0, result.output
+    files = [aug.read_augmented(folder / f"{name}.csv") for name in ("swap_a", "swap_b")]
+    assert files[0]["fname"].str.endswith("__swap_a").all() and files[1]["fname"].str.endswith("__swap_b").all()
+    rows = aug.fold_training_rows(pd.read_csv(korean_workspace / "data" / "train.csv", dtype=str,
+                                              keep_default_na=False), files)
+    assert len(rows) == 12 + 12 + 12 and rows["fname"].is_unique
+
+
+def test_write_augmented_round_trips_hostile_text(tmp_path):
+    hostile = ["#Person1#: 홀로 있는\r캐리지 리턴", "윈도 줄바꿈\r\n다음", '"따옴표", 쉼표, 그리고 ""두 번""',
+               "첫 줄\n둘째 줄", " 앞뒤 공백 ", ","]
+    frame = pd.DataFrame({"fname": [f"x{i}" for i in range(len(hostile))], "source_fname": "f_0",
+                          "augmentation": "paraphrase", "dialogue": hostile, "summary": hostile[::-1],
+                          "topic": hostile})
+    path = aug.write_augmented(frame, tmp_path / "aug.csv")
+    pd.testing.assert_frame_equal(aug.read_augmented(path), frame[aug.AUGMENTED_COLUMNS])
+    assert [p.name for p in tmp_path.iterdir()] == ["aug.csv"]  # no temp file left behind
+
+
 def test_quality_filter_drops_duplicates_and_bad_ratios(korean_rows):
     made = pd.DataFrame([
         {"fname": "x1", "source_fname": "f_0", "augmentation": "paraphrase",
@@ -77,11 +114,17 @@ def test_quality_filter_drops_duplicates_and_bad_ratios(korean_rows):
     assert report.dropped == {"exact duplicate dialogue": 1, "summary/dialogue length ratio out of bounds": 1}
 
 
+def _light_rewrite(text: str) -> str:
+    """Barely a paraphrase: sentence ends turned into exclamations."""
+    return text.replace("요.", "요!").replace("다.", "다!")
+
+
 class _FakeLLM(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint: paraphrases by a fixed rewrite; drops tags when asked to."""
+    """An OpenAI-compatible endpoint: paraphrases by `rewrite`; drops tags when asked to."""
 
     calls = 0
     lose_tags_for = "잃어버렸어요"
+    rewrite = _light_rewrite
 
     def do_POST(self):  # noqa: N802 (http.server API)
         type(self).calls += 1
@@ -92,7 +135,7 @@ class _FakeLLM(BaseHTTPRequestHandler):
             content = f"#Person1#: {topic} 얘기 좀 할까?\n#Person2#: 좋아.\nSUMMARY:\n두 사람이 {topic}에 대해 이야기합니다."
         else:
             text = prompt.split("\n\n", 1)[1]
-            content = text.replace("요.", "요!").replace("다.", "다!")
+            content = type(self).rewrite(text)
             if self.lose_tags_for in text:
                 content = content.replace("#Person2#", "손님")
         payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
@@ -140,6 +183,41 @@ def test_synthetic_through_http_has_no_source_and_takes_rarest_topics(korean_row
     assert set(made["topic"]) == set(topics) and made["fname"].is_unique
 
 
+def _rewrite_by_dialogue(text: str) -> str:
+    """f_1 (영화) is rewritten into an unrelated dialogue, f_2 (셔츠) barely changes, the rest get
+    filler after each turn (a real rewrite); summaries (one line) barely change."""
+    if "\n" not in text:
+        return _light_rewrite(text)
+    if "영화" in text:
+        return ("#Person1#: 오늘 날씨 정말 춥네. 눈이 올 것 같지 않아?\n#Person2#: 그러게, 아침부터 하늘이 흐렸어.\n"
+                "#Person1#: 따뜻한 차라도 마시러 갈까?\n#Person2#: 좋아, 근처에 새로 생긴 찻집이 있어.")
+    if "셔츠" in text:
+        return _light_rewrite(text)
+    return "\n".join(line + " 음, 그러니까 제 말은 그렇다는 거예요." for line in text.split("\n"))
+
+
+def test_augment_cli_paraphrase_through_base_url_filters_by_rouge_to_source(korean_workspace, cli, fake_llm,
+                                                                               monkeypatch):
+    monkeypatch.setattr(_FakeLLM, "rewrite", _rewrite_by_dialogue)
+    out = korean_workspace / "data" / "augmented" / "para_a.csv"
+    command = ["augment", "paraphrase", "--base-url", fake_llm, "--model", "m", "--api-key-env", "",
+               "--limit", "4", "--rouge-min", "0.5", "--rouge-max", "0.9", "--out", out]
+    result = cli([*command, "--json"], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["source_rows"] == 4 and report["made"] == 3 and report["kept"] == 1
+    # f_0 lost #Person2#; f_1 is too far from its source, f_2 too near to be a rewrite.
+    assert report["dropped"] == {"lost a speaker or mask tag": 1, "ROUGE to source out of bounds": 2}
+    written = aug.read_augmented(out)
+    assert written[["fname", "source_fname", "augmentation"]].values.tolist() == [["f_3__para_a", "f_3", "paraphrase"]]
+    assert written["dialogue"][0].startswith("#Person1#: 요즘 잠을 잘 못 자요. 음, 그러니까")
+    assert _FakeLLM.calls == 8
+    again = cli(command, cwd=korean_workspace)
+    assert again.exit_code == 0, again.output
+    assert "1 kept" in again.output and "dropped 2: ROUGE to source out of bounds" in again.output
+    assert _FakeLLM.calls == 8  # resumed from the cache beside the output
+
+
 def test_augment_cli_writes_speaker_swap_file(korean_workspace, cli):
     result = cli(["augment", "speaker-swap", "--json"], cwd=korean_workspace)
     assert result.exit_code == 0, result.output
@@ -166,7 +244,13 @@ def test_paraphrase_and_synthetic_with_a_tiny_local_model(korean_workspace, cli,
     assert sum(report["dropped"].values()) == 2
     assert set(report["dropped"]) <= {"lost a speaker or mask tag", "empty generation"}
     cache = korean_workspace / "data" / "augmented" / "paraphrase.cache.jsonl"
-    assert len(cache.read_text(encoding="utf-8").splitlines()) == 4  # 2 dialogues + 2 summaries: resumable
+    cached = cache.read_bytes()
+    assert len(cached.decode("utf-8").splitlines()) == 4  # 2 dialogues + 2 summaries: resumable
+    rerun = cli(["augment", "paraphrase", "--local-model", tiny_causal_lm, "--limit", "2",
+                 "--max-new-tokens", "16", "--json"], cwd=korean_workspace)
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads(rerun.stdout) == report
+    assert cache.read_bytes() == cached  # nothing regenerated: every output came from the cache
     result = cli(["augment", "synthetic", "--local-model", tiny_causal_lm, "--topics", "쇼핑", "--per-topic", "1",
                   "--max-new-tokens", "16", "--json"], cwd=korean_workspace)
     assert result.exit_code == 0, result.output

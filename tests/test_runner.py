@@ -237,3 +237,45 @@ def test_augmented_rows_train_only_the_folds_their_source_is_in(workspace):
 
     write_augmented(swapped.head(10), workspace / "data" / "augmented" / "swap.csv")
     assert run_candidates(config, ["retrieval"], progress=False)["retrieval"]["ran"] == [0, 1, 2]
+
+
+def test_no_fold_trains_on_a_row_derived_from_its_held_out_dialogues(tmp_path, korean_rows, monkeypatch):
+    """The leakage rule end to end, for every fold, on the Korean fixture rows (never skipped)."""
+    from competition.augment import read_augmented, speaker_swap, write_augmented
+    from competition.candidates.retrieval import RetrievalCandidate
+
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    root = write_workspace(tmp_path, korean_rows, test, None, (
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 20\n\n[candidates.retrieval]\n'
+        'kind = "retrieval"\naugmentations = ["data/augmented/swap.csv", "data/augmented/synthetic.csv"]\n'))
+    write_augmented(speaker_swap(korean_rows)[0], root / "data" / "augmented" / "swap.csv")
+    write_augmented(pd.DataFrame([{"fname": "synthetic_0", "source_fname": "", "augmentation": "synthetic",
+                                   "dialogue": "#Person1#: 새 대화야.\n#Person2#: 응, 그래.", "summary": "새 요약",
+                                   "topic": "일상"}]), root / "data" / "augmented" / "synthetic.csv")
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+
+    trained: dict[int, list[str]] = {}
+    original_fit = RetrievalCandidate.fit
+
+    def spy_fit(self, train_rows, fold):
+        if fold is not None:
+            trained[fold] = train_rows["fname"].tolist()
+        return original_fit(self, train_rows, fold)
+
+    monkeypatch.setattr(RetrievalCandidate, "fit", spy_fit)
+    run_candidates(config, ["retrieval"], progress=False)
+
+    source_of = read_augmented(root / "data" / "augmented" / "swap.csv").set_index("fname")["source_fname"]
+    fold_of = load_folds(config).set_index("fname")["fold"]
+    assert sorted(trained) == [0, 1, 2]
+    for fold, fnames in trained.items():
+        held_out = set(fold_of[fold_of == fold].index)
+        training = set(fold_of[fold_of != fold].index)
+        swaps = [f for f in fnames if f in source_of.index]
+        assert not set(fnames) & held_out, f"fold {fold} trained on a held-out row"
+        assert not set(source_of[swaps]) & held_out, f"fold {fold} trained on a swap of a held-out row"
+        assert set(source_of[swaps]) == training  # every allowed swap was used: the check is not vacuous
+        assert "synthetic_0" in fnames
+        assert len(fnames) == 2 * len(training) + 1
+        assert read_meta(run_dir(config, "retrieval") / f"fold_{fold}" / "meta.json")["rows"]["train"] == len(fnames)

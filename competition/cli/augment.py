@@ -16,7 +16,7 @@ from .common import json_option, print_json, with_config
 @click.command("augment")
 @click.argument("method", type=click.Choice(["speaker-swap", "paraphrase", "synthetic"]))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Output CSV (default: data/augmented/METHOD.csv).")
+              help="Output CSV (default: data/augmented/METHOD.csv); its stem names the new rows (SOURCE__STEM).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None, help="Competition data folder.")
 @click.option("--permutation", default="2,1", show_default=True,
               help="speaker-swap: new number of speaker 1,2,3...; 2,1 swaps #Person1# and #Person2#.")
@@ -60,16 +60,16 @@ def augment(config, method, out_path, data_dir, permutation, local_model, max_ne
             raise CompetitionError(f"{method} needs a generator: --local-model PATH or --base-url URL --model NAME")
     rouge_bounds, scorer = None, None
     if method == "speaker-swap":
-        made, report = aug.speaker_swap(rows, permutation)
+        made, report = aug.speaker_swap(rows, permutation, name=target.stem)
     elif method == "paraphrase":
-        made, report = aug.paraphrase(rows, complete)
+        made, report = aug.paraphrase(rows, complete, name=target.stem)
         rouge_bounds = (rouge_min, rouge_max)
         scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
     else:
         chosen = [t.strip() for t in topics.split(",")] if topics else aug.rarest_topics(data.train, rarest)
         if not chosen:
             raise CompetitionError("synthetic: the training data has no topics; pass --topics 'a,b'")
-        made, report = aug.synthetic(chosen, per_topic, complete)
+        made, report = aug.synthetic(chosen, per_topic, complete, name=target.stem)
     kept = aug.quality_filter(made, data.train, report, min_ratio, max_ratio, rouge_bounds, scorer)
     aug.write_augmented(kept, target)
     summary = {**report.as_dict(), "out": str(target)}
