@@ -14,8 +14,8 @@ from typing import Callable, Iterator, Sequence
 
 from .errors import CompetitionError
 
-# Kinds that train a neural model; they ask Ray for a GPU when they will use CUDA.
-_MODEL_KINDS = {"qlora", "seq2seq"}
+# Kinds that run a neural model here; they ask Ray for a GPU when they will use CUDA.
+_MODEL_KINDS = {"qlora", "seq2seq", "prompt"}
 EXECUTORS = ("local", "ray")
 
 
@@ -43,7 +43,8 @@ class JobResult:
 
 
 def task_resources(params, kind: str, cluster_has_gpus: bool) -> dict:
-    """Ray resources one fold of a candidate needs: GPUs for model kinds that will use CUDA.
+    """Ray resources one fold of a candidate needs: the kind's `num_cpus` (model kinds; 1 for the
+    others), and GPUs for model kinds that will use CUDA.
 
     device "cuda" or require_cuda -> a GPU always; "auto" -> a GPU when the cluster has any;
     launcher = "accelerate" -> num_processes GPUs (one per process). Model-free kinds take none.

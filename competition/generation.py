@@ -55,27 +55,35 @@ def truncate_ids_middle(ids: list[int], limit: int, marker_ids: list[int]) -> li
     return ids[:head] + marker_ids + ids[len(ids) - (room - head):]
 
 
+def encode(tokenizer, texts: list[str], max_input_tokens: int | None = None,
+           marker: str = DEFAULT_MARKER) -> tuple[list[list[int]], int]:
+    """(token ids per text, how many were cut): ids longer than max_input_tokens lose their middle
+    to `marker`. Special tokens are added as in training (BOS for Llama-style, EOS for T5)."""
+    encoded = tokenizer(texts)["input_ids"]
+    if not max_input_tokens:
+        return encoded, 0
+    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    cut = [truncate_ids_middle(ids, max_input_tokens, marker_ids) for ids in encoded]
+    return cut, sum(len(ids) > max_input_tokens for ids in encoded)
+
+
 def generate(model, tokenizer, texts: list[str], params, *, encoder_decoder: bool = False,
-             max_input_tokens: int | None = None, batch_size: int | None = None, sort_by_length: bool = True,
-             report: GenerationReport | None = None, progress: bool = True) -> list[tuple[str, bool]]:
+             max_input_tokens: int | None = None, marker: str = DEFAULT_MARKER, batch_size: int | None = None,
+             sort_by_length: bool = True, report: GenerationReport | None = None,
+             progress: bool = True) -> list[tuple[str, bool]]:
     """(raw text, cut by max_new_tokens) per input, in input order.
 
-    Inputs are tokenized once, sorted longest first (so an out-of-memory shows on the first batch
-    and each batch pads to similar lengths), padded per batch on the left for decoder-only models.
+    Inputs are tokenized once (over max_input_tokens: cut in the middle around `marker`), sorted
+    longest first (so an out-of-memory shows on the first batch and each batch pads to similar
+    lengths), padded per batch on the left for decoder-only models.
     """
     import torch
     from tqdm.auto import tqdm
 
     report = report if report is not None else GenerationReport()
     batch_size = batch_size or params.eval_batch_size
-    # Special tokens as in training (trl tokenizes prompts with them): BOS for Llama-style models.
-    encoded = tokenizer(texts)["input_ids"]
-    if max_input_tokens:
-        marker_ids = tokenizer(DEFAULT_MARKER, add_special_tokens=False)["input_ids"]
-        for index, ids in enumerate(encoded):
-            if len(ids) > max_input_tokens:
-                encoded[index] = truncate_ids_middle(ids, max_input_tokens, marker_ids)
-                report.inputs_truncated += 1
+    encoded, truncated = encode(tokenizer, texts, max_input_tokens, marker)
+    report.inputs_truncated += truncated
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i])) if sort_by_length else list(range(len(texts)))
     tokenizer.padding_side = "right" if encoder_decoder else "left"
     kwargs = generation_kwargs(params, tokenizer)
@@ -117,9 +125,11 @@ def clean_output(text: str, cut: bool = False) -> str:
 
 
 def lead_fallback(dialogue: str, turns: int = 2) -> str:
-    """The lead baseline for one row: its first turns on one line (used when a model says nothing)."""
-    lines = [line.strip() for line in str(dialogue).splitlines() if line.strip()]
-    return " ".join(lines[:turns])
+    """The `lead` candidate's output for one row (its first `turns` turns, default turn_format):
+    what a model that says nothing is replaced with."""
+    from .candidates.lead import lead_text
+
+    return lead_text(str(dialogue), turns)
 
 
 def finish(raw: list[tuple[str, bool]], dialogues: list[str], report: GenerationReport) -> list[str]:

@@ -2,6 +2,7 @@
 that turn a missing or unreadable model into one user-facing line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import ConfigError
@@ -29,6 +30,28 @@ def compute_dtype(device: str):
     return torch.bfloat16 if device == "cuda" else torch.float32
 
 
+def device_map(device: str) -> dict:
+    """Where the whole model goes: this process's own GPU under DDP (`accelerate launch` sets
+    LOCAL_RANK and WORLD_SIZE), GPU 0 in a single process, or the CPU."""
+    if device != "cuda":
+        return {"": "cpu"}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": 0}
+
+
+def is_main_process(device: str) -> bool:
+    """True in a single process and on rank 0 of distributed training: the one process that writes.
+
+    `device` picks the backend accelerate starts when no trainer has yet (gloo on CPU, NCCL on CUDA).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu").is_main_process
+
+
 def bnb_config(params, device: str = "cpu"):
     """BitsAndBytesConfig for `quantization`: NF4 with double quantization, 8-bit, or None."""
     if params.quantization not in QUANTIZATIONS:
@@ -50,6 +73,16 @@ def lora_config(params, task_type: str = "CAUSAL_LM"):
     targets = params.target_modules
     return LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
                       target_modules=targets, bias="none", task_type=task_type)
+
+
+def lora_model(model, params):
+    """`model` with LoRA attached; a quantized one first goes through peft's
+    prepare_model_for_kbit_training (fp32 norms, input grads) unless `prepare_kbit = false`."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if params.quantization != "none" and params.prepare_kbit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
+    return get_peft_model(model, lora_config(params))
 
 
 def model_source(params) -> str:
@@ -88,7 +121,7 @@ def load_causal_lm(params, device: str, adapter: Path | None = None, trainable: 
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_source(params), quantization_config=bnb_config(params, device), dtype=compute_dtype(device),
-            device_map={"": 0 if device == "cuda" else "cpu"}, trust_remote_code=params.trust_remote_code,
+            device_map=device_map(device), trust_remote_code=params.trust_remote_code,
             use_safetensors=True)
     except (OSError, ValueError) as error:
         raise load_error(params, error) from None

@@ -60,6 +60,8 @@ def test_resources_follow_kind_device_and_launcher():
     assert task_resources(QLoRAParams(device="cpu"), "qlora", cluster_has_gpus=True)["num_gpus"] == 0
     four = QLoRAParams(launcher="accelerate", num_processes=4)
     assert task_resources(four, "qlora", cluster_has_gpus=True)["num_gpus"] == 4
+    assert task_resources(QLoRAParams(num_cpus=4), "qlora", cluster_has_gpus=False) == {"num_cpus": 4.0,
+                                                                                        "num_gpus": 0}
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, cli, korean_workspace):
@@ -164,3 +166,31 @@ def test_killed_worker_is_reported_and_rerun_runs_only_that_fold(ray_cluster, cl
     assert json.loads(result.stdout)["lead"]["ran"] == [1]
     assert {fold: json.loads((runs / f"fold_{fold}" / "meta.json").read_text())["finished_at"]
             for fold in (0, 2)} == finished
+
+
+class RecordsAssignedResources:
+    """Unpickled inside the Ray worker, it writes the resources Ray gave the task to `path`, then
+    fails the task before it trains anything."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        code = ("import json, ray; "
+                f"open({self.path!r}, 'w').write(json.dumps(ray.get_runtime_context().get_assigned_resources())); "
+                "raise RuntimeError('probe done')")
+        return exec, (code,)
+
+
+def test_ray_task_gets_the_num_cpus_of_its_candidate(ray_cluster, tmp_path):
+    from competition.config import load_config
+    from competition.executors import RayExecutor, jobs_for, run_jobs
+
+    (tmp_path / "competition.toml").write_text('[candidates.t5]\nkind = "seq2seq"\nnum_cpus = 2\n', encoding="utf-8")
+    config = load_config(tmp_path / "competition.toml")
+    probe = RecordsAssignedResources(tmp_path / "assigned.json")
+    jobs = jobs_for(config, "t5", [0], {}, {"probe": probe}, cluster_has_gpus=False)
+    assert (jobs[0].num_cpus, jobs[0].num_gpus) == (2.0, 0)
+    outcomes = run_jobs(RayExecutor(), None, jobs, progress=False)
+    assert outcomes[0].error and "probe done" in outcomes[0].error
+    assert json.loads((tmp_path / "assigned.json").read_text()) == {"CPU": 2.0}

@@ -9,9 +9,9 @@ from competition.candidates.qlora import Params as QLoRAParams
 from competition.errors import ConfigError
 from competition.generation import (GenerationReport, clean_output, finish, generate, lead_fallback,
                                     truncate_ids_middle)
-from competition.prompts import (FewShotIndex, PromptBuilder, PromptTemplate, build_messages, render,
-                                 truncate_middle)
-from tiny_models import run_through_cli, tiny_causal_lm  # noqa: F401  (fixture)
+from competition.prompts import (DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, FewShotIndex, PromptBuilder, PromptTemplate,
+                                 build_messages, render, truncate_middle, user_message)
+from tiny_models import run_through_cli, tiny_base_lm, tiny_causal_lm  # noqa: F401  (fixtures)
 
 
 def test_truncate_middle_keeps_both_ends_and_marks_the_cut():
@@ -37,12 +37,18 @@ def test_clean_output_strips_chat_tokens_thinking_and_a_cut_sentence():
 
 
 def test_empty_output_falls_back_to_lead_and_is_counted():
+    from competition.candidates.lead import lead_text
+
     report = GenerationReport()
     dialogue = "#Person1#: 안녕하세요.\n#Person2#: 반가워요.\n#Person1#: 잘 가요."
-    out = finish([("<|im_end|>", False), ("#Person1#가 인사합니다.", False)], [dialogue, dialogue], report)
-    assert out == [lead_fallback(dialogue), "#Person1#가 인사합니다."]
+    # a turn over two lines stays one turn, as in the `lead` candidate's output
+    wrapped = "#Person1# : 안녕하세요.\n오랜만이에요.\n#Person2#: 반가워요.\n#Person1#: 잘 가요."
+    out = finish([("<|im_end|>", False), ("#Person1#가 인사합니다.", False), ("  ", False)],
+                 [dialogue, dialogue, wrapped], report)
+    assert out == [lead_fallback(dialogue), "#Person1#가 인사합니다.", lead_text(wrapped, 2)]
     assert out[0] == "#Person1#: 안녕하세요. #Person2#: 반가워요."
-    assert report.empty_to_lead == 1
+    assert out[2] == "#Person1#: 안녕하세요. 오랜만이에요. #Person2#: 반가워요."
+    assert report.empty_to_lead == 2
 
 
 def test_few_shot_never_returns_the_row_itself(korean_rows):
@@ -99,6 +105,40 @@ def test_prompt_builder_uses_chat_template_and_cuts_long_dialogues(tiny_causal_l
     assert "처음입니다" in prompt and "마지막입니다" in prompt and "(중략)" in prompt
 
 
+def test_topic_is_in_the_prompt_only_with_include_topic():
+    dialogue = "#Person1#: 셔츠 있나요?"
+    assert "주제: 쇼핑" in user_message(PromptTemplate(include_topic=True), dialogue, "쇼핑")
+    assert "주제" not in user_message(PromptTemplate(), dialogue, "쇼핑")
+    assert "주제" not in user_message(PromptTemplate(include_topic=True), dialogue, "")  # no topic in the data
+
+
+@pytest.mark.slow
+def test_base_model_gets_a_plain_prompt_and_long_dialogues_are_cut(tiny_base_lm, korean_rows, tmp_path, capsys):
+    """A tokenizer without a chat template: plain-text prompts (few-shot examples as `요약:` lines);
+    a dialogue too long for max_length is cut with the configured marker and still summarised."""
+    from competition.candidates.prompt import PromptCandidate
+
+    params = PromptParams(model=str(tiny_base_lm), quantization="none", include_topic=True, few_shot=1,
+                          max_length=400, max_new_tokens=6, truncation_marker="\n[생략]\n")
+    candidate = PromptCandidate("base", params, tmp_path / "work")
+    candidate.fit(korean_rows.iloc[[0]], fold=0)  # the one few-shot example
+    rows = korean_rows.iloc[[2, 3]].reset_index(drop=True)
+    rows.loc[1, "dialogue"] = "#Person1#: 처음입니다.\n" + "#Person2#: 네 알겠어요.\n" * 200 + "#Person1#: 끝입니다."
+    model, tokenizer = candidate.load()
+    assert not tokenizer.chat_template
+    texts, builder = candidate.prompts(rows, tokenizer, params.max_length - params.max_new_tokens)
+    example = korean_rows.iloc[0]
+    assert texts[0] == (f"{DEFAULT_SYSTEM}\n\n{DEFAULT_INSTRUCTION}\n\n주제: {example['topic']}\n\n대화:\n"
+                        f"{example['dialogue']}\n\n요약: {example['summary']}\n\n{DEFAULT_INSTRUCTION}\n\n"
+                        f"주제: {rows.loc[0, 'topic']}\n\n대화:\n{rows.loc[0, 'dialogue']}\n\n요약:")
+    assert builder.truncated == 1 and "[생략]" in texts[1] and "처음입니다" in texts[1] and "끝입니다" in texts[1]
+
+    summaries = candidate.predict(rows)
+    assert len(summaries) == 2 and all(s.strip() for s in summaries)
+    assert candidate.report["inputs_truncated"] == 1
+    assert "1 dialogues cut in the middle" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sorted_batched_generation_equals_one_by_one(tiny_causal_lm, korean_rows):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,12 +174,13 @@ def test_bad_model_params_are_reported_as_config_problems():
     from competition.config import parse_config
 
     raw = {"candidates": {"q": {"kind": "qlora", "quantization": "3bit", "lora_rank": 8},
-                          "s": {"kind": "seq2seq", "num_beams": 0}}}
+                          "s": {"kind": "seq2seq", "num_beams": 0}, "p": {"kind": "prompt", "num_cpus": 0}}}
     with pytest.raises(ConfigError) as error:
         parse_config(raw)
     message = str(error.value)
     assert "quantization = '3bit' should be one of 4bit, 8bit, none" in message
     assert "did you mean 'lora_r'?" in message and "num_beams = 0 should be 1 or more" in message
+    assert "num_cpus = 0.0 should be more than 0" in message
 
 
 @pytest.mark.slow

@@ -91,3 +91,37 @@ def test_fold_trains_under_accelerate_launch(tmp_path, cli, korean_rows, tiny_ca
     assert json.loads((work / "train.json").read_text())["global_step"] == 2
     assert (work / "adapter" / "adapter_model.safetensors").exists()
     assert (tmp_path / "runs" / "tiny" / "fold_0" / "oof.csv").exists()
+
+
+def test_device_map_puts_each_ddp_rank_on_its_own_gpu(monkeypatch):
+    from competition.modeling import device_map, is_main_process
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert device_map("cuda") == {"": 0} and device_map("cpu") == {"": "cpu"}
+    assert is_main_process("cpu")  # a single process writes its own files
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")  # what `accelerate launch` sets for the 4th process of a node
+    assert device_map("cuda") == {"": 3} and device_map("cpu") == {"": "cpu"}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fold_writes_one_adapter_and_report(tmp_path, cli, korean_rows, tiny_causal_lm):
+    """`accelerate launch --num_processes 2` on CPU (gloo): both ranks train, only rank 0 writes, and
+    a stale checkpoint folder is cleared once before either rank reads it."""
+    from competition.launch import run_launcher
+
+    write_workspace(tmp_path, korean_rows, korean_rows.tail(2), None, (
+        f'[cv]\nk = 2\n\n[candidates.tiny]\nkind = "qlora"\nmodel = "{tiny_causal_lm}"\nlauncher = "accelerate"\n'
+        'num_processes = 2\nmax_steps = 2\nbatch_size = 2\ngrad_accumulation = 1\ngradient_checkpointing = false\n'
+        'max_length = 512\n'))
+    assert cli(["folds", "build"], cwd=tmp_path).exit_code == 0
+    work = tmp_path / "runs" / "tiny" / "fold_0" / "work"
+    (work / "checkpoints" / "checkpoint-9").mkdir(parents=True)
+    (work / "checkpoints" / "fingerprint.txt").write_text("other params")
+    run_launcher(command_for(load_config(tmp_path / "competition.toml"), "tiny", 0), cwd=tmp_path)
+    report = json.loads((work / "train.json").read_text())
+    assert report["processes"] == 2 and report["resumed_from_step"] == 0 and report["global_step"] == 2
+    assert sorted(path.name for path in (work / "adapter").iterdir() if "adapter" in path.name) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    assert not (work / "checkpoints").exists()

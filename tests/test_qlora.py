@@ -41,14 +41,33 @@ def test_qlora_4bit_trains_saves_reloads_and_predicts(tiny_causal_lm, korean_row
                                                                                     completions) - 0.05
 
     held_out = korean_rows.tail(4).reset_index(drop=True)
-    summaries = candidate.predict(held_out)
+    held_out.loc[3, "dialogue"] = "#Person1#: 처음입니다.\n" + "#Person2#: 네 알겠어요.\n" * 300 + "#Person1#: 끝."
+    summaries = candidate.predict(held_out)  # the long dialogue is cut to max_length, not an error
     assert len(summaries) == 4 and all(s.strip() for s in summaries)
+    assert candidate.report["inputs_truncated"] == 1
 
     # A fresh object (a new process) reloads the saved adapter and says the same; fit is not redone.
     again = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
     again.fit(train, fold=0)
     assert again.train_report == candidate.train_report
     assert again.predict(held_out) == summaries
+
+
+@pytest.mark.slow
+def test_prepare_kbit_false_skips_kbit_preparation(tiny_causal_lm):
+    """prepare_model_for_kbit_training makes the input embeddings require grad (so checkpointed
+    layers get gradients); prepare_kbit = false leaves the quantized model as loaded."""
+    import torch
+
+    from competition.modeling import load_causal_lm, lora_model
+
+    for prepare in (True, False):
+        params = tiny_params(tiny_causal_lm, prepare_kbit=prepare, gradient_checkpointing=True)
+        model = lora_model(load_causal_lm(params, "cpu"), params)
+        embedded = model.get_input_embeddings()(torch.tensor([[1, 2, 3]]))
+        assert embedded.requires_grad is prepare
+        assert {n for n, p in model.named_parameters() if p.requires_grad} and all(
+            "lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
 @pytest.mark.slow

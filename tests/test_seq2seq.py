@@ -59,10 +59,18 @@ def test_seq2seq_trains_saves_reloads_and_predicts(tiny_t5, korean_rows, tmp_pat
 
 @pytest.mark.slow
 def test_long_dialogue_is_cut_in_the_middle_not_crashing(tiny_t5, korean_rows, tmp_path):
-    params = tiny_params(tiny_t5, encoder_max_length=32, max_new_tokens=4, num_beams=1)
+    from transformers import AutoTokenizer
+
+    params = tiny_params(tiny_t5, encoder_max_length=32, max_new_tokens=4, num_beams=1,
+                         truncation_marker=" [생략] ")
     candidate = Seq2SeqCandidate("t5", params, tmp_path / "work")
     rows = korean_rows.head(2).copy()
-    rows.loc[0, "dialogue"] = "#Person1#: 네.\n" * 500
+    rows.loc[0, "dialogue"] = "#Person1#: 처음.\n" + "#Person2#: 네.\n" * 500 + "#Person1#: 끝."
+    tokenizer = AutoTokenizer.from_pretrained(tiny_t5)
+    encoded = candidate._encode(tokenizer, rows["dialogue"].tolist())  # training inputs
+    assert all(len(ids) == 32 for ids in encoded)
+    cut = tokenizer.decode(encoded[0], skip_special_tokens=True)
+    assert cut.startswith("#Person1#: 처음.") and "[생략]" in cut and cut.endswith("끝.")
     summaries = candidate.predict(rows)  # untrained base model: still one summary per row
     assert len(summaries) == 2 and candidate.report["inputs_truncated"] == 2
 

@@ -90,13 +90,28 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_lm(tiny_causal_lm, tmp_path_factory) -> Path:
+    """The tiny Qwen3 without a chat template, like a base (non-chat) model: prompts are plain text."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3-base")
+    shutil.copytree(tiny_causal_lm, folder, dirs_exist_ok=True)
+    (folder / "chat_template.jinja").unlink()
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory) -> Path:
     return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
 
 
 def run_through_cli(cli, workspace: Path, name: str, table: str) -> Path:
     """Add [candidates.NAME] (TOML body `table`) to a workspace with k = 2, build folds, run
-    `competition run NAME`, and check runs/NAME has a non-empty summary for every row."""
+    `competition run NAME`, check runs/NAME has a non-empty summary for every row and that
+    `competition cv` ranks it as complete with a numeric OOF final."""
+    import json
+    import math
+
     import pandas as pd
 
     config = (workspace / "competition.toml").read_text(encoding="utf-8")
@@ -112,4 +127,10 @@ def run_through_cli(cli, workspace: Path, name: str, table: str) -> Path:
     test = pd.read_csv(runs / "test.csv", keep_default_na=False)
     expected = pd.read_csv(workspace / "data" / "test.csv")["fname"].tolist()
     assert test["fname"].tolist() == expected and (test["summary"].str.strip() != "").all()
+    result = cli(["cv", "--json"], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    entry = {e["name"]: e for e in json.loads(result.stdout)}[name]
+    assert entry["complete"] and entry["folds_done"] == entry["k"] == 2, entry
+    final = entry["oof"]["final"]
+    assert isinstance(final, float) and math.isfinite(final) and 0 <= final <= 100
     return runs

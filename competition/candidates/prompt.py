@@ -38,6 +38,7 @@ class Params:
     do_sample: bool = False  # sampling instead of greedy/beam (non-deterministic)
     temperature: float = 0.7  # sampling only
     top_p: float = 0.9  # sampling only
+    num_cpus: float = 1.0  # --executor ray: CPUs each fold's task asks for (Ray gives torch that many threads)
 
     def __post_init__(self):
         check_choice("quantization", self.quantization, ("4bit", "8bit", "none"))
@@ -60,6 +61,8 @@ def check_generation(params) -> None:
     for key in ("num_beams", "max_new_tokens", "eval_batch_size"):
         if getattr(params, key) < 1:
             raise ValueError(f"{key} = {getattr(params, key)} should be 1 or more")
+    if params.num_cpus <= 0:
+        raise ValueError(f"num_cpus = {params.num_cpus} should be more than 0")
 
 
 class PromptCandidate(Candidate):

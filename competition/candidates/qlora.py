@@ -2,6 +2,7 @@
 LoRA through trl's SFTTrainer on prompt/completion pairs (loss on the summary only).
 
 workdir holds `checkpoints/` (resumed after a kill), `adapter/` (safetensors) and `train.json`.
+Under `accelerate launch` every rank trains; only the main process writes files.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -24,6 +26,7 @@ class Params(prompt.Params):
     lora_dropout: float = 0.05  # dropout on the LoRA branch
     target_modules: str | list[str] = "all-linear"  # "all-linear" or module names like ["q_proj", "v_proj"]
     gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
+    prepare_kbit: bool = True  # 4bit/8bit: peft's prepare_model_for_kbit_training (fp32 norms, input grads); false saves memory
     batch_size: int = 1  # rows per device step
     grad_accumulation: int = 8  # steps per optimizer update (effective batch = batch_size x this)
     learning_rate: float = 2e-4  # peak learning rate
@@ -40,18 +43,66 @@ class Params(prompt.Params):
     accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
 
 
-# Params that change prediction only: editing them keeps the trained adapter.
-GENERATION_ONLY = {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "length_penalty",
-                   "repetition_penalty", "do_sample", "temperature", "top_p", "require_cuda", "device"}
+# Params that do not change training (generation, where a job runs): editing them keeps the trained adapter.
+NOT_TRAINING = {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size",
+                "length_penalty", "repetition_penalty", "do_sample", "temperature", "top_p", "require_cuda", "device",
+                "num_cpus"}
 
 
 def training_fingerprint(params, train_rows: pd.DataFrame) -> str:
-    """What a trained adapter depends on: training params (not generation ones) and the rows."""
+    """What a trained adapter or model depends on: training params (not generation ones) and the rows."""
     from ..config import config_hash
     from ..data import rows_sha256
 
-    training = {k: v for k, v in asdict(params).items() if k not in GENERATION_ONLY}
+    training = {k: v for k, v in asdict(params).items() if k not in NOT_TRAINING}
     return config_hash({"params": training, "rows": rows_sha256(train_rows)})
+
+
+def finished_training(workdir: Path, weights: Path, fingerprint: str) -> dict | None:
+    """workdir's train.json when a training with `fingerprint` finished and saved `weights`, else None."""
+    report_path = workdir / "train.json"
+    if report_path.exists() and weights.exists():
+        done = json.loads(report_path.read_text(encoding="utf-8"))
+        if done.get("fingerprint") == fingerprint:
+            return done
+    return None
+
+
+def checkpoint_to_resume(args, fingerprint: str) -> str | None:
+    """The last checkpoint under args.output_dir, deleting checkpoints of other params or rows first.
+
+    Under DDP the main process cleans up and stamps the folder while the other ranks wait, so
+    every rank resumes from the same checkpoint.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = Path(args.output_dir)
+    stamp = checkpoints / "fingerprint.txt"
+    with args.main_process_first(local=False, desc="checkpoint clean-up"):
+        if args.process_index == 0:
+            if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+                shutil.rmtree(checkpoints)  # resuming them would mix two trainings
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(fingerprint)
+    return get_last_checkpoint(str(checkpoints))
+
+
+def save_training(trainer, workdir: Path, report: dict, save_weights: Callable[[], None]) -> None:
+    """On the main process only: save_weights(), then train.json, then drop checkpoints/ (weights +
+    optimizer state, GBs for big models, that only served resuming). Every rank waits for it."""
+    if trainer.is_world_process_zero():
+        save_weights()
+        (workdir / "train.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def trainer_report(trainer, fingerprint: str, resumed_from: int, **counts) -> dict:
+    """train.json: the fingerprint, rows used, processes (GPUs under DDP), where training resumed,
+    steps and logged losses."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"fingerprint": fingerprint, **counts, "processes": trainer.args.world_size,
+            "resumed_from_step": resumed_from, "global_step": trainer.state.global_step, "losses": losses}
 
 
 
@@ -87,29 +138,23 @@ class QLoRACandidate(PromptCandidate):
         return pairs, dropped
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
-        super().fit(train_rows, fold)  # few-shot examples for prediction
+        from ..modeling import is_main_process, resolve_device
+
         fingerprint = training_fingerprint(self.params, train_rows)
-        report_path = self.workdir / "train.json"
-        adapter = self.adapter_dir()
-        if report_path.exists() and (adapter / "adapter_model.safetensors").exists():
-            done = json.loads(report_path.read_text(encoding="utf-8"))
-            if done.get("fingerprint") == fingerprint:
-                self.train_report = done
-                return
-        self.train_report = self._train(train_rows, fingerprint)
-        report_path.write_text(json.dumps(self.train_report, indent=2), encoding="utf-8")
-        self._model = None  # prediction reloads the base model with the new adapter
-        # Finished: checkpoints (weights + optimizer state, GBs for big models) only served resuming.
-        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+        done = finished_training(self.workdir, self.adapter_dir() / "adapter_model.safetensors", fingerprint)
+        if done is None:
+            done = self._train(train_rows, fingerprint)
+            self._model = None  # prediction reloads the base model with the new adapter
+        self.train_report = done
+        if is_main_process(resolve_device(self.params)):
+            super().fit(train_rows, fold)  # few-shot examples for prediction
 
     def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
         from datasets import Dataset
-        from peft import get_peft_model, prepare_model_for_kbit_training
-        from transformers.trainer_utils import get_last_checkpoint
         from trl import SFTConfig, SFTTrainer
 
         from ..errors import DataError
-        from ..modeling import load_causal_lm, load_tokenizer, lora_config, resolve_device
+        from ..modeling import load_causal_lm, load_tokenizer, lora_model, resolve_device
 
         params = self.params
         device = resolve_device(params)
@@ -122,20 +167,8 @@ class QLoRACandidate(PromptCandidate):
             raise DataError(f"{self.name}: every training row is longer than max_length={params.max_length}: "
                             "raise max_length in competition.toml")
 
-        checkpoints = self.workdir / "checkpoints"
-        stamp = checkpoints / "fingerprint.txt"
-        if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
-            shutil.rmtree(checkpoints)  # checkpoints of other params or rows must not be resumed
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(fingerprint)
-        last = get_last_checkpoint(str(checkpoints))
-
-        model = load_causal_lm(params, device)
-        if params.quantization != "none":
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
-        model = get_peft_model(model, lora_config(params))
         config = SFTConfig(
-            output_dir=str(checkpoints), per_device_train_batch_size=params.batch_size,
+            output_dir=str(self.workdir / "checkpoints"), per_device_train_batch_size=params.batch_size,
             gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
             num_train_epochs=params.epochs, max_steps=params.max_steps, warmup_steps=params.warmup,
             lr_scheduler_type=params.lr_scheduler, logging_steps=params.logging_steps, save_steps=params.save_steps,
@@ -145,16 +178,20 @@ class QLoRACandidate(PromptCandidate):
             train_sampling_strategy="group_by_length" if params.group_by_length else "random",
             max_length=params.max_length, packing=params.packing, completion_only_loss=True,
             report_to="none", dataloader_pin_memory=device == "cuda", disable_tqdm=False)
+        last = checkpoint_to_resume(config, fingerprint)
+        model = lora_model(load_causal_lm(params, device), params)
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                              processing_class=tokenizer, callbacks=list(self.callbacks))
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)
-        adapter = self.adapter_dir()
-        trainer.model.save_pretrained(str(adapter))  # adapter_model.safetensors + adapter_config.json
-        tokenizer.save_pretrained(str(adapter))
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        return {"fingerprint": fingerprint, "train_rows": len(pairs), "dropped_too_long": dropped,
-                "resumed_from_step": resumed_from, "global_step": trainer.state.global_step, "losses": losses}
+        report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(pairs), dropped_too_long=dropped)
+
+        def save_adapter() -> None:  # adapter_model.safetensors + adapter_config.json + tokenizer
+            trainer.model.save_pretrained(str(self.adapter_dir()))
+            tokenizer.save_pretrained(str(self.adapter_dir()))
+
+        save_training(trainer, self.workdir, report, save_adapter)
+        return report
 
 
 def trainer_state_step(checkpoint: str) -> int:

@@ -2,22 +2,22 @@
 
 Tags found in the data (#Person1#, #PhoneNumber#, ...) are added to the tokenizer so they stay
 whole. workdir holds `checkpoints/` (resumed after a kill), `model/` (safetensors + tokenizer)
-and `train.json`.
+and `train.json`; under `accelerate launch` only the main process writes them.
 """
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..prompts import DEFAULT_MARKER
 from .base import Candidate
 from .prompt import check_choice, check_generation
-from .qlora import GENERATION_ONLY, trainer_state_step
+from .qlora import (checkpoint_to_resume, finished_training, save_training, trainer_report, trainer_state_step,
+                    training_fingerprint)
 
 _TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
 
@@ -36,6 +36,7 @@ class Params:
     source_prefix: str = ""  # text put before every dialogue (e.g. "summarize: " for English T5)
     special_tokens: list[str] = field(default_factory=list)  # extra whole tokens; #...# tags in the data are added too
     encoder_max_length: int = 1024  # dialogue tokens; longer dialogues are cut in the middle
+    truncation_marker: str = DEFAULT_MARKER  # replaces the cut middle of an over-long dialogue
     decoder_max_length: int = 150  # summary tokens kept for training
     gradient_checkpointing: bool = False  # recompute activations: less memory, slower
     batch_size: int = 8  # rows per device step
@@ -62,6 +63,7 @@ class Params:
     launcher: str = "none"  # "accelerate": train under `accelerate launch` (all GPUs of a machine; see README)
     num_processes: int = 1  # launcher = "accelerate": processes (= GPUs) for this fold's training
     accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
+    num_cpus: float = 1.0  # --executor ray: CPUs each fold's task asks for (Ray gives torch that many threads)
 
     def __post_init__(self):
         check_choice("device", self.device, ("auto", "cuda", "cpu"))
@@ -94,38 +96,24 @@ class Seq2SeqCandidate(Candidate):
         return self.workdir / "model"
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
-        from ..config import config_hash
-        from ..data import rows_sha256
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        training = {k: v for k, v in asdict(self.params).items() if k not in GENERATION_ONLY}
-        fingerprint = config_hash({"params": training, "rows": rows_sha256(train_rows)})
-        report_path = self.workdir / "train.json"
-        if report_path.exists() and (self.model_dir / "model.safetensors").exists():
-            done = json.loads(report_path.read_text(encoding="utf-8"))
-            if done.get("fingerprint") == fingerprint:
-                self.train_report = done
-                return
-        self.train_report = self._train(train_rows, fingerprint)
-        report_path.write_text(json.dumps(self.train_report, indent=2), encoding="utf-8")
-        self._model = None
-        # Finished: checkpoints (weights + optimizer state, GBs for big models) only served resuming.
-        shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
+        fingerprint = training_fingerprint(self.params, train_rows)
+        done = finished_training(self.workdir, self.model_dir / "model.safetensors", fingerprint)
+        if done is None:
+            done = self._train(train_rows, fingerprint)
+            self._model = None
+        self.train_report = done
 
     def _encode(self, tokenizer, dialogues: list[str]) -> list[list[int]]:
-        from ..generation import truncate_ids_middle
-        from ..prompts import DEFAULT_MARKER
+        """Token ids of source_prefix + dialogue, cut in the middle to encoder_max_length."""
+        from ..generation import encode
 
-        marker = tokenizer(DEFAULT_MARKER, add_special_tokens=False)["input_ids"]
         texts = [self.params.source_prefix + d for d in dialogues]
-        return [truncate_ids_middle(ids, self.params.encoder_max_length, marker)
-                for ids in tokenizer(texts)["input_ids"]]
+        return encode(tokenizer, texts, self.params.encoder_max_length, self.params.truncation_marker)[0]
 
     def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
         from datasets import Dataset
         from transformers import (AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                                   Seq2SeqTrainingArguments)
-        from transformers.trainer_utils import get_last_checkpoint
 
         from ..modeling import load_error, model_source, load_tokenizer, lora_config, resolve_device
 
@@ -156,15 +144,8 @@ class Seq2SeqCandidate(Candidate):
         dataset = Dataset.from_dict({"input_ids": inputs, "attention_mask": [[1] * len(i) for i in inputs],
                                      "labels": labels})
 
-        checkpoints = self.workdir / "checkpoints"
-        stamp = checkpoints / "fingerprint.txt"
-        if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
-            shutil.rmtree(checkpoints)
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(fingerprint)
-        last = get_last_checkpoint(str(checkpoints))
         args = Seq2SeqTrainingArguments(
-            output_dir=str(checkpoints), per_device_train_batch_size=params.batch_size,
+            output_dir=str(self.workdir / "checkpoints"), per_device_train_batch_size=params.batch_size,
             gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
             weight_decay=params.weight_decay, num_train_epochs=params.epochs, max_steps=params.max_steps,
             warmup_steps=params.warmup, lr_scheduler_type=params.lr_scheduler, logging_steps=params.logging_steps,
@@ -173,17 +154,22 @@ class Seq2SeqCandidate(Candidate):
             activation_checkpointing=params.gradient_checkpointing,
             train_sampling_strategy="group_by_length" if params.group_by_length else "random",
             report_to="none", dataloader_pin_memory=device == "cuda")
+        last = checkpoint_to_resume(args, fingerprint)
         trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
                                  callbacks=list(self.callbacks))
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)
-        final = trainer.model.merge_and_unload() if params.use_lora else trainer.model
-        final.save_pretrained(str(self.model_dir))  # model.safetensors
-        tokenizer.save_pretrained(str(self.model_dir))
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        return {"fingerprint": fingerprint, "train_rows": len(train_rows), "added_tokens": added, "tags": tags,
-                "resumed_from_step": resumed_from, "global_step": trainer.state.global_step, "losses": losses}
+        report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(train_rows), added_tokens=added,
+                                tags=tags)
+
+        def save_model() -> None:  # model.safetensors + tokenizer with the added tags
+            final = trainer.model.merge_and_unload() if params.use_lora else trainer.model
+            final.save_pretrained(str(self.model_dir))
+            tokenizer.save_pretrained(str(self.model_dir))
+
+        save_training(trainer, self.workdir, report, save_model)
+        return report
 
     def load(self):
         """(model, tokenizer): the fine-tuned model in workdir, else the base model untrained."""
@@ -214,7 +200,8 @@ class Seq2SeqCandidate(Candidate):
         report = GenerationReport()
         texts = [self.params.source_prefix + d for d in rows["dialogue"]]
         raw = generate(model, tokenizer, texts, self.params, encoder_decoder=True,
-                       max_input_tokens=self.params.encoder_max_length, report=report)
+                       max_input_tokens=self.params.encoder_max_length, marker=self.params.truncation_marker,
+                       report=report)
         summaries = finish(raw, rows["dialogue"].tolist(), report)
         self.report = asdict(report)
         if report.inputs_truncated or report.empty_to_lead:
