@@ -12,6 +12,7 @@ from conftest import write_workspace
 
 from competition.candidates.qlora import Params as QLoRAParams
 from competition.candidates.lead import Params as LeadParams
+from competition.candidates.prompt import Params as PromptParams
 from competition.executors import ExecutorError, FoldJob, make_executor, task_resources
 from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
 
@@ -62,6 +63,7 @@ def test_resources_follow_kind_device_and_launcher():
     assert task_resources(four, "qlora", cluster_has_gpus=True)["num_gpus"] == 4
     assert task_resources(QLoRAParams(num_cpus=4), "qlora", cluster_has_gpus=False) == {"num_cpus": 4.0,
                                                                                         "num_gpus": 0}
+    assert task_resources(PromptParams(), "prompt", cluster_has_gpus=True) == {"num_cpus": 1.0, "num_gpus": 1}
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, cli, korean_workspace):
