@@ -35,11 +35,44 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"  # fname,summary in leaderboard order
 
 
+class InvalidValues(ValueError):
+    """Raised by a config dataclass's __post_init__ with every bad value it found, each message
+    "key = value: choose ..."; build_dataclass reports each one under the section's name."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def _choices(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise InvalidValues(problems)
+
+
 @dataclass
 class MetricConfig:
     tokenizer: str = "kiwi"  # kiwi (Korean morphemes), whitespace or english
     convention: str = "official"  # official (rouge 1.0.1, as the organisers) or rouge-score
     multi_ref: str = "mean"  # mean over references (the competition's rule) or max
+
+    def __post_init__(self) -> None:
+        # The registries the scorer uses, imported here: metric.py pulls in numpy and rapidfuzz.
+        from .metric import CONVENTIONS, MULTI_REF_RULES
+        from .tokenizers import TOKENIZERS
+
+        problems = []
+        if self.tokenizer not in TOKENIZERS:
+            problems.append(f"tokenizer = {self.tokenizer!r}: choose {_choices(sorted(TOKENIZERS))}")
+        if self.convention not in CONVENTIONS:
+            problems.append(f"convention = {self.convention!r}: choose {_choices(CONVENTIONS)}")
+        if self.multi_ref not in MULTI_REF_RULES:
+            problems.append(f"multi_ref = {self.multi_ref!r}: choose {_choices(MULTI_REF_RULES)}")
+        _raise_if(problems)
 
 
 @dataclass
@@ -53,8 +86,16 @@ class CVConfig:
     test_strategy: str = "mbr"  # test/dev output: mbr (per row, the fold output closest to the others) or refit
 
     def __post_init__(self) -> None:
+        from .folds import STRATEGIES, parse_strategy  # folds.py does not import config: no cycle
+
+        problems = []
+        try:
+            parse_strategy(self.strategy)
+        except ConfigError:
+            problems.append(f"strategy = {self.strategy!r}: choose {_choices(STRATEGIES)} (e.g. group:topic)")
         if self.test_strategy not in ("mbr", "refit"):
-            raise ValueError(f"test_strategy = {self.test_strategy!r}: choose mbr or refit")
+            problems.append(f"test_strategy = {self.test_strategy!r}: choose mbr or refit")
+        _raise_if(problems)
 
 
 @dataclass
@@ -85,10 +126,12 @@ class EnsembleConfig:
 
     def __post_init__(self) -> None:
         # Raised as ValueError so build_dataclass reports it with every other config problem.
+        problems = []
         if self.method not in ("best", "mbr", "hill-climb"):
-            raise ValueError(f"method = {self.method!r}: choose best, mbr or hill-climb")
+            problems.append(f"method = {self.method!r}: choose best, mbr or hill-climb")
         if self.utility not in ("final", "rouge1", "rouge2", "rougeL"):
-            raise ValueError(f"utility = {self.utility!r}: choose final, rouge1, rouge2 or rougeL")
+            problems.append(f"utility = {self.utility!r}: choose final, rouge1, rouge2 or rougeL")
+        _raise_if(problems)
 
 
 @dataclass
@@ -168,7 +211,7 @@ def build_dataclass(cls: type, table: dict, section: str, problems: list[str],
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:
-        problems.append(f"[{section}] {error}")
+        problems.extend(f"[{section}] {message}" for message in getattr(error, "problems", [str(error)]))
         return None
 
 
@@ -210,16 +253,27 @@ def parse_config(raw: dict, path: Path | None = None) -> Config:
                 problems.append(f"[{key}] should be a table")
                 continue
             setattr(config, key, build_dataclass(_SECTIONS[key], table, key, problems))
-        elif key == "candidates":
+        elif key in ("candidates", "ensembles"):
+            example = 'kind = "lead"' if key == "candidates" else 'method = "mbr"'
+            if not isinstance(table, dict):
+                problems.append(f"{key} = {table!r} is not a table: define each one as its own "
+                                f"[{key}.NAME] section (e.g. [{key}.NAME] with {example})")
+                continue
             for name, body in table.items():
-                candidate = _candidate(name, body if isinstance(body, dict) else {}, problems)
-                if candidate:
-                    config.candidates[name] = candidate
-        elif key == "ensembles":
-            for name, body in table.items():
-                ensemble = build_dataclass(EnsembleConfig, {"name": name, **body}, f"ensembles.{name}", problems)
-                if ensemble:
-                    config.ensembles[name] = ensemble
+                section = f"{key}.{name}"
+                if not isinstance(body, dict):
+                    problems.append(f"[{key}] {name} = {body!r} is not a table: make it a section [{section}] "
+                                    f"with its keys (e.g. {example})")
+                elif key == "candidates":
+                    candidate = _candidate(name, body, problems)
+                    if candidate:
+                        config.candidates[name] = candidate
+                elif "name" in body:
+                    problems.append(f"[{section}] unknown key 'name': the section header names the ensemble")
+                else:
+                    ensemble = build_dataclass(EnsembleConfig, {"name": name, **body}, section, problems)
+                    if ensemble:
+                        config.ensembles[name] = ensemble
         else:
             sections = list(_SECTIONS) + ["candidates", "ensembles"]
             close = difflib.get_close_matches(key, sections, n=1)

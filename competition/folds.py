@@ -182,11 +182,19 @@ def load_folds(config) -> pd.DataFrame:
 
 
 def folds_info(config) -> dict:
-    """folds.json as a dict ({} when only folds.csv exists, e.g. written by hand)."""
+    """folds.json as a dict ({} when it is absent; check_folds refuses folds.csv without it)."""
     _, json_path = folds_paths(config)
     if not json_path.exists():
         return {}
-    return json.loads(json_path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FoldMismatch(f"{json_path} is not valid JSON ({error}): restore it from git, or rebuild with "
+                           f"`competition folds build --force` (invalidates runs/)") from None
+    if not isinstance(info, dict):
+        raise FoldMismatch(f"{json_path} should hold a JSON object: restore it from git, or rebuild with "
+                           f"`competition folds build --force` (invalidates runs/)")
+    return info
 
 
 def folds_sha256(config) -> str:
@@ -203,10 +211,15 @@ def check_folds(config, train_rows: pd.DataFrame) -> pd.DataFrame:
     csv_path, json_path = folds_paths(config)
     info = folds_info(config)
     rebuild = "rebuild with `competition folds build --force` (invalidates runs/) or restore the data"
-    if info and bool(info.get("include_dev", False)) != bool(config.cv.include_dev):
+    if not info:
+        # Without the sha256 an edited dialogue or summary under the same fname would go unnoticed.
+        raise FoldMismatch(f"{json_path} is missing (or empty) beside {csv_path}, so the data cannot be checked "
+                           f"against the rows the folds were built from: restore it from git, or rebuild with "
+                           f"`competition folds build --force` (invalidates runs/)")
+    if bool(info.get("include_dev", False)) != bool(config.cv.include_dev):
         raise FoldMismatch(f"{json_path} was built with include_dev = {str(info.get('include_dev')).lower()} but "
                            f"[cv] include_dev = {str(config.cv.include_dev).lower()}: set it back, or {rebuild}")
-    if info and info.get("data_sha256") != rows_sha256(train_rows):
+    if info.get("data_sha256") != rows_sha256(train_rows):
         raise FoldMismatch(f"the data ({len(train_rows)} labelled rows) no longer matches {json_path} "
                            f"(built from {info.get('rows')} rows, sha256 {str(info.get('data_sha256'))[:12]}...): "
                            f"{rebuild}")

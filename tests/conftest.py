@@ -1,6 +1,7 @@
 """Shared fixtures: tiny Korean workspaces built in code, and the real data beside the project."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,12 +13,26 @@ from korean_fixture import DIALOGUES
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def in_ci() -> bool:
+    """True where the environment variable CI is set to a true value (CI=true or CI=1)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require_shared_data() -> Path:
+    """../shared/data, or: a failure in CI (the data is always there, so its absence is a broken
+    set-up, not a reason to skip), a skip with the reason elsewhere."""
+    if not SHARED_DATA.is_dir():
+        if in_ci():
+            pytest.fail(f"real data folder {SHARED_DATA} is absent but CI={os.environ['CI']}: CI must provide "
+                        f"../shared/data (the real-data tests would otherwise skip silently)", pytrace=False)
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (outside CI real-data tests are skipped)")
+    return SHARED_DATA
+
+
 @pytest.fixture
 def shared_data() -> Path:
-    """../shared/data (the real Korean dev/test and English DialogSum); skipped where absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent")
-    return SHARED_DATA
+    """../shared/data (the real Korean dev/test and English DialogSum); see require_shared_data."""
+    return require_shared_data()
 
 
 @pytest.fixture

@@ -62,3 +62,21 @@ def test_help_runs_for_every_command(cli):
         result = cli([*path, "--help"])
         assert result.exit_code == 0, f"competition {' '.join(path)} --help failed: {result.output}"
         assert "Usage: " in result.output
+
+
+def config_option(command: click.Command) -> click.Option | None:
+    return next((param for param in command.params
+                 if isinstance(param, click.Option) and "--config" in param.opts), None)
+
+
+@pytest.mark.parametrize("path, command", LEAVES, ids=ids(LEAVES))
+def test_command_accepts_config(path, command, cli, tmp_path):
+    """Every command takes --config PATH (README: "every command takes `--config PATH`")."""
+    option = config_option(command)
+    assert option is not None, f"competition {' '.join(path)} has no --config option (use @with_config)"
+    assert option.name == "config_path" and not option.required and not option.is_flag
+    # Where no argument is required, the option is wired to the loader: a missing file is refused.
+    if not any(param.required for param in command.params):
+        result = cli([*path, "--config", tmp_path / "absent.toml"], cwd=tmp_path)
+        assert result.exit_code == 2, result.output
+        assert "absent.toml not found" in result.output and "Traceback" not in result.output

@@ -175,3 +175,83 @@ def test_default_competition_toml_parses_from_its_folder(monkeypatch):
     config = load_config()
     assert config.path == (REPO_ROOT / "competition.toml").resolve()
     assert config.metric.tokenizer in ("kiwi", "whitespace", "english")
+
+
+# -- malformed sections and bad values: one line naming the section/key and what to do ------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("candidates = 3\n", "candidates = 3 is not a table: define each one as its own [candidates.NAME] section"),
+    ("ensembles = 3\n", "ensembles = 3 is not a table: define each one as its own [ensembles.NAME] section"),
+    ('candidates = ["lead"]\n', "candidates = ['lead'] is not a table"),
+    ("[ensembles]\ne = 3\n", "[ensembles] e = 3 is not a table: make it a section [ensembles.e]"),
+    ('[candidates]\na = "lead"\n', "[candidates] a = 'lead' is not a table: make it a section [candidates.a]"),
+    ('[ensembles.e]\nname = "other"\n', "[ensembles.e] unknown key 'name'"),
+], ids=["candidates-int", "ensembles-int", "candidates-list", "ensemble-int", "candidate-str", "ensemble-name"])
+def test_malformed_candidate_and_ensemble_sections(tmp_path, text, expected):
+    assert expected in config_error(tmp_path, text)
+
+
+def test_malformed_sections_reach_the_cli_as_one_line(cli, tmp_path):
+    write_config(tmp_path, "candidates = 3\n[ensembles]\ne = 3\n")
+    result = cli(["data", "check"], cwd=tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "candidates = 3 is not a table" in result.output and "[ensembles.e]" in result.output
+
+
+@pytest.mark.parametrize("strategy", ["bogus", "length:topic", "group:", "stratify", "random:x"])
+def test_bad_fold_strategy_is_refused_at_load(tmp_path, strategy):
+    from competition.folds import STRATEGIES
+
+    message = config_error(tmp_path, f'[cv]\nstrategy = "{strategy}"\n')
+    assert f"[cv] strategy = {strategy!r}: choose " in message
+    assert all(choice in message for choice in STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", ["length", "random", "group:topic", "stratify:topic"])
+def test_valid_fold_strategies_load(tmp_path, strategy):
+    assert load_config(write_config(tmp_path, f'[cv]\nstrategy = "{strategy}"\n')).cv.strategy == strategy
+
+
+def test_bad_metric_values_name_key_and_every_choice_from_the_registries(tmp_path):
+    from competition.metric import CONVENTIONS, MULTI_REF_RULES
+    from competition.tokenizers import TOKENIZERS
+
+    message = config_error(tmp_path, '[metric]\ntokenizer = "mecab"\nconvention = "google"\nmulti_ref = "min"\n'
+                                     '[cv]\ntest_strategy = "vote"\nstrategy = "bogus"\n')
+    problems = message.split(": ", 1)[1].split("; ")
+    tokenizer = next(p for p in problems if p.startswith("[metric] tokenizer = 'mecab': choose "))
+    assert all(name in tokenizer for name in TOKENIZERS)
+    convention = next(p for p in problems if p.startswith("[metric] convention = 'google': choose "))
+    assert all(name in convention for name in CONVENTIONS)
+    multi_ref = next(p for p in problems if p.startswith("[metric] multi_ref = 'min': choose "))
+    assert all(name in multi_ref for name in MULTI_REF_RULES)
+    # Every bad value of a section is reported, not just the first.
+    assert any(p.startswith("[cv] strategy = 'bogus'") for p in problems)
+    assert any(p.startswith("[cv] test_strategy = 'vote': choose mbr or refit") for p in problems)
+
+
+def test_every_registered_metric_choice_loads(tmp_path):
+    from competition.metric import CONVENTIONS, MULTI_REF_RULES
+    from competition.tokenizers import TOKENIZERS
+
+    for tokenizer in TOKENIZERS:
+        for convention in CONVENTIONS:
+            for multi_ref in MULTI_REF_RULES:
+                text = f'[metric]\ntokenizer = "{tokenizer}"\nconvention = "{convention}"\nmulti_ref = "{multi_ref}"\n'
+                metric = load_config(write_config(tmp_path, text)).metric
+                assert (metric.tokenizer, metric.convention, metric.multi_ref) == (tokenizer, convention, multi_ref)
+
+
+def test_bad_ensemble_values_are_all_reported(tmp_path):
+    message = config_error(tmp_path, '[ensembles.e]\nmethod = "vote"\nutility = "bleu"\n')
+    assert "[ensembles.e] method = 'vote': choose best, mbr or hill-climb" in message
+    assert "[ensembles.e] utility = 'bleu': choose final, rouge1, rouge2 or rougeL" in message
+
+
+def test_bad_metric_value_reaches_the_cli_as_one_line(cli, tmp_path):
+    write_config(tmp_path, '[metric]\ntokenizer = "mecab"\n')
+    result = cli(["data", "check"], cwd=tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "[metric] tokenizer = 'mecab': choose english, kiwi or whitespace" in result.output

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import write_workspace
 
-from competition.config import load_config
-from competition.data import load_from_config
+from competition.config import Config, load_config
+from competition.data import load_from_config, read_split
 from competition.errors import ConfigError, FoldMismatch
 from competition.folds import assign_folds, build_folds, check_folds, load_folds
 
@@ -133,3 +133,74 @@ def test_missing_folds_say_how_to_build_them(korean_workspace, cli):
     (korean_workspace / "competition.toml").write_text('[candidates.lead]\nkind = "lead"\n', encoding="utf-8")
     result = cli(["run", "lead"], cwd=korean_workspace)
     assert result.exit_code == 2 and "competition folds build" in result.output
+
+
+def test_missing_folds_json_is_a_fold_mismatch(korean_workspace, cli):
+    """Without folds.json's sha256, edited dialogues or summaries under the same fnames would pass."""
+    config = load_config(korean_workspace / "competition.toml")
+    train = load_from_config(config).train
+    build_folds(config, train, k=3)
+    json_path = korean_workspace / "folds" / "folds.json"
+    json_path.unlink()
+    with pytest.raises(FoldMismatch, match=r"folds\.json is missing.*competition folds build --force"):
+        check_folds(config, train)
+    json_path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(FoldMismatch, match="not valid JSON.*folds build --force"):
+        check_folds(config, train)
+    json_path.unlink()
+
+    with (korean_workspace / "competition.toml").open("a", encoding="utf-8") as file:
+        file.write('[cv]\nk = 3\n[candidates.lead]\nkind = "lead"\n')
+    result = cli(["run", "lead"], cwd=korean_workspace)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "folds.json is missing" in result.output and "folds build --force" in result.output
+    assert not (korean_workspace / "runs").exists()
+
+    rebuilt = cli(["folds", "build", "--force"], cwd=korean_workspace)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert json_path.exists()
+    assert check_folds(load_config(korean_workspace / "competition.toml"), train)["fname"].tolist() == \
+        train["fname"].tolist()
+
+
+def test_english_train_folds_are_deterministic_and_balanced(shared_data, tmp_path):
+    """The 12,460 English DialogSum train rows: the same bytes whatever the row order, fold sizes
+    within one, and every dialogue-length bin dealt evenly over the folds."""
+    rows = read_split(shared_data / "dialogsum-en" / "train.jsonl", "train")
+    assert len(rows) == 12460
+    shuffled = rows.sample(frac=1, random_state=11).reset_index(drop=True)
+    outputs = []
+    for name, frame in (("ordered", rows), ("shuffled", shuffled)):
+        config = Config(path=tmp_path / name / "competition.toml")
+        info = build_folds(config, frame)
+        folder = tmp_path / name / "folds"
+        written = read(folder / "folds.csv")
+        assert written["fname"].tolist() == frame["fname"].tolist()  # file order = data order
+        by_fname = written.sort_values("fname").to_csv(index=False).encode()
+        stored = json.loads((folder / "folds.json").read_text(encoding="utf-8"))
+        stored.pop("folds_sha256")  # the sha256 of folds.csv's bytes, which follow the data's row order
+        outputs.append((by_fname, stored, info))
+    (ordered_csv, ordered_json, info), (shuffled_csv, shuffled_json, _) = outputs
+    assert ordered_csv == shuffled_csv and ordered_json == shuffled_json
+    assert info["rows"] == 12460 and info["rows_per_fold"] == [2492] * 5
+
+    folds = assign_folds(rows, k=5, seed=42, strategy="length")
+    assert (tmp_path / "ordered" / "folds" / "folds.csv").read_bytes() == \
+        folds.to_csv(index=False, lineterminator="\n").encode()
+    assert assign_folds(rows, k=5, seed=43, strategy="length")["fold"].tolist() != folds["fold"].tolist()
+    uneven = assign_folds(rows.head(12458), k=5, seed=42, strategy="length")["fold"].value_counts()
+    assert uneven.max() - uneven.min() <= 1
+
+    # Length stratification: within each of the 10 length bins the folds differ by at most one row.
+    lengths = rows["dialogue"].str.len().to_numpy()
+    rank = np.lexsort((rows["fname"].to_numpy(), lengths)).argsort()
+    bins = rank * 10 // len(rows)
+    table = pd.crosstab(bins, folds["fold"].to_numpy())
+    assert table.shape == (10, 5)
+    assert (table.max(axis=1) - table.min(axis=1)).max() <= 1, table
+    quartiles = np.quantile(lengths, [0.25, 0.5, 0.75])
+    for fold in range(5):
+        mine = lengths[folds["fold"].to_numpy() == fold]
+        share = np.histogram(mine, bins=[0, *quartiles, lengths.max() + 1])[0] / len(mine)
+        assert np.all(np.abs(share - 0.25) < 0.01), (fold, share)
+        assert abs(np.median(mine) - np.median(lengths)) < 0.02 * np.median(lengths)
