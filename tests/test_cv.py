@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA, write_workspace
+from conftest import SHARED_DATA, require_shared_data, write_workspace
 
 from competition.config import load_config
 from competition.cv import bootstrap_interval
@@ -39,8 +39,7 @@ kind = "retrieval"
 def english_run(tmp_path_factory):
     """English DialogSum: 600 train rows, 100 dev rows as hold-out, 50 more dev dialogues as test;
     folds built and lead + retrieval run once for the module."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    require_shared_data()
     train = read_split(SHARED_DATA / "dialogsum-en" / "train.jsonl", "train").head(600)
     dev = read_split(SHARED_DATA / "dialogsum-en" / "dev.jsonl", "dev")
     root = write_workspace(tmp_path_factory.mktemp("english"), train, dev.iloc[100:150], dev.head(100), CONFIG)

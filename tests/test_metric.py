@@ -184,21 +184,17 @@ def google_scores(tokenizer, hyps, refs) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def korean_dev():
-    from conftest import SHARED_DATA
+    from conftest import require_shared_data
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent")
-    dev = read_split(SHARED_DATA / "dialogsum-ko" / "dev.csv", "dev")
+    dev = read_split(require_shared_data() / "dialogsum-ko" / "dev.csv", "dev")
     return first_turns(dev), list(dev["summary"])
 
 
 @pytest.fixture(scope="module")
 def english_dev():
-    from conftest import SHARED_DATA
+    from conftest import require_shared_data
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent")
-    dev = read_split(SHARED_DATA / "dialogsum-en" / "dev.jsonl", "dev")
+    dev = read_split(require_shared_data() / "dialogsum-en" / "dev.jsonl", "dev")
     return first_turns(dev), list(dev["summary"])
 
 
