@@ -26,12 +26,15 @@ TUNED_SUFFIX = "@tuned"
 # Generation parameters a setting may change; "length_control"/"length_scale" are ours (below).
 GENERATION_KEYS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "repetition_penalty",
                    "max_new_tokens", "min_new_tokens", "length_control", "length_scale")
+LENGTH_KEYS = ("length_control", "length_scale")
 DEFAULT_SPACE = {
     "num_beams": [1, 4],
-    "length_penalty": [0.5, 1.0, 1.5],
+    "length_penalty": [0.5, 1.0, 1.5],  # beam search only: greedy settings carry 1.0
     "no_repeat_ngram_size": [0, 3],
     "repetition_penalty": [1.0, 1.2],
+    # dynamic: max/min_new_tokens per dialogue-length bin, learnt from each fold's training rows
     "length_control": ["fixed", "dynamic"],
+    "length_scale": [0.8, 1.0, 1.2],  # dynamic only: scales the learnt budgets
 }
 
 
@@ -44,27 +47,48 @@ class Trial:
     fold_finals: dict[int, float]  # fold -> final on that fold's subsample rows
     subsample_final: float  # pooled over the subsample rows
     full_final: float | None = None  # pooled over all OOF rows (confirmation)
+    full_fold_finals: dict[int, float] | None = None  # fold -> final on all its OOF rows
+    length_budgets: dict[int, dict] | None = None  # dynamic length: fold -> per-bin token budgets
 
     def as_dict(self) -> dict:
-        return {"number": self.number, "setting": self.setting,
-                "fold_finals": {str(k): v for k, v in self.fold_finals.items()},
-                "subsample_final": self.subsample_final, "full_final": self.full_final}
+        return {"number": self.number, "setting": self.setting, "fold_finals": _str_keys(self.fold_finals),
+                "subsample_final": self.subsample_final, "full_final": self.full_final,
+                "full_fold_finals": _str_keys(self.full_fold_finals), "length_budgets": _str_keys(self.length_budgets)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Trial":
-        return cls(raw["number"], raw["setting"], {int(k): v for k, v in raw["fold_finals"].items()},
-                   raw["subsample_final"], raw.get("full_final"))
+        return cls(raw["number"], raw["setting"], _int_keys(raw["fold_finals"]), raw["subsample_final"],
+                   raw.get("full_final"), _int_keys(raw.get("full_fold_finals")), _int_keys(raw.get("length_budgets")))
+
+
+def _str_keys(by_fold: dict | None) -> dict | None:
+    return None if by_fold is None else {str(k): v for k, v in by_fold.items()}
+
+
+def _int_keys(by_fold: dict | None) -> dict | None:
+    return None if by_fold is None else {int(k): v for k, v in by_fold.items()}
 
 
 def setting_key(setting: dict) -> str:
     return json.dumps(setting, sort_keys=True)
 
 
+def default_space(params) -> dict[str, list]:
+    """DEFAULT_SPACE, plus a summary-length floor for fixed length control (`min_new_tokens` 0 or
+    an eighth of the candidate's own `max_new_tokens`) where the kind has one: 80 distinct settings
+    once `canonical` merges equivalent ones, which --trials 20 samples. max_new_tokens is searched
+    through dynamic control (learnt per bin, times length_scale); fixed keeps the candidate's cap."""
+    space = dict(DEFAULT_SPACE)
+    if hasattr(params, "min_new_tokens"):
+        space["min_new_tokens"] = [0, max(1, params.max_new_tokens // 8)]
+    return space
+
+
 def load_space(path: str | Path | None, params) -> dict[str, list]:
-    """The search space: {parameter: [values]} from a TOML/JSON file, else DEFAULT_SPACE, limited
+    """The search space: {parameter: [values]} from a TOML/JSON file, else `default_space`, limited
     to what the candidate's Params can take."""
     if path is None:
-        space = dict(DEFAULT_SPACE)
+        space = default_space(params)
     else:
         path = Path(path)
         if not path.exists():
@@ -82,7 +106,7 @@ def load_space(path: str | Path | None, params) -> dict[str, list]:
     for key, values in space.items():
         if key not in GENERATION_KEYS:
             problems.append(f"{key!r} is not a generation parameter ({', '.join(GENERATION_KEYS)})")
-        elif key not in names and key not in ("length_control", "length_scale"):
+        elif key not in names and key not in LENGTH_KEYS:
             problems.append(f"{key!r} is not a parameter of this candidate's kind")
         elif not isinstance(values, list) or not values:
             problems.append(f"{key} should be a non-empty list of values")
@@ -92,9 +116,17 @@ def load_space(path: str | Path | None, params) -> dict[str, list]:
 
 
 def canonical(setting: dict) -> dict:
-    """length_scale only matters with dynamic length control: fixed settings carry scale 1.0."""
-    if setting.get("length_control", "fixed") == "fixed" and "length_scale" in setting:
-        return {**setting, "length_scale": 1.0}
+    """One form for settings that generate alike: length_penalty only acts in beam search (greedy
+    carries 1.0), length_scale only with dynamic length control (fixed carries 1.0), and dynamic
+    control replaces max/min_new_tokens by its per-bin budgets (dropped)."""
+    setting = dict(setting)
+    if setting.get("num_beams") == 1 and "length_penalty" in setting:
+        setting["length_penalty"] = 1.0
+    if setting.get("length_control", "fixed") == "dynamic":
+        setting.pop("max_new_tokens", None)
+        setting.pop("min_new_tokens", None)
+    elif "length_scale" in setting:
+        setting["length_scale"] = 1.0
     return setting
 
 
@@ -142,22 +174,34 @@ class FoldModel:
     length_targets: LengthTargets | None = None
     count_tokens: Callable[[list[str]], list[int]] | None = None
 
+    def length_budgets(self, setting: dict) -> dict | None:
+        """Dynamic length control: the bin edges and, per dialogue-length bin, the max (and min)
+        new tokens this setting generates with; None for fixed length."""
+        if setting.get("length_control", "fixed") != "dynamic":
+            return None
+        if self.length_targets is None:
+            raise ValueError("dynamic length control needs the fold's learnt length targets")
+        scale = float(setting.get("length_scale", 1.0))
+        max_new = [max(1, math.ceil(tokens * scale)) for tokens in self.length_targets.max_new]
+        budgets = {"edges": list(self.length_targets.edges), "max_new_tokens": max_new}
+        if hasattr(self.base_params, "min_new_tokens"):  # a floor is never stretched, only shrunk
+            budgets["min_new_tokens"] = [min(cap, int(tokens * min(scale, 1.0)))
+                                         for cap, tokens in zip(max_new, self.length_targets.min_new)]
+        return budgets
+
     def predict(self, rows: pd.DataFrame, setting: dict) -> list[str]:
-        plain = {k: v for k, v in setting.items() if k not in ("length_control", "length_scale")}
+        plain = {k: v for k, v in setting.items() if k not in LENGTH_KEYS}
         params = dataclasses.replace(self.base_params, **plain)
-        if setting.get("length_control", "fixed") != "dynamic" or self.length_targets is None:
+        budgets = self.length_budgets(setting)
+        if budgets is None:
             self.candidate.params = params
             return self.candidate.predict(rows)
         # Dynamic length: each dialogue-length bin generates with its own token budget.
-        scale = float(setting.get("length_scale", 1.0))
         bins = [self.length_targets.bin_of(n) for n in self.count_tokens(list(rows["dialogue"]))]
         out: list[str | None] = [None] * len(rows)
         for b in sorted(set(bins)):
             positions = [i for i, x in enumerate(bins) if x == b]
-            budget = max(1, int(math.ceil(self.length_targets.max_new[b] * scale)))
-            extra = {"max_new_tokens": budget}
-            if "min_new_tokens" in {f.name for f in dataclasses.fields(params)}:
-                extra["min_new_tokens"] = min(budget, int(self.length_targets.min_new[b] * min(scale, 1.0)))
+            extra = {key: budgets[key][b] for key in ("max_new_tokens", "min_new_tokens") if key in budgets}
             self.candidate.params = dataclasses.replace(params, **extra)
             for i, text in zip(positions, self.candidate.predict(rows.iloc[positions])):
                 out[i] = text
@@ -169,23 +213,32 @@ class TuneResult:
     trials: list[Trial]
     best: Trial
     nested_final: float
-    nested_choices: dict[int, dict]
+    nested_choices: dict[int, Trial]
     untuned_full_final: float | None = None
     extra: dict = field(default_factory=dict)
 
 
-def nested_score(trials: list[Trial], folds: list[int]) -> tuple[float, dict[int, dict]]:
-    """Per held-out fold: the setting best on the other folds, scored on the held-out one."""
-    scores, choices = [], {}
+def nested_choices(trials: list[Trial], folds: list[int]) -> dict[int, Trial]:
+    """Per held-out fold, the trial best on the other folds' subsample rows: no row of the held-out
+    fold plays a part in its choice."""
+    choices = {}
     for held_out in folds:
         def on_others(trial: Trial) -> float:
             others = [v for k, v in trial.fold_finals.items() if k != held_out]
             return float(np.mean(others)) if others else -1.0
 
-        chosen = max(trials, key=lambda t: (on_others(t), -t.number))
-        choices[held_out] = chosen.setting
-        scores.append(chosen.fold_finals[held_out])
-    return float(np.mean(scores)), choices
+        choices[held_out] = max(trials, key=lambda t: (on_others(t), -t.number))
+    return choices
+
+
+def nested_score(choices: dict[int, Trial], fold_rows: dict[int, int]) -> float:
+    """Each held-out fold's choice scored on all that fold's OOF rows, pooled over rows like the
+    OOF final it is reported beside. The chosen trials need their full per-fold finals."""
+    missing = sorted({t.number for t in choices.values() if t.full_fold_finals is None})
+    if missing:
+        raise ValueError(f"trial(s) {missing} chosen in the nested loop have no full per-fold finals")
+    total = sum(fold_rows[fold] for fold in choices)
+    return sum(trial.full_fold_finals[fold] * fold_rows[fold] for fold, trial in choices.items()) / total
 
 
 class TrialStore:
@@ -212,39 +265,93 @@ class TrialStore:
             out.write(json.dumps(trial.as_dict(), ensure_ascii=False) + "\n")
 
 
-def propose(space: dict[str, list], done: list[Trial], count: int, method: str, seed: int) -> list[dict]:
-    """The next settings to try: grid order (shuffled by seed when the grid is larger than the
-    trial budget) or optuna's TPE over the same choices, skipping settings already tried."""
-    tried = {setting_key(t.setting) for t in done}
-    if method == "grid":
-        settings = grid(space)
-        random.Random(seed).shuffle(settings)
-        return [s for s in settings if setting_key(s) not in tried][:count]
-    if method != "tpe":
-        raise ConfigError(f"unknown search method {method!r}: choose grid or tpe")
+class GridSearch:
+    """The space's settings in an order shuffled by seed (the grid is often larger than the trial
+    budget), skipping settings already scored."""
+
+    def __init__(self, space: dict[str, list], done: list[Trial], seed: int):
+        self.space = space
+        self.scores = {setting_key(t.setting): t.subsample_final for t in done}
+        self._queue = grid(space)
+        random.Random(seed).shuffle(self._queue)
+        self._queue.reverse()  # popped from the end
+
+    def ask(self) -> dict | None:
+        """The next setting to score, None once every setting of the space is scored."""
+        while self._queue:
+            setting = self._queue.pop()
+            if setting_key(setting) not in self.scores:
+                return setting
+        return None
+
+    def tell(self, trial: Trial) -> None:
+        self.scores[setting_key(trial.setting)] = trial.subsample_final
+
+
+class TpeSearch(GridSearch):
+    """optuna's TPE over the same choices, asked one setting at a time and told its subsample
+    final, so each proposal learns from every score before it (stored trials included)."""
+
+    ASKS_PER_TRIAL = 50  # TPE proposals of known settings tolerated before the grid order takes over
+
+    def __init__(self, space: dict[str, list], done: list[Trial], seed: int):
+        super().__init__(space, done, seed)
+        optuna = _import_optuna()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._optuna = optuna
+        self.distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
+        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        self._asked = None
+        for trial in done:
+            self._add_completed(trial)
+
+    def ask(self) -> dict | None:
+        for _ in range(self.ASKS_PER_TRIAL):
+            asked = self.study.ask(self.distributions)
+            setting = canonical({k: asked.params[k] for k in sorted(self.space)})
+            known = self.scores.get(setting_key(setting))
+            if known is None:
+                self._asked = asked
+                return setting
+            self.study.tell(asked, known)  # already scored: its score is the answer, ask again
+        self._asked = None
+        return super().ask()
+
+    def tell(self, trial: Trial) -> None:
+        super().tell(trial)
+        if self._asked is not None:
+            self.study.tell(self._asked, trial.subsample_final)
+            self._asked = None
+        else:  # the untuned baseline, or a setting from the grid order
+            self._add_completed(trial)
+
+    def _add_completed(self, trial: Trial) -> None:
+        """Tell the study a trial it did not ask for, where its setting is a point of the space."""
+        params = {}
+        for key, choices in self.space.items():
+            value = trial.setting.get(key, choices[0])
+            params[key] = value if value in choices else choices[0]  # a key the setting ignores takes any
+        if canonical(params) != trial.setting:
+            return  # not a point of the space, e.g. an untuned value that is none of the choices
+        self.study.add_trial(self._optuna.trial.create_trial(params=params, distributions=self.distributions,
+                                                             value=trial.subsample_final))
+
+
+def _import_optuna():
     try:
         import optuna
     except ImportError:
-        raise CompetitionError("--method tpe needs optuna: pip install optuna (or use --method grid)") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    for trial in done:
-        if all(k in trial.setting and trial.setting[k] in space[k] for k in space):
-            study.add_trial(optuna.trial.create_trial(params={k: trial.setting[k] for k in space},
-                                                      distributions=distributions, value=trial.subsample_final))
-    proposals: list[dict] = []
-    attempts = 0
-    while len(proposals) < count and attempts < count * 20:
-        attempts += 1
-        asked = study.ask(distributions)
-        setting = canonical({k: asked.params[k] for k in sorted(space)})
-        if setting_key(setting) in tried or setting in proposals:
-            study.tell(asked, state=optuna.trial.TrialState.PRUNED)
-            continue
-        proposals.append(setting)
-        study.tell(asked, state=optuna.trial.TrialState.PRUNED)
-    return proposals
+        raise CompetitionError("--method tpe needs optuna: pip install 'competition[tune]' (or pip install optuna), "
+                               "or use --method grid") from None
+    return optuna
+
+
+def make_search(method: str, space: dict[str, list], done: list[Trial], seed: int) -> GridSearch:
+    if method == "grid":
+        return GridSearch(space, done, seed)
+    if method == "tpe":
+        return TpeSearch(space, done, seed)
+    raise ConfigError(f"unknown search method {method!r}: choose grid or tpe")
 
 
 def _model_token_counter(params) -> Callable[[list[str]], list[int]]:
@@ -276,6 +383,9 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
         raise CompetitionError(f"{name!r} (kind {candidate_config.kind}) has no generation settings to tune: "
                                "tune a qlora, seq2seq or prompt candidate")
     space = load_space(space_path, base_params)
+    store = TrialStore(fold_dir(config, name + TUNED_SUFFIX, 0).parent / "trials.jsonl")
+    done = store.load()
+    search = make_search(method, space, done, seed)  # before the models load: a missing optuna fails fast
     context = runner.prepare(config, data_dir)
     missing = [k for k in range(context.k) if k not in done_folds(config, name)]
     if missing:
@@ -311,39 +421,62 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
             outputs[model.fold] = predictions
         return finals, float(np.concatenate(pooled).mean()), outputs
 
-    store = TrialStore(fold_dir(config, name + TUNED_SUFFIX, 0).parent / "trials.jsonl")
-    done = store.load()
+    def run_trial(setting: dict) -> Trial:
+        finals, pooled, _ = evaluate(setting, full=False)
+        budgets = {m.fold: m.length_budgets(setting) for m in fold_models}
+        trial = Trial(len(done), setting, finals, pooled,
+                      length_budgets=budgets if any(b is not None for b in budgets.values()) else None)
+        store.append(trial)
+        done.append(trial)
+        search.tell(trial)
+        return trial
+
+    full_outputs: dict[str, dict[int, list[str]]] = {}
+
+    def score_in_full(trial: Trial) -> None:
+        """All OOF rows, per fold and pooled; stored, so a resumed search does not redo it."""
+        trial.full_fold_finals, trial.full_final, full_outputs[setting_key(trial.setting)] = evaluate(
+            trial.setting, full=True)
+        store.append(trial)
+
     untuned = {k: getattr(base_params, k) for k in space if hasattr(base_params, k)}
     if "length_control" in space:
         untuned["length_control"] = "fixed"
     if "length_scale" in space:
         untuned["length_scale"] = 1.0
-    proposals = propose(space, done, max(0, trials - len(done)), method, seed)
-    if not any(setting_key(t.setting) == setting_key(untuned) for t in done) and untuned not in proposals:
-        proposals.insert(0, untuned)  # the untuned setting is always a trial: the bar to beat
+    untuned = canonical(untuned)
     if done:
         echo(f"{name}: resuming the search, {len(done)} trial(s) already stored in {store.path}")
-    for setting in tqdm(proposals, desc=f"tune {name}", unit="trial", disable=not progress):
-        finals, pooled, _ = evaluate(setting, full=False)
-        trial = Trial(len(done), setting, finals, pooled)
-        store.append(trial)
-        done.append(trial)
+    has_untuned = any(setting_key(t.setting) == setting_key(untuned) for t in done)
+    with tqdm(total=max(trials - len(done), 0 if has_untuned else 1), desc=f"tune {name}", unit="trial",
+              disable=not progress) as bar:
+        # The untuned setting is the first of the --trials: the bar to beat. A resumed search over a
+        # changed space may lack it; it is scored then even if the stored trials fill the budget.
+        if not has_untuned:
+            run_trial(untuned)
+            bar.update()
+        while len(done) < trials and (setting := search.ask()) is not None:
+            run_trial(setting)
+            bar.update()
+    untuned_trial = next(t for t in done if setting_key(t.setting) == setting_key(untuned))
 
     # Confirm the best few on all OOF rows: the subsample's optimism becomes visible.
     ranked = sorted(done, key=lambda t: (-t.subsample_final, t.number))
-    to_confirm = {setting_key(t.setting): t for t in ranked[:confirm]}
-    to_confirm.setdefault(setting_key(untuned), next(t for t in done if setting_key(t.setting) == setting_key(untuned)))
-    full_outputs: dict[str, dict[int, list[str]]] = {}
-    for key, trial in tqdm(to_confirm.items(), desc=f"confirm {name}", unit="trial", disable=not progress):
-        _, trial.full_final, full_outputs[key] = evaluate(trial.setting, full=True)
-        store.append(trial)
-    best = max(to_confirm.values(), key=lambda t: (t.full_final, -t.number))
-    nested, choices = nested_score(done, [m.fold for m in fold_models])
-    untuned_trial = next(t for t in done if setting_key(t.setting) == setting_key(untuned))
+    confirmed = list({setting_key(t.setting): t for t in ranked[:confirm] + [untuned_trial]}.values())
+    # Nested: each held-out fold's choice (made on the other folds) is scored on its full OOF rows.
+    choices = nested_choices(done, [m.fold for m in fold_models])
+    to_score = {setting_key(t.setting): t for t in confirmed + list(choices.values()) if t.full_fold_finals is None}
+    for trial in tqdm(to_score.values(), desc=f"confirm {name}", unit="trial", disable=not progress):
+        score_in_full(trial)
+    best = max(confirmed, key=lambda t: (t.full_final, -t.number))
+    nested = nested_score(choices, {m.fold: len(m.rows) for m in fold_models})
 
     # Write the tuned variant like a candidate: per-fold OOF, test and dev, then the chosen test output.
     tuned = name + TUNED_SUFFIX
-    outputs = full_outputs[setting_key(best.setting)]
+    if setting_key(best.setting) in full_outputs:
+        outputs = full_outputs[setting_key(best.setting)]
+    else:  # confirmed by an earlier run of the search: generate its OOF again
+        outputs = evaluate(best.setting, full=True)[2]
     for model in tqdm(fold_models, desc=f"write {tuned}", unit="fold", disable=not progress):
         oof = pd.DataFrame({"fname": model.rows["fname"], "summary": outputs[model.fold]})
         test = pd.DataFrame({"fname": context.test["fname"], "summary": model.predict(context.test, best.setting)})
@@ -351,6 +484,7 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
         if context.dev is not None:
             dev = pd.DataFrame({"fname": context.dev["fname"], "summary": model.predict(context.dev, best.setting)})
         meta = {"name": tuned, "kind": candidate_config.kind, "tuned_from": name, "setting": best.setting,
+                "length_budgets": model.length_budgets(best.setting),
                 "config_hash": runner._candidate_hash(context, name)[0], **context.hashes}
         write_fold(config, tuned, model.fold, oof, test, dev, meta)
     test, dev, extra = runner._choose_outputs(context, tuned, scorer)

@@ -3,6 +3,7 @@ rows it was chosen on, nested score reported, NAME@tuned usable as a source."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,18 +11,74 @@ import pytest
 from competition import tune as tuning
 from tiny_models import run_through_cli, tiny_t5  # noqa: F401  (fixture)
 
-SPACE = '{"num_beams": [1, 2], "length_penalty": [0.5, 1.0], "max_new_tokens": [6, 12]}'
+SPACE = ('{"num_beams": [1, 2], "length_penalty": [0.5, 1.0], "max_new_tokens": [6, 12], '
+         '"length_control": ["fixed", "dynamic"], "length_scale": [0.5, 1.0]}')
+T5_TABLE = ('kind = "seq2seq"\nmodel = "{model}"\nmax_steps = 4\nbatch_size = 4\nlearning_rate = 0.01\n'
+            'max_new_tokens = 12\nnum_beams = 1\neval_batch_size = 8\n')
+UNTUNED = {"num_beams": 1, "length_penalty": 1.0, "max_new_tokens": 12, "length_control": "fixed", "length_scale": 1.0}
 
 
 def test_nested_score_never_uses_the_held_out_fold():
-    trials = [tuning.Trial(0, {"a": 0}, {0: 50.0, 1: 10.0, 2: 10.0}, 0.0),
-              tuning.Trial(1, {"a": 1}, {0: 20.0, 1: 20.0, 2: 20.0}, 0.0)]
-    score, choices = tuning.nested_score(trials, [0, 1, 2])
-    # Held out 0: on folds 1-2 trial 1 wins (20 > 10) and scores 20 on fold 0, not trial 0's 50.
-    assert choices[0] == {"a": 1}
-    # Held out 1: trial 0 averages 30 on folds 0 and 2, so it is chosen and scores 10 on fold 1.
-    assert choices[1] == {"a": 0} and choices[2] == {"a": 0}
-    assert score == pytest.approx((20 + 10 + 10) / 3)
+    def trials(fold_0_of_trial_0: float) -> list[tuning.Trial]:
+        # Subsample finals choose; full finals (all OOF rows of a fold) score the choice.
+        return [tuning.Trial(0, {"a": 0}, {0: fold_0_of_trial_0, 1: 10.0, 2: 10.0}, 0.0,
+                             full_fold_finals={0: fold_0_of_trial_0, 1: 12.0, 2: 8.0}),
+                tuning.Trial(1, {"a": 1}, {0: 20.0, 1: 20.0, 2: 20.0}, 0.0, full_fold_finals={0: 22.0, 1: 18.0, 2: 30.0})]
+
+    choices = tuning.nested_choices(trials(50.0), [0, 1, 2])
+    # Held out 0: on folds 1-2 trial 1 wins (20 > 10), whatever trial 0 scores on fold 0.
+    assert tuning.nested_choices(trials(99.0), [0, 1, 2])[0].number == choices[0].number == 1
+    # Held out 1: trial 0 averages 30 on folds 0 and 2's subsample rows (trial 1: 20); same for held out 2.
+    assert choices[1].number == 0 and choices[2].number == 0
+    # Each choice is scored on the held-out fold's full rows, pooled by rows (2, 3, 5) like the OOF final:
+    # (22 * 2 + 12 * 3 + 8 * 5) / 10, not the subsample finals (20, 10, 10) nor a mean of fold means (14).
+    assert tuning.nested_score(choices, {0: 2, 1: 3, 2: 5}) == pytest.approx(12.0)
+    choices[0].full_fold_finals = None
+    with pytest.raises(ValueError, match="no full per-fold finals"):
+        tuning.nested_score(choices, {0: 2, 1: 3, 2: 5})
+
+
+def test_tpe_is_told_every_score_and_keeps_stored_trials():
+    pytest.importorskip("optuna")
+    space = {"num_beams": [1, 2, 4], "length_penalty": [0.5, 1.0, 2.0], "no_repeat_ngram_size": [0, 3]}
+
+    def score(setting: dict) -> float:  # best: 4 beams, length_penalty 0.5, no repeats
+        return setting["num_beams"] * 10 - setting["length_penalty"] * 5 + setting["no_repeat_ngram_size"]
+
+    done: list[tuning.Trial] = []
+    search = tuning.make_search("tpe", space, done, seed=0)
+    search.tell(tuning.Trial(0, {**UNTUNED, "num_beams": 3}, {}, 0.0))  # the untuned value is not a choice
+    for number in range(1, 13):
+        setting = search.ask()
+        done.append(tuning.Trial(number, setting, {}, score(setting)))
+        search.tell(done[-1])
+    assert len({tuning.setting_key(t.setting) for t in done}) == 12  # 12 distinct of the 14 settings
+    study = search.study
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    for trial in study.trials:  # every proposal, repeats included, carries its setting's real score
+        assert trial.value == score(tuning.canonical(trial.params))
+    assert len(study.trials) >= 12  # the untuned setting (3 beams) is not a point of the space: not told
+    # Resumed: the stored trials are in the new study as completed trials before anything is asked.
+    resumed = tuning.make_search("tpe", space, done, seed=0)
+    assert [t.value for t in resumed.study.trials] == [t.subsample_final for t in done]
+    remaining = {tuning.setting_key(s) for s in tuning.grid(space)} - {tuning.setting_key(t.setting) for t in done}
+    asked = [resumed.ask(), None]
+    resumed.tell(tuning.Trial(13, asked[0], {}, score(asked[0])))
+    asked[1] = resumed.ask()
+    assert {tuning.setting_key(s) for s in asked} == remaining
+    resumed.tell(tuning.Trial(14, asked[1], {}, score(asked[1])))
+    assert resumed.ask() is None  # the space is exhausted
+
+
+def test_tpe_without_optuna_says_how_to_install_it(korean_workspace, cli, monkeypatch):
+    import sys
+
+    config = korean_workspace / "competition.toml"
+    config.write_text(config.read_text() + '[candidates.t5]\nkind = "seq2seq"\nmodel = "some/t5"\n')
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what `import optuna` meets where it is not installed
+    result = cli(["tune", "t5", "--method", "tpe"], cwd=korean_workspace)
+    assert result.exit_code == 2
+    assert "pip install 'competition[tune]'" in result.output and "--method grid" in result.output
 
 
 def test_length_targets_follow_dialogue_length():
@@ -41,11 +98,26 @@ def test_space_rejects_non_generation_keys(tmp_path):
         tuning.load_space(path, Params())
 
 
+def _independent_length_targets(workspace, model) -> dict[int, tuning.LengthTargets]:
+    """Per fold, the length bins learnt from the other fold's rows counted by the model's tokenizer."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    train = pd.read_csv(workspace / "data" / "train.csv")
+    targets = {}
+    for fold in (0, 1):
+        held_out = set(pd.read_csv(workspace / "runs" / "t5" / f"fold_{fold}" / "oof.csv")["fname"])
+        rows = train[~train["fname"].isin(held_out)]
+        count = [[len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rows[column]]
+                 for column in ("dialogue", "summary")]
+        targets[fold] = tuning.learn_length_targets(*count)
+    return targets
+
+
 @pytest.mark.slow
 def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkeypatch):
-    table = (f'kind = "seq2seq"\nmodel = "{tiny_t5}"\nmax_steps = 4\nbatch_size = 4\nlearning_rate = 0.01\n'
-             'max_new_tokens = 12\nnum_beams = 1\neval_batch_size = 8\n')
-    run_through_cli(cli, korean_workspace, "t5", table)
+    run_through_cli(cli, korean_workspace, "t5", T5_TABLE.format(model=tiny_t5))
     (korean_workspace / "space.json").write_text(SPACE)
 
     # Interrupt the search after two trials: what a kill looks like.
@@ -72,22 +144,135 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
     numbers = [t["number"] for t in report["trials"]]
     assert numbers == list(range(5))  # 2 resumed + 3 new, none repeated
     assert len({json.dumps(t["setting"], sort_keys=True) for t in report["trials"]}) == 5
+    assert report["trials"][0]["setting"] == UNTUNED  # the bar to beat is the first trial
     # The tuned variant is at least as good as the untuned setting on the rows it was chosen on.
     assert report["tuned_oof_final"] >= report["untuned_oof_final"]
-    assert isinstance(report["nested_oof_final"], float) and set(report["nested_choices"]) == {"0", "1"}
 
-    # NAME@tuned is a source like any other: OOF for every row, a test output, ranked by cv.
+    # Nested: each fold's choice was made on the other fold's subsample rows and is scored on all its
+    # own OOF rows, pooled over rows like the tuned OOF final beside it.
+    trials = {t["number"]: t for t in report["trials"]}
+    oof_rows = {fold: len((korean_workspace / "runs" / "t5" / f"fold_{fold}" / "oof.csv").read_text().splitlines()) - 1
+                for fold in (0, 1)}
+    assert sum(oof_rows.values()) == report["oof_rows"] == 12
+    pooled = 0.0
+    for fold, other in (("0", "1"), ("1", "0")):
+        choice = report["nested_choices"][fold]
+        best_on_other = max(trials.values(), key=lambda t: (t["fold_finals"][other], -t["number"]))
+        assert choice["number"] == best_on_other["number"]
+        assert choice["held_out_final"] == trials[choice["number"]]["full_fold_finals"][fold]
+        pooled += choice["held_out_final"] * oof_rows[int(fold)] / 12
+    assert report["nested_oof_final"] == pytest.approx(pooled)
+    best = trials[report["best"]["number"]]
+    assert best["full_final"] == pytest.approx(sum(best["full_fold_finals"][str(k)] * oof_rows[k] / 12 for k in (0, 1)))
+
+    # Dynamic length control ran on the fold data: per-bin budgets learnt from the other fold's rows.
+    targets = _independent_length_targets(korean_workspace, tiny_t5)
+    dynamic = [t for t in report["trials"] if t["setting"]["length_control"] == "dynamic"]
+    assert dynamic and all(t["length_budgets"] is None for t in report["trials"] if t not in dynamic)
+    for trial in dynamic:
+        scale = trial["setting"]["length_scale"]
+        for fold in (0, 1):
+            budgets = trial["length_budgets"][str(fold)]
+            assert budgets["edges"] == targets[fold].edges
+            assert budgets["max_new_tokens"] == [max(1, math.ceil(n * scale)) for n in targets[fold].max_new]
+            assert len(budgets["min_new_tokens"]) == len(targets[fold].edges) + 1
+
+    # NAME@tuned is a source like any other: OOF for every row, a test output, ranked by cv, submitted.
     cv = cli(["cv", "--json"], cwd=korean_workspace)
     assert cv.exit_code == 0, cv.output
     board = {row["name"]: row for row in json.loads(cv.stdout)}
     assert board["t5@tuned"]["complete"]
     assert np.isclose(board["t5@tuned"]["oof"]["final"], report["tuned_oof_final"], atol=1e-6)
+    submitted = cli(["submit", "t5@tuned", "--json"], cwd=korean_workspace)
+    assert submitted.exit_code == 0, submitted.output
+    row = json.loads(submitted.stdout)
+    assert row["source"] == "t5@tuned" and float(row["oof_final"]) == pytest.approx(report["tuned_oof_final"], abs=1e-4)
+    import pandas as pd
+
+    written = pd.read_csv(korean_workspace / "submissions" / row["file"], keep_default_na=False)
+    tuned_test = pd.read_csv(korean_workspace / "runs" / "t5@tuned" / "test.csv", keep_default_na=False)
+    assert written["fname"].tolist() == pd.read_csv(korean_workspace / "data" / "sample_submission.csv")["fname"].tolist()
+    assert written.set_index("fname")["summary"].to_dict() == tuned_test.set_index("fname")["summary"].to_dict()
+
+
+@pytest.mark.slow
+def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, korean_workspace, cli, monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    run_through_cli(cli, korean_workspace, "t5", T5_TABLE.format(model=tiny_t5))
+    (korean_workspace / "space.json").write_text(SPACE)
+    studies = []
+    create_study = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda **kwargs: studies.append(create_study(**kwargs)) or studies[-1])
+    args = ["tune", "t5", "--space", "space.json", "--method", "tpe", "--subsample", "6", "--confirm", "1", "--json"]
+
+    first = cli(args + ["--trials", "3"], cwd=korean_workspace)
+    assert first.exit_code == 0, first.output
+    stored = [json.loads(line) for line in (korean_workspace / "runs" / "t5@tuned" / "trials.jsonl").read_text().splitlines()]
+    assert sorted({t["number"] for t in stored}) == [0, 1, 2]  # --trials 3 is three trials, the untuned one included
+    assert json.loads(first.stdout)["trials"][0]["setting"] == UNTUNED
+
+    def told(study) -> dict[str, float]:
+        assert {t.state.name for t in study.trials} == {"COMPLETE"}  # none pruned, every one with its score
+        return {tuning.setting_key(tuning.canonical(t.params)): t.value for t in study.trials}
+
+    first_told = told(studies[0])
+    assert first_told == {tuning.setting_key(t["setting"]): t["subsample_final"] for t in stored}
+
+    second = cli(args + ["--trials", "5"], cwd=korean_workspace)
+    assert second.exit_code == 0, second.output
+    report = json.loads(second.stdout)
+    assert [t["number"] for t in report["trials"]] == list(range(5))
+    assert len({tuning.setting_key(t["setting"]) for t in report["trials"]}) == 5
+    # The resumed study starts from the three stored trials, as completed trials with their scores.
+    resumed = studies[1]
+    assert [t.value for t in resumed.trials[:3]] == [t["subsample_final"] for t in report["trials"][:3]]
+    assert told(resumed) == {tuning.setting_key(t["setting"]): t["subsample_final"] for t in report["trials"]}
+    assert report["tuned_oof_final"] >= report["untuned_oof_final"]
+
+
+def test_table_shows_trials_subsample_and_full_scores_the_choice_and_the_nested_score(korean_workspace, cli,
+                                                                                      monkeypatch):
+    import competition.cli.tune as tune_command
+
+    fixed = {"length_control": "fixed", "num_beams": 1}
+    dynamic = {"length_control": "dynamic", "length_scale": 0.8, "num_beams": 4}
+    trials = [tuning.Trial(0, fixed, {0: 30.0, 1: 31.0}, 30.5, 29.25, {0: 29.0, 1: 29.5}),
+              tuning.Trial(1, dynamic, {0: 34.0, 1: 35.0}, 34.5, 32.75, {0: 32.0, 1: 33.5}),
+              tuning.Trial(2, {**fixed, "num_beams": 4}, {0: 20.0, 1: 22.0}, 21.0)]
+    result = tuning.TuneResult(trials, trials[1], 31.25, {0: trials[1], 1: trials[0]}, 29.25,
+                               {"subsample_rows": 40, "oof_rows": 400, "trials_file": "runs/t5@tuned/trials.jsonl"})
+    monkeypatch.setattr(tune_command, "tune_candidate", lambda *args, **kwargs: result)
+    shown = cli(["tune", "t5"], cwd=korean_workspace)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["#", "setting", "subsample", "(40", "rows)", "all", "OOF", "(400", "rows)"]
+    assert [line.split()[0] for line in lines[2:5]] == ["1", "0", "2"]  # best subsample score first
+    assert lines[2].split()[-2:] == ["34.50", "32.75"] and lines[3].split()[-2:] == ["30.50", "29.25"]
+    assert lines[4].split()[-2:] == ["num_beams=4", "21.00"]  # not confirmed on all rows: no full score
+    assert "length_control=dynamic, length_scale=0.8, num_beams=4" in lines[2]
+    assert "chosen: #1 length_control=dynamic, length_scale=0.8, num_beams=4" in lines
+    assert ("OOF final on all 400 rows: untuned 29.25 -> tuned 32.75; nested 31.25 "
+            "(chosen on the other folds: fold 0 #1, fold 1 #0)") in lines
+    assert lines[-1] == "wrote t5@tuned"
 
 
 def test_grid_does_not_repeat_settings_that_differ_only_in_unused_length_scale():
     settings = tuning.grid({"length_control": ["fixed", "dynamic"], "length_scale": [1.0, 1.3], "num_beams": [1]})
     assert len(settings) == 3
     assert {"length_control": "fixed", "length_scale": 1.0, "num_beams": 1} in settings
+
+
+def test_default_space_searches_length_and_stays_small():
+    from competition.candidates.prompt import Params as PromptParams
+    from competition.candidates.seq2seq import Params
+
+    settings = tuning.grid(tuning.load_space(None, Params(max_new_tokens=160)))
+    assert len(settings) == 80  # 16 decoding settings x (2 fixed floors + 3 dynamic scales)
+    assert {s["min_new_tokens"] for s in settings if s["length_control"] == "fixed"} == {0, 20}
+    assert {s["length_scale"] for s in settings if s["length_control"] == "dynamic"} == {0.8, 1.0, 1.2}
+    assert all("min_new_tokens" not in s for s in settings if s["length_control"] == "dynamic")
+    assert {s["length_penalty"] for s in settings if s["num_beams"] == 1} == {1.0}  # greedy ignores it
+    assert len(tuning.grid(tuning.load_space(None, PromptParams()))) == 80
 
 
 def test_dynamic_length_gives_each_length_bin_its_own_token_budget():
