@@ -39,7 +39,6 @@ def test_nested_score_never_uses_the_held_out_fold():
 
 
 def test_tpe_is_told_every_score_and_keeps_stored_trials():
-    pytest.importorskip("optuna")
     space = {"num_beams": [1, 2, 4], "length_penalty": [0.5, 1.0, 2.0], "no_repeat_ngram_size": [0, 3]}
 
     def score(setting: dict) -> float:  # best: 4 beams, length_penalty 0.5, no repeats
@@ -197,7 +196,7 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
 
 @pytest.mark.slow
 def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, korean_workspace, cli, monkeypatch):
-    optuna = pytest.importorskip("optuna")
+    import optuna  # in the dev extra
     run_through_cli(cli, korean_workspace, "t5", T5_TABLE.format(model=tiny_t5))
     (korean_workspace / "space.json").write_text(SPACE)
     studies = []
