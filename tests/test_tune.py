@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from competition import search
 from competition import tune as tuning
 from tiny_models import run_through_cli, tiny_t5  # noqa: F401  (fixture)
 
@@ -45,26 +46,26 @@ def test_tpe_is_told_every_score_and_keeps_stored_trials():
         return setting["num_beams"] * 10 - setting["length_penalty"] * 5 + setting["no_repeat_ngram_size"]
 
     done: list[tuning.Trial] = []
-    search = tuning.make_search("tpe", space, done, seed=0)
-    search.tell(tuning.Trial(0, {**UNTUNED, "num_beams": 3}, {}, 0.0))  # the untuned value is not a choice
+    tpe = search.make_search("tpe", space, done, seed=0)
+    tpe.tell(tuning.Trial(0, {**UNTUNED, "num_beams": 3}, {}, 0.0))  # the untuned value is not a choice
     for number in range(1, 13):
-        setting = search.ask()
+        setting = tpe.ask()
         done.append(tuning.Trial(number, setting, {}, score(setting)))
-        search.tell(done[-1])
-    assert len({tuning.setting_key(t.setting) for t in done}) == 12  # 12 distinct of the 14 settings
-    study = search.study
+        tpe.tell(done[-1])
+    assert len({search.setting_key(t.setting) for t in done}) == 12  # 12 distinct of the 14 settings
+    study = tpe.study
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
     for trial in study.trials:  # every proposal, repeats included, carries its setting's real score
-        assert trial.value == score(tuning.canonical(trial.params))
+        assert trial.value == score(search.canonical(trial.params))
     assert len(study.trials) >= 12  # the untuned setting (3 beams) is not a point of the space: not told
     # Resumed: the stored trials are in the new study as completed trials before anything is asked.
-    resumed = tuning.make_search("tpe", space, done, seed=0)
+    resumed = search.make_search("tpe", space, done, seed=0)
     assert [t.value for t in resumed.study.trials] == [t.subsample_final for t in done]
-    remaining = {tuning.setting_key(s) for s in tuning.grid(space)} - {tuning.setting_key(t.setting) for t in done}
+    remaining = {search.setting_key(s) for s in search.grid(space)} - {search.setting_key(t.setting) for t in done}
     asked = [resumed.ask(), None]
     resumed.tell(tuning.Trial(13, asked[0], {}, score(asked[0])))
     asked[1] = resumed.ask()
-    assert {tuning.setting_key(s) for s in asked} == remaining
+    assert {search.setting_key(s) for s in asked} == remaining
     resumed.tell(tuning.Trial(14, asked[1], {}, score(asked[1])))
     assert resumed.ask() is None  # the space is exhausted
 
@@ -94,7 +95,7 @@ def test_space_rejects_non_generation_keys(tmp_path):
     path = tmp_path / "space.json"
     path.write_text('{"learning_rate": [0.1]}')
     with pytest.raises(ConfigError, match="learning_rate"):
-        tuning.load_space(path, Params())
+        search.load_space(path, Params())
 
 
 def _independent_length_targets(workspace, model) -> dict[int, tuning.LengthTargets]:
@@ -212,20 +213,20 @@ def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, 
 
     def told(study) -> dict[str, float]:
         assert {t.state.name for t in study.trials} == {"COMPLETE"}  # none pruned, every one with its score
-        return {tuning.setting_key(tuning.canonical(t.params)): t.value for t in study.trials}
+        return {search.setting_key(search.canonical(t.params)): t.value for t in study.trials}
 
     first_told = told(studies[0])
-    assert first_told == {tuning.setting_key(t["setting"]): t["subsample_final"] for t in stored}
+    assert first_told == {search.setting_key(t["setting"]): t["subsample_final"] for t in stored}
 
     second = cli(args + ["--trials", "5"], cwd=korean_workspace)
     assert second.exit_code == 0, second.output
     report = json.loads(second.stdout)
     assert [t["number"] for t in report["trials"]] == list(range(5))
-    assert len({tuning.setting_key(t["setting"]) for t in report["trials"]}) == 5
+    assert len({search.setting_key(t["setting"]) for t in report["trials"]}) == 5
     # The resumed study starts from the three stored trials, as completed trials with their scores.
     resumed = studies[1]
     assert [t.value for t in resumed.trials[:3]] == [t["subsample_final"] for t in report["trials"][:3]]
-    assert told(resumed) == {tuning.setting_key(t["setting"]): t["subsample_final"] for t in report["trials"]}
+    assert told(resumed) == {search.setting_key(t["setting"]): t["subsample_final"] for t in report["trials"]}
     assert report["tuned_oof_final"] >= report["untuned_oof_final"]
 
 
@@ -256,7 +257,7 @@ def test_table_shows_trials_subsample_and_full_scores_the_choice_and_the_nested_
 
 
 def test_grid_does_not_repeat_settings_that_differ_only_in_unused_length_scale():
-    settings = tuning.grid({"length_control": ["fixed", "dynamic"], "length_scale": [1.0, 1.3], "num_beams": [1]})
+    settings = search.grid({"length_control": ["fixed", "dynamic"], "length_scale": [1.0, 1.3], "num_beams": [1]})
     assert len(settings) == 3
     assert {"length_control": "fixed", "length_scale": 1.0, "num_beams": 1} in settings
 
@@ -265,13 +266,13 @@ def test_default_space_searches_length_and_stays_small():
     from competition.candidates.prompt import Params as PromptParams
     from competition.candidates.seq2seq import Params
 
-    settings = tuning.grid(tuning.load_space(None, Params(max_new_tokens=160)))
+    settings = search.grid(search.load_space(None, Params(max_new_tokens=160)))
     assert len(settings) == 80  # 16 decoding settings x (2 fixed floors + 3 dynamic scales)
     assert {s["min_new_tokens"] for s in settings if s["length_control"] == "fixed"} == {0, 20}
     assert {s["length_scale"] for s in settings if s["length_control"] == "dynamic"} == {0.8, 1.0, 1.2}
     assert all("min_new_tokens" not in s for s in settings if s["length_control"] == "dynamic")
     assert {s["length_penalty"] for s in settings if s["num_beams"] == 1} == {1.0}  # greedy ignores it
-    assert len(tuning.grid(tuning.load_space(None, PromptParams()))) == 80
+    assert len(search.grid(search.load_space(None, PromptParams()))) == 80
 
 
 def test_dynamic_length_gives_each_length_bin_its_own_token_budget():
