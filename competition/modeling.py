@@ -30,22 +30,45 @@ def compute_dtype(device: str):
     return torch.bfloat16 if device == "cuda" else torch.float32
 
 
+def world_size() -> int:
+    """WORLD_SIZE from the environment (1 when unset or not a number)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def launched_distributed() -> bool:
+    """True when a launcher started this process as one rank of several: WORLD_SIZE > 1 and
+    LOCAL_RANK set, and torchrun (which `accelerate launch` runs for several processes) or
+    `accelerate launch` itself left its mark, or a process group already runs. A WORLD_SIZE that a
+    scheduler left in the environment of a plain `competition run` does not count: accelerate
+    would start a process group there and wait for ranks that never come."""
+    if world_size() <= 1 or "LOCAL_RANK" not in os.environ:
+        return False
+    if "TORCHELASTIC_RUN_ID" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ:
+        return True
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def device_map(device: str) -> dict:
-    """Where the whole model goes: this process's own GPU under DDP (`accelerate launch` sets
-    LOCAL_RANK and WORLD_SIZE), GPU 0 in a single process, or the CPU."""
+    """Where the whole model goes: this process's own GPU (LOCAL_RANK) under a distributed launch,
+    GPU 0 in a single process, or the CPU."""
     if device != "cuda":
         return {"": "cpu"}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    if launched_distributed():
+        return {"": int(os.environ["LOCAL_RANK"])}
     return {"": 0}
 
 
 def is_main_process(device: str) -> bool:
-    """True in a single process and on rank 0 of distributed training: the one process that writes.
+    """True in a single process and on rank 0 of a distributed launch: the one process that writes.
 
     `device` picks the backend accelerate starts when no trainer has yet (gloo on CPU, NCCL on CUDA).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched_distributed():
         return True
     from accelerate import PartialState
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -93,16 +94,69 @@ def test_fold_trains_under_accelerate_launch(tmp_path, cli, korean_rows, tiny_ca
     assert (tmp_path / "runs" / "tiny" / "fold_0" / "oof.csv").exists()
 
 
-def test_device_map_puts_each_ddp_rank_on_its_own_gpu(monkeypatch):
+LAUNCHER_MARKS = ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")
+
+
+def clear_rank_environment(monkeypatch) -> None:
+    for variable in ("WORLD_SIZE", "LOCAL_RANK", "RANK", *LAUNCHER_MARKS):
+        monkeypatch.delenv(variable, raising=False)
+
+
+class FakePartialState:
+    """accelerate's PartialState as a launched rank sees it, without starting a process group."""
+
+    made_with: list = []
+
+    def __init__(self, cpu: bool = False):
+        FakePartialState.made_with.append(cpu)
+        self.is_main_process = int(os.environ["RANK"]) == 0
+
+
+@pytest.mark.parametrize("mark", LAUNCHER_MARKS)
+def test_each_launched_rank_gets_its_own_gpu_and_only_rank_0_writes(monkeypatch, mark):
+    import accelerate
+
     from competition.modeling import device_map, is_main_process
 
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert device_map("cuda") == {"": 0} and device_map("cpu") == {"": "cpu"}
-    assert is_main_process("cpu")  # a single process writes its own files
+    clear_rank_environment(monkeypatch)
+    monkeypatch.setattr(accelerate, "PartialState", FakePartialState)
+    FakePartialState.made_with = []
     monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "3")  # what `accelerate launch` sets for the 4th process of a node
-    assert device_map("cuda") == {"": 3} and device_map("cpu") == {"": "cpu"}
+    monkeypatch.setenv(mark, "1")  # torchrun (several processes) or `accelerate launch` was here
+    placed, writers = [], []
+    for rank in range(4):  # one machine: local rank = global rank
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("RANK", str(rank))
+        placed.append(device_map("cuda")[""])
+        writers.append(is_main_process("cpu"))
+        assert device_map("cpu") == {"": "cpu"}
+    assert placed == [0, 1, 2, 3] and writers == [True, False, False, False]
+    assert FakePartialState.made_with == [True] * 4  # gloo on CPU
+
+
+def test_world_size_without_a_launcher_is_a_single_process(monkeypatch):
+    """A scheduler's WORLD_SIZE (even with LOCAL_RANK) must not make a plain `competition run` wait
+    for ranks that never start: it loads on GPU 0, writes its files, and refuses to train."""
+    import accelerate
+
+    from competition.modeling import device_map, is_main_process, launched_distributed
+    from competition.training import check_not_a_stray_rank
+
+    def no_process_group(*args, **kwargs):
+        raise AssertionError("PartialState would start a process group and wait for the other ranks")
+
+    clear_rank_environment(monkeypatch)
+    monkeypatch.setattr(accelerate, "PartialState", no_process_group)
+    check_not_a_stray_rank()  # nothing set: a plain single process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank in (None, "1"):
+        if local_rank is not None:
+            monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert not launched_distributed()
+        assert is_main_process("cuda") and is_main_process("cpu")
+        assert device_map("cuda") == {"": 0}
+        with pytest.raises(ConfigError, match=r"WORLD_SIZE=2 is set but .* unset WORLD_SIZE"):
+            check_not_a_stray_rank()
 
 
 @pytest.mark.slow
@@ -124,4 +178,10 @@ def test_two_process_ddp_fold_writes_one_adapter_and_report(tmp_path, cli, korea
     assert report["processes"] == 2 and report["resumed_from_step"] == 0 and report["global_step"] == 2
     assert sorted(path.name for path in (work / "adapter").iterdir() if "adapter" in path.name) == [
         "adapter_config.json", "adapter_model.safetensors"]
+    assert not list((work / "adapter").glob("*.bin"))
+    from competition.candidates.qlora import QLoRACandidate  # the saved adapter reloads and predicts
+
+    config = load_config(tmp_path / "competition.toml")
+    reloaded = QLoRACandidate("tiny", config.candidate("tiny").params, work)
+    assert len(reloaded.predict(korean_rows.head(1))) == 1
     assert not (work / "checkpoints").exists()

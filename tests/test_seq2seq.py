@@ -1,6 +1,8 @@
 """Seq2seq fine-tuning on a tiny T5 through the user's path: tags added, train, save, reload, beams."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from competition.candidates.seq2seq import Params, Seq2SeqCandidate, found_tags
@@ -39,7 +41,9 @@ def test_seq2seq_trains_saves_reloads_and_predicts(tiny_t5, korean_rows, tmp_pat
     train = korean_rows.head(8)
     candidate.fit(train, fold=0)
     model_dir = tmp_path / "work" / "model"
-    assert (model_dir / "model.safetensors").exists()
+    # one safetensors model (LoRA merged in), its tokenizer; no adapter, no pickle
+    assert (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer_config.json").exists()
+    assert not list(model_dir.glob("adapter*")) and not list(model_dir.glob("*.bin"))
     assert candidate.train_report["global_step"] == 8
 
     model, tokenizer = candidate.load()
@@ -55,6 +59,19 @@ def test_seq2seq_trains_saves_reloads_and_predicts(tiny_t5, korean_rows, tmp_pat
     fresh = Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0)
     fresh.fit(train, fold=0)  # same params and rows: the saved model is kept
     assert fresh.predict(held_out) == summaries
+
+
+@pytest.mark.slow
+def test_a_cut_train_json_retrains_instead_of_crashing(tiny_t5, korean_rows, tmp_path):
+    params = tiny_params(tiny_t5, max_steps=2, save_steps=10)
+    Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0).fit(korean_rows.head(4), fold=0)
+    report = tmp_path / "work" / "train.json"
+    text = report.read_text(encoding="utf-8")
+    report.write_text(text[: len(text) // 2], encoding="utf-8")  # a kill in the middle of writing it
+    again = Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0)
+    again.fit(korean_rows.head(4), fold=0)
+    assert again.train_report["global_step"] == 2 and again.train_report["resumed_from_step"] == 0
+    assert json.loads(report.read_text(encoding="utf-8")) == again.train_report
 
 
 @pytest.mark.slow

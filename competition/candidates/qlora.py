@@ -6,15 +6,14 @@ Under `accelerate launch` every rank trains; only the main process writes files.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
+from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_training, save_training,
+                        trainer_report, trainer_state_step, training_fingerprint)
 from . import prompt
 from .prompt import PromptCandidate
 
@@ -43,67 +42,7 @@ class Params(prompt.Params):
     accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
 
 
-# Params that do not change training (generation, where a job runs): editing them keeps the trained adapter.
-NOT_TRAINING = {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size",
-                "length_penalty", "repetition_penalty", "do_sample", "temperature", "top_p", "require_cuda", "device",
-                "num_cpus"}
-
-
-def training_fingerprint(params, train_rows: pd.DataFrame) -> str:
-    """What a trained adapter or model depends on: training params (not generation ones) and the rows."""
-    from ..config import config_hash
-    from ..data import rows_sha256
-
-    training = {k: v for k, v in asdict(params).items() if k not in NOT_TRAINING}
-    return config_hash({"params": training, "rows": rows_sha256(train_rows)})
-
-
-def finished_training(workdir: Path, weights: Path, fingerprint: str) -> dict | None:
-    """workdir's train.json when a training with `fingerprint` finished and saved `weights`, else None."""
-    report_path = workdir / "train.json"
-    if report_path.exists() and weights.exists():
-        done = json.loads(report_path.read_text(encoding="utf-8"))
-        if done.get("fingerprint") == fingerprint:
-            return done
-    return None
-
-
-def checkpoint_to_resume(args, fingerprint: str) -> str | None:
-    """The last checkpoint under args.output_dir, deleting checkpoints of other params or rows first.
-
-    Under DDP the main process cleans up and stamps the folder while the other ranks wait, so
-    every rank resumes from the same checkpoint.
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = Path(args.output_dir)
-    stamp = checkpoints / "fingerprint.txt"
-    with args.main_process_first(local=False, desc="checkpoint clean-up"):
-        if args.process_index == 0:
-            if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
-                shutil.rmtree(checkpoints)  # resuming them would mix two trainings
-            checkpoints.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(fingerprint)
-    return get_last_checkpoint(str(checkpoints))
-
-
-def save_training(trainer, workdir: Path, report: dict, save_weights: Callable[[], None]) -> None:
-    """On the main process only: save_weights(), then train.json, then drop checkpoints/ (weights +
-    optimizer state, GBs for big models, that only served resuming). Every rank waits for it."""
-    if trainer.is_world_process_zero():
-        save_weights()
-        (workdir / "train.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-
-
-def trainer_report(trainer, fingerprint: str, resumed_from: int, **counts) -> dict:
-    """train.json: the fingerprint, rows used, processes (GPUs under DDP), where training resumed,
-    steps and logged losses."""
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"fingerprint": fingerprint, **counts, "processes": trainer.args.world_size,
-            "resumed_from_step": resumed_from, "global_step": trainer.state.global_step, "losses": losses}
-
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class QLoRACandidate(PromptCandidate):
@@ -141,7 +80,7 @@ class QLoRACandidate(PromptCandidate):
         from ..modeling import is_main_process, resolve_device
 
         fingerprint = training_fingerprint(self.params, train_rows)
-        done = finished_training(self.workdir, self.adapter_dir() / "adapter_model.safetensors", fingerprint)
+        done = finished_training(self.workdir, self.adapter_dir() / ADAPTER_WEIGHTS, fingerprint)
         if done is None:
             done = self._train(train_rows, fingerprint)
             self._model = None  # prediction reloads the base model with the new adapter
@@ -158,6 +97,7 @@ class QLoRACandidate(PromptCandidate):
 
         params = self.params
         device = resolve_device(params)
+        check_not_a_stray_rank()
         tokenizer = load_tokenizer(params)
         pairs, dropped = self.training_pairs(train_rows, tokenizer)
         if dropped:
@@ -185,18 +125,9 @@ class QLoRACandidate(PromptCandidate):
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)
         report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(pairs), dropped_too_long=dropped)
-
-        def save_adapter() -> None:  # adapter_model.safetensors + adapter_config.json + tokenizer
-            trainer.model.save_pretrained(str(self.adapter_dir()))
-            tokenizer.save_pretrained(str(self.adapter_dir()))
-
-        save_training(trainer, self.workdir, report, save_adapter)
+        # adapter_model.safetensors + adapter_config.json + tokenizer, gathered from every rank
+        save_training(trainer, self.workdir, self.adapter_dir() / ADAPTER_WEIGHTS, report, device)
         return report
-
-
-def trainer_state_step(checkpoint: str) -> int:
-    state = Path(checkpoint) / "trainer_state.json"
-    return json.loads(state.read_text())["global_step"] if state.exists() else 0
 
 
 CANDIDATE = QLoRACandidate

@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from ..prompts import DEFAULT_MARKER
+from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_training,
+                        save_training, trainer_report, trainer_state_step, training_fingerprint)
 from .base import Candidate
 from .prompt import check_choice, check_generation
-from .qlora import (checkpoint_to_resume, finished_training, save_training, trainer_report, trainer_state_step,
-                    training_fingerprint)
 
 _TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
+MODEL_WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Seq2SeqCandidate(Candidate):
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         fingerprint = training_fingerprint(self.params, train_rows)
-        done = finished_training(self.workdir, self.model_dir / "model.safetensors", fingerprint)
+        done = finished_training(self.workdir, self.model_dir / MODEL_WEIGHTS, fingerprint)
         if done is None:
             done = self._train(train_rows, fingerprint)
             self._model = None
@@ -119,6 +120,7 @@ class Seq2SeqCandidate(Candidate):
 
         params = self.params
         device = resolve_device(params)
+        check_not_a_stray_rank()
         tokenizer = load_tokenizer(params)
         tags = sorted(set(found_tags(train_rows)) | set(params.special_tokens))
         new_tags = [t for t in tags if t not in tokenizer.get_vocab()]
@@ -158,17 +160,14 @@ class Seq2SeqCandidate(Candidate):
         trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
                                  callbacks=list(self.callbacks))
+        if params.use_lora:
+            check_mergeable(trainer)  # before training, not after hours of it
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)
         report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(train_rows), added_tokens=added,
                                 tags=tags)
-
-        def save_model() -> None:  # model.safetensors + tokenizer with the added tags
-            final = trainer.model.merge_and_unload() if params.use_lora else trainer.model
-            final.save_pretrained(str(self.model_dir))
-            tokenizer.save_pretrained(str(self.model_dir))
-
-        save_training(trainer, self.workdir, report, save_model)
+        # model.safetensors (LoRA merged in) + the tokenizer with the added tags
+        save_training(trainer, self.workdir, self.model_dir / MODEL_WEIGHTS, report, device, merge_lora=params.use_lora)
         return report
 
     def load(self):
@@ -179,7 +178,7 @@ class Seq2SeqCandidate(Candidate):
             from ..modeling import load_error, model_source, compute_dtype, load_tokenizer, resolve_device
 
             device = resolve_device(self.params)
-            trained = (self.model_dir / "model.safetensors").exists()
+            trained = (self.model_dir / MODEL_WEIGHTS).exists()
             source = str(self.model_dir) if trained else model_source(self.params)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(source) if trained else load_tokenizer(self.params)

@@ -1,0 +1,139 @@
+"""Training through a transformers Trainer, shared by the kinds that fine-tune (qlora, seq2seq).
+
+What a training depends on (its fingerprint), resuming from checkpoints after a kill, and saving
+the result under a single process, DDP, FSDP or DeepSpeed: every rank takes part in the save
+(sharded weights must be gathered), only the main process writes, and `train.json` is written
+last, atomically, so it marks a finished training.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ConfigError
+
+# Params that do not change training (generation, where a job runs): editing them keeps the trained weights.
+NOT_TRAINING = {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size",
+                "length_penalty", "repetition_penalty", "do_sample", "temperature", "top_p", "require_cuda", "device",
+                "num_cpus"}
+REPORT_FILE = "train.json"
+
+
+def training_fingerprint(params, train_rows: pd.DataFrame) -> str:
+    """What a trained adapter or model depends on: training params (not generation ones) and the rows."""
+    from .config import config_hash
+    from .data import rows_sha256
+
+    training = {k: v for k, v in asdict(params).items() if k not in NOT_TRAINING}
+    return config_hash({"params": training, "rows": rows_sha256(train_rows)})
+
+
+def finished_training(workdir: Path, weights: Path, fingerprint: str) -> dict | None:
+    """workdir's train.json when a training with `fingerprint` finished and saved `weights`, else
+    None (train again). An unreadable train.json (cut by a kill or a full disk) counts as unfinished."""
+    from .predictions import read_meta
+
+    done = read_meta(workdir / REPORT_FILE) if weights.exists() else None
+    if isinstance(done, dict) and done.get("fingerprint") == fingerprint:
+        return done
+    return None
+
+
+def check_not_a_stray_rank() -> None:
+    """Refuse to train when WORLD_SIZE > 1 was left in the environment (by a scheduler) without a
+    launcher: the trainer would start a process group and wait forever for the other ranks."""
+    from .modeling import launched_distributed, world_size
+
+    if world_size() > 1 and not launched_distributed():
+        raise ConfigError(f"WORLD_SIZE={world_size()} is set but this process was not started by "
+                          "`accelerate launch` or torchrun, so training would wait for ranks that never start: "
+                          "unset WORLD_SIZE, or train on several GPUs with launcher = \"accelerate\" in competition.toml")
+
+
+def checkpoint_to_resume(args, fingerprint: str) -> str | None:
+    """The last checkpoint under args.output_dir, deleting checkpoints of other params or rows first.
+
+    Under DDP the main process cleans up and stamps the folder while the other ranks wait, so
+    every rank resumes from the same checkpoint.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = Path(args.output_dir)
+    stamp = checkpoints / "fingerprint.txt"
+    with args.main_process_first(local=False, desc="checkpoint clean-up"):
+        if args.process_index == 0:
+            if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+                shutil.rmtree(checkpoints)  # resuming them would mix two trainings
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(fingerprint)
+    return get_last_checkpoint(str(checkpoints))
+
+
+def trainer_state_step(checkpoint: str) -> int:
+    """The global step a checkpoint folder was saved at (0 when it has no trainer_state.json)."""
+    state = Path(checkpoint) / "trainer_state.json"
+    return json.loads(state.read_text())["global_step"] if state.exists() else 0
+
+
+def sharded(trainer) -> bool:
+    """True when no rank holds the full weights (FSDP, DeepSpeed ZeRO-3): they exist only gathered."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    return False
+
+
+def save_training(trainer, workdir: Path, weights: Path, report: dict, device: str,
+                  merge_lora: bool = False) -> None:
+    """Save the trained weights into `weights`' folder, then train.json, then drop checkpoints/
+    (weights + optimizer state, GBs for big models, that only served resuming).
+
+    Call it on every rank: Trainer.save_model gathers FSDP/ZeRO-3 shards (a collective) and writes
+    on the main process only (safetensors weights, or a LoRA adapter for a peft model, and the
+    tokenizer). merge_lora writes the model with its LoRA merged instead; that needs the full
+    weights on the main process, so sharded training is refused before it starts (check_mergeable).
+    """
+    from .modeling import is_main_process
+
+    folder = weights.parent
+    main = is_main_process(device)
+    if merge_lora:
+        check_mergeable(trainer)
+        if main:  # DDP and single processes hold the full weights on every rank
+            trainer.model.merge_and_unload().save_pretrained(str(folder))
+            trainer.processing_class.save_pretrained(str(folder))
+    else:
+        if getattr(trainer, "is_fsdp_enabled", False):
+            # A sharded state dict makes save_model write nothing; gather the full one.
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(folder))
+    if main:
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nothing reads: meta.json has the config
+        if not weights.exists():
+            raise ConfigError(f"training saved no {weights.name} in {folder}: under DeepSpeed ZeRO-3 set "
+                              "`zero3_save_16bit_model: true` in the accelerate config file, then run again")
+        from .predictions import atomic_write_json
+
+        atomic_write_json(workdir / REPORT_FILE, report)
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def check_mergeable(trainer) -> None:
+    """Refuse merging LoRA into weights no rank holds in full (FSDP, ZeRO-3)."""
+    if sharded(trainer):
+        raise ConfigError("use_lora = true (merged when saved) cannot be trained under FSDP or DeepSpeed ZeRO-3, "
+                          "which shard the weights: use DDP (accelerate_config = \"\"), ZeRO-1/2, or use_lora = false")
+
+
+def trainer_report(trainer, fingerprint: str, resumed_from: int, **counts) -> dict:
+    """train.json: the fingerprint, rows used, processes (GPUs under DDP), where training resumed,
+    steps and logged losses."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"fingerprint": fingerprint, **counts, "processes": trainer.args.world_size,
+            "resumed_from_step": resumed_from, "global_step": trainer.state.global_step, "losses": losses}

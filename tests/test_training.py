@@ -1,0 +1,98 @@
+"""Shared trainer logic: a cut train.json means "train again", and the save protocol every rank
+follows (all ranks save, so FSDP/ZeRO-3 shards can be gathered; one rank writes; all wait)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from competition import modeling
+from competition.errors import ConfigError
+from competition.training import finished_training, save_training
+
+
+def test_a_cut_or_foreign_train_json_means_not_finished(tmp_path):
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    report = tmp_path / "train.json"
+    full = json.dumps({"fingerprint": "abc", "global_step": 6})
+    report.write_text(full)
+    assert finished_training(tmp_path, weights, "abc") == {"fingerprint": "abc", "global_step": 6}
+    assert finished_training(tmp_path, weights, "other params") is None
+    for broken in (full[: len(full) // 2], "", "[1, 2]"):  # cut by a kill, an empty file, not an object
+        report.write_text(broken)
+        assert finished_training(tmp_path, weights, "abc") is None, broken
+    report.write_bytes(b"\xff\xfe{")  # not UTF-8
+    assert finished_training(tmp_path, weights, "abc") is None
+    report.write_text(full)
+    weights.unlink()
+    assert finished_training(tmp_path, weights, "abc") is None
+
+
+class FakeTrainer:
+    """The parts of a transformers Trainer save_training uses, for one rank of a launch."""
+
+    def __init__(self, events: list, rank: int, fsdp: bool = False, zero_stage: int | None = None):
+        self.events, self.rank = events, rank
+        self.is_fsdp_enabled, self.is_deepspeed_enabled = fsdp, zero_stage is not None
+        plugin = SimpleNamespace(set_state_dict_type=lambda kind: events.append((rank, "state_dict", kind)))
+        self.accelerator = SimpleNamespace(
+            state=SimpleNamespace(fsdp_plugin=plugin, deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage)),
+            wait_for_everyone=lambda: events.append((rank, "barrier")))
+
+    def save_model(self, output_dir: str) -> None:
+        self.events.append((self.rank, "save_model"))
+        if self.rank == 0:  # Trainer.save_model writes on the main process only
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "adapter_model.safetensors").write_bytes(b"weights")
+            (Path(output_dir) / "training_args.bin").write_bytes(b"pickle")
+
+
+def save_on_ranks(tmp_path, monkeypatch, ranks=(0, 1), **trainer_options) -> list:
+    events: list = []
+    (tmp_path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    for rank in ranks:
+        monkeypatch.setattr(modeling, "is_main_process", lambda device, rank=rank: rank == 0)
+        save_training(FakeTrainer(events, rank, **trainer_options), tmp_path,
+                      tmp_path / "adapter" / "adapter_model.safetensors", {"fingerprint": "abc"}, "cuda")
+    return events
+
+
+def test_every_rank_saves_and_waits_but_only_rank_0_writes(tmp_path, monkeypatch):
+    events = save_on_ranks(tmp_path, monkeypatch)
+    assert events == [(0, "save_model"), (0, "barrier"), (1, "save_model"), (1, "barrier")]
+    assert json.loads((tmp_path / "train.json").read_text()) == {"fingerprint": "abc"}
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_model.safetensors"]
+    assert not (tmp_path / "checkpoints").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_fsdp_gathers_a_full_state_dict_before_saving(tmp_path, monkeypatch):
+    """Under a sharded state dict, Trainer.save_model would write nothing."""
+    events = save_on_ranks(tmp_path, monkeypatch, fsdp=True)
+    assert events[:2] == [(0, "state_dict", "FULL_STATE_DICT"), (0, "save_model")]
+    assert events[3:5] == [(1, "state_dict", "FULL_STATE_DICT"), (1, "save_model")]
+
+
+def test_zero3_without_gathered_weights_is_refused_not_marked_finished(tmp_path, monkeypatch):
+    def save_nothing(self, output_dir):  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save
+        self.events.append((self.rank, "save_model"))
+
+    monkeypatch.setattr(FakeTrainer, "save_model", save_nothing)
+    with pytest.raises(ConfigError, match="zero3_save_16bit_model: true"):
+        save_on_ranks(tmp_path, monkeypatch, ranks=(0,), zero_stage=3)
+    assert not (tmp_path / "train.json").exists()
+    assert (tmp_path / "checkpoints").exists()  # still resumable
+
+
+@pytest.mark.parametrize("options", [{"fsdp": True}, {"zero_stage": 3}])
+def test_merging_lora_under_sharded_training_is_refused(options):
+    from competition.training import check_mergeable
+
+    with pytest.raises(ConfigError, match="use_lora = true .* FSDP or DeepSpeed ZeRO-3"):
+        check_mergeable(FakeTrainer([], 0, **options))
+    check_mergeable(FakeTrainer([], 0, zero_stage=2))  # ZeRO-2 keeps full weights on every rank
+    check_mergeable(FakeTrainer([], 0))
