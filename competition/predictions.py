@@ -19,25 +19,27 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
 from .errors import DataError, UnknownCandidate
-from .submission import csv_text
 
 RUNS_DIR = "runs"
 _FOLD_DIR = re.compile(r"^fold_(\d+)$")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to a temp file beside `path`, then rename it over `path`."""
+    """Write `text` (UTF-8, line ends as given) to a temp file beside `path`, fsync it, then rename
+    it over `path`: readers, and a machine that loses power, see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
             file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -45,11 +47,30 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def _csv_field(value: str) -> str:
+    """RFC 4180: a field holding a comma, a quote, CR or LF is quoted, quotes doubled. (The csv
+    module leaves a lone CR unquoted when the line terminator is LF; readers then split the row.)"""
+    if any(ch in value for ch in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def csv_text(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A CSV document with LF line ends and minimal RFC 4180 quoting; None and NaN are empty
+    fields (never the text "None" or "nan"), anything else is written as str(value)."""
+    return "".join(",".join(_csv_field("" if _missing(value) else str(value)) for value in row) + "\n"
+                   for row in [header, *rows])
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN, pd.NA, NaT: what pandas calls missing, whatever the column's dtype."""
+    return value is None or (pd.api.types.is_scalar(value) and not isinstance(value, str) and bool(pd.isna(value)))
+
+
 def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
-    """Write a frame as CSV atomically: no index, LF line ends, every field holding a comma, quote,
-    CR or LF quoted (so a summary with a lone CR reads back as one row); missing values as ""."""
-    values = frame.astype(object).where(frame.notna(), "").values.tolist()
-    return atomic_write_text(path, csv_text(values, [str(column) for column in frame.columns]))
+    """Write a frame as CSV atomically (csv_text): no index, LF line ends, fields holding a comma,
+    quote, CR or LF quoted (so a summary with a lone CR reads back as one row), None/NaN empty."""
+    return atomic_write_text(path, csv_text(frame.values.tolist(), [str(column) for column in frame.columns]))
 
 
 def atomic_write_json(path: str | Path, value: Any) -> Path:
@@ -177,7 +198,7 @@ def load_meta(config, name: str, fold: int | None = None) -> dict | None:
 
 
 def _frame(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[["fname", "summary"]].astype(str)
+    return frame[["fname", "summary"]]
 
 
 def write_fold(config, name: str, fold: int, oof: pd.DataFrame, test: pd.DataFrame | None,

@@ -10,15 +10,12 @@ lose or corrupt a row.
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import hashlib
 import io
 import math
-import os
 import re
 import subprocess
-import tempfile
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +25,7 @@ import pandas as pd
 
 from .config import Config
 from .errors import SubmissionError, UnknownCandidate
+from .predictions import atomic_write_text, csv_text
 
 LOG_FILE = "log.csv"
 LB_HISTORY_FILE = "lb_history.csv"
@@ -60,19 +58,6 @@ def submissions_dir(config: Config) -> Path:
 
 
 # --- the leaderboard file -------------------------------------------------------------------------
-
-def _csv_field(value: str) -> str:
-    """RFC 4180: a field holding a comma, a quote, CR or LF is quoted, quotes doubled. (The csv
-    module leaves a lone CR unquoted when the line terminator is LF; readers then split the row.)"""
-    if any(ch in value for ch in ',"\r\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
-
-
-def csv_text(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    """A CSV document with LF line ends and minimal RFC 4180 quoting."""
-    return "".join(",".join(_csv_field(str(value)) for value in row) + "\n" for row in [header, *rows])
-
 
 def _label(ids: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(str(i) for i in ids[:limit])
@@ -111,22 +96,6 @@ def leaderboard_csv(sample_ids: Sequence[str], predictions: pd.DataFrame, source
     return csv_text([[fname, summary_of[fname]] for fname in sample_ids], ["fname", "summary"]).encode("utf-8")
 
 
-def _atomic_write(path: Path, content: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace (readers see old or new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
 # --- the log --------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -163,7 +132,7 @@ def read_lb_history(config: Config) -> pd.DataFrame:
 
 
 def _write_table(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
-    _atomic_write(path, csv_text(frame[columns].astype(str).values.tolist(), columns).encode("utf-8"))
+    atomic_write_text(path, csv_text(frame[columns].values.tolist(), columns))
 
 
 def git_state(folder: Path, exclude: Sequence[str] = ()) -> tuple[str, str]:
@@ -256,7 +225,7 @@ def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = 
             _refuse_duplicate(log, digest, source)
         number = max((int(value) for value in log["id"] if value.isdigit()), default=0) + 1
         name = f"{number:04d}-{_SAFE_NAME.sub('_', source)}.csv"
-        _atomic_write(folder / name, content)
+        atomic_write_text(folder / name, content.decode("utf-8"))  # the exact bytes hashed above
         row.update({"id": f"{number:04d}", "created_at": now_utc(), "file": name})
         log = pd.concat([log, pd.DataFrame([row])[LOG_COLUMNS]], ignore_index=True)
         _write_table(folder / LOG_FILE, log, LOG_COLUMNS)
