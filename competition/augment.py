@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -128,10 +128,11 @@ def _file_of(frame: pd.DataFrame, position: int) -> str:
     return frame.attrs.get("path", f"augmentation file {position + 1}")
 
 
-def check_unique_fnames(train_rows: pd.DataFrame, augmented: Sequence[pd.DataFrame]) -> None:
-    """Raise DataError naming the fname and both files when an augmented fname repeats one of the
-    training rows or another augmented row (a silently dropped row would change what trains)."""
-    owner = dict.fromkeys(train_rows["fname"], "the training data")
+def check_unique_fnames(reserved: dict[str, Iterable[str]], augmented: Sequence[pd.DataFrame]) -> None:
+    """Raise DataError naming the fname and both places when an augmented fname repeats one of
+    `reserved` ({"the training data": fnames, ...}) or another augmented row (a silently dropped
+    or doubled row would change what trains, or what a prediction file's fname means)."""
+    owner = {fname: place for place, fnames in reserved.items() for fname in fnames}
     for position, frame in enumerate(augmented):
         here = _file_of(frame, position)
         for fname in frame["fname"]:
@@ -145,7 +146,7 @@ def check_unique_fnames(train_rows: pd.DataFrame, augmented: Sequence[pd.DataFra
 def fold_training_rows(train_rows: pd.DataFrame, augmented: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """A fold's training rows plus the augmented rows it may see: those whose source row is in
     `train_rows` and synthetic rows (no source). Never a row derived from a held-out dialogue."""
-    check_unique_fnames(train_rows, augmented)
+    check_unique_fnames({"the training data": train_rows["fname"]}, augmented)
     allowed = set(train_rows["fname"])
     parts = [train_rows]
     for frame in augmented:

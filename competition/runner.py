@@ -105,15 +105,35 @@ def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
     return RunContext(config, rows, fold_of, k, data.test, dev, hashes, None if data_dir is None else str(data_dir))
 
 
+def _augmented(context: RunContext, name: str) -> list[pd.DataFrame]:
+    """The candidate's augmentation files, read and validated."""
+    from .augment import read_augmented
+
+    return [read_augmented(context.config.resolve(path)) for path in context.config.candidate(name).augmentations]
+
+
+def check_augmentations(context: RunContext, names: Sequence[str]) -> None:
+    """Refuse (DataError) augmentation files whose fnames repeat each other's or a labelled, test or
+    dev row's, before any fold of any candidate runs: a fold's own check would let some folds train
+    before another fold meets the clash (a held-out row's fname is not among that fold's training rows)."""
+    from .augment import check_unique_fnames
+
+    reserved = {"the labelled data": context.rows["fname"], "the test data": context.test["fname"]}
+    if context.dev is not None:
+        reserved["the dev data"] = context.dev["fname"]
+    for name in names:
+        if context.config.candidate(name).augmentations:
+            check_unique_fnames(reserved, _augmented(context, name))
+
+
 def _training_rows(context: RunContext, name: str, mask: np.ndarray) -> pd.DataFrame:
     """Rows a model of this fold learns from, plus the augmented rows it may see."""
     train = context.rows[mask].reset_index(drop=True)
-    augmentations = context.config.candidate(name).augmentations
-    if not augmentations:
+    if not context.config.candidate(name).augmentations:
         return train
-    from .augment import fold_training_rows, read_augmented
+    from .augment import fold_training_rows
 
-    return fold_training_rows(train, [read_augmented(context.config.resolve(path)) for path in augmentations])
+    return fold_training_rows(train, _augmented(context, name))
 
 
 def _candidate_hash(context: RunContext, name: str) -> tuple[str, dict]:
@@ -352,6 +372,7 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
     names = resolve_names(config, names)
     context = prepare(config, data_dir)
     selected = _selected_folds(context, folds)
+    check_augmentations(context, names)
     echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows, "
          + (f"{len(context.dev)} dev rows (hold-out)" if context.dev is not None else "no dev hold-out")
          + f"; test output by {config.cv.test_strategy}")
@@ -391,6 +412,7 @@ def _run_distributed(config: Config, names, folds, force, data_dir, require_all,
     try:
         context = prepare(config, data_dir)
         selected = _selected_folds(context, folds)
+        check_augmentations(context, names)
         echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows "
              f"on executor {executor_name}")
         has_gpus = executor.cluster_has_gpus()

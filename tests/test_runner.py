@@ -307,3 +307,29 @@ def test_no_fold_trains_on_a_row_derived_from_its_held_out_dialogues(tmp_path, k
         assert "synthetic_0" in fnames
         assert len(fnames) == 2 * len(training) + 1
         assert read_meta(run_dir(config, "retrieval") / f"fold_{fold}" / "meta.json")["rows"]["train"] == len(fnames)
+
+
+def test_an_augmented_fname_clash_is_refused_before_any_fold_runs(tmp_path, korean_rows, cli):
+    """A clash with a row held out in fold 0 passes fold 0's own check (that row is not among its
+    training rows); a clash with a test fname passes every fold's. Both are refused up front."""
+    from competition.augment import speaker_swap, write_augmented
+
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    root = write_workspace(tmp_path, korean_rows, test, None, (
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 20\n\n[candidates.retrieval]\n'
+        'kind = "retrieval"\naugmentations = ["data/augmented/swap.csv"]\n'))
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+    fold_of = load_folds(config).set_index("fname")["fold"]
+    held_out_in_fold_0 = fold_of[fold_of == 0].index[0]
+    swapped = speaker_swap(korean_rows)[0]
+    for clash, place in ((held_out_in_fold_0, "the labelled data"), ("test_f_8", "the test data")):
+        write_augmented(swapped.assign(fname=[clash] + swapped["fname"].tolist()[1:]),
+                        root / "data" / "augmented" / "swap.csv")
+        result = cli(["run", "retrieval"], cwd=root)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"augmented fname '{clash}' is in both {place} and " in result.output
+        assert not (root / "runs").exists()
+    write_augmented(swapped, root / "data" / "augmented" / "swap.csv")  # the fix: fnames of their own
+    assert cli(["run", "retrieval"], cwd=root).exit_code == 0
+    assert sorted(p.name for p in (root / "runs" / "retrieval").glob("fold_*")) == ["fold_0", "fold_1", "fold_2"]
