@@ -123,6 +123,12 @@ def assign_folds(rows: pd.DataFrame, k: int = 5, seed: int = 42, strategy: str =
     return pd.DataFrame({"fname": rows["fname"].to_numpy(), "fold": assigned.to_numpy().astype(int)})
 
 
+# `folds build` without --force rewrites folds.json when the split it makes is the one in folds.csv
+# and refuses when it differs; --force replaces the split and so invalidates every prediction.
+REBUILD = ("run `competition folds build` (it keeps an unchanged split and rewrites folds.json); "
+           "add --force only if it refuses, which invalidates runs/")
+
+
 def folds_paths(config) -> tuple[Path, Path]:
     """(folds.csv, folds.json) in the workspace."""
     csv_path = config.resolve(config.cv.folds_file)
@@ -189,11 +195,9 @@ def folds_info(config) -> dict:
     try:
         info = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FoldMismatch(f"{json_path} is not valid JSON ({error}): restore it from git, or rebuild with "
-                           f"`competition folds build --force` (invalidates runs/)") from None
+        raise FoldMismatch(f"{json_path} is not valid JSON ({error}): restore it from git, or {REBUILD}") from None
     if not isinstance(info, dict):
-        raise FoldMismatch(f"{json_path} should hold a JSON object: restore it from git, or rebuild with "
-                           f"`competition folds build --force` (invalidates runs/)")
+        raise FoldMismatch(f"{json_path} should hold a JSON object: restore it from git, or {REBUILD}")
     return info
 
 
@@ -210,15 +214,14 @@ def check_folds(config, train_rows: pd.DataFrame) -> pd.DataFrame:
     folds = load_folds(config)
     csv_path, json_path = folds_paths(config)
     info = folds_info(config)
-    rebuild = "rebuild with `competition folds build --force` (invalidates runs/) or restore the data"
+    rebuild = f"restore the data, or {REBUILD}"
     if not info:
         # Without the sha256 an edited dialogue or summary under the same fname would go unnoticed.
         raise FoldMismatch(f"{json_path} is missing (or empty) beside {csv_path}, so the data cannot be checked "
-                           f"against the rows the folds were built from: restore it from git, or rebuild with "
-                           f"`competition folds build --force` (invalidates runs/)")
+                           f"against the rows the folds were built from: restore it from git, or {REBUILD}")
     if bool(info.get("include_dev", False)) != bool(config.cv.include_dev):
         raise FoldMismatch(f"{json_path} was built with include_dev = {str(info.get('include_dev')).lower()} but "
-                           f"[cv] include_dev = {str(config.cv.include_dev).lower()}: set it back, or {rebuild}")
+                           f"[cv] include_dev = {str(config.cv.include_dev).lower()}: set it back, or {REBUILD}")
     if info.get("data_sha256") != rows_sha256(train_rows):
         raise FoldMismatch(f"the data ({len(train_rows)} labelled rows) no longer matches {json_path} "
                            f"(built from {info.get('rows')} rows, sha256 {str(info.get('data_sha256'))[:12]}...): "

@@ -117,7 +117,8 @@ def test_changed_data_is_a_fold_mismatch_everywhere(korean_workspace, cli):
         file.write('[candidates.lead]\nkind = "lead"\n')
     result = cli(["run", "lead"], cwd=korean_workspace)
     assert result.exit_code == 2
-    assert "no longer matches" in result.output and "folds build --force" in result.output
+    assert "no longer matches" in result.output and "run `competition folds build` (" in result.output
+    assert "add --force only if it refuses" in result.output
     assert not (korean_workspace / "runs").exists()
 
 
@@ -142,10 +143,11 @@ def test_missing_folds_json_is_a_fold_mismatch(korean_workspace, cli):
     build_folds(config, train, k=3)
     json_path = korean_workspace / "folds" / "folds.json"
     json_path.unlink()
-    with pytest.raises(FoldMismatch, match=r"folds\.json is missing.*competition folds build --force"):
+    with pytest.raises(FoldMismatch, match=r"folds\.json is missing.*run `competition folds build` \(.*"
+                                           r"add --force only if it refuses"):
         check_folds(config, train)
     json_path.write_text("{not json", encoding="utf-8")
-    with pytest.raises(FoldMismatch, match="not valid JSON.*folds build --force"):
+    with pytest.raises(FoldMismatch, match="not valid JSON.*run `competition folds build`"):
         check_folds(config, train)
     json_path.unlink()
 
@@ -153,12 +155,13 @@ def test_missing_folds_json_is_a_fold_mismatch(korean_workspace, cli):
         file.write('[cv]\nk = 3\n[candidates.lead]\nkind = "lead"\n')
     result = cli(["run", "lead"], cwd=korean_workspace)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "folds.json is missing" in result.output and "folds build --force" in result.output
+    assert "folds.json is missing" in result.output and "run `competition folds build`" in result.output
     assert not (korean_workspace / "runs").exists()
 
-    rebuilt = cli(["folds", "build", "--force"], cwd=korean_workspace)
+    folds_csv = (korean_workspace / "folds" / "folds.csv").read_bytes()
+    rebuilt = cli(["folds", "build"], cwd=korean_workspace)  # what the message says: no --force needed
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert json_path.exists()
+    assert json_path.exists() and (korean_workspace / "folds" / "folds.csv").read_bytes() == folds_csv
     assert check_folds(load_config(korean_workspace / "competition.toml"), train)["fname"].tolist() == \
         train["fname"].tolist()
 
