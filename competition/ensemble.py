@@ -327,21 +327,27 @@ def _combine(frames: list[pd.DataFrame | None], members: list[str], fnames: list
 
 
 # What each hash in a member's meta.json fingerprints: named when it differs from now.
-_INPUT_HASHES = {"data_sha256": "training data", "folds_sha256": "fold split", "test_sha256": "test file",
-                 "dev_sha256": "dev file"}
+# What each recorded input hash covers, as "predicted on ... than the current FILE" says it.
+_INPUT_HASHES = {"data_sha256": "other labelled data", "folds_sha256": "another fold split",
+                 "test_sha256": "another test file", "dev_sha256": "another dev file"}
 
 
 def _input_file(config: Config, key: str) -> str:
-    """The file behind one of _INPUT_HASHES, as the config points at it now."""
+    """The file(s) behind one of _INPUT_HASHES, as the config points at them now: the labelled
+    data is train plus dev when [cv] include_dev puts dev into the folds."""
     if key == "folds_sha256":
         return config.cv.folds_file
-    file = getattr(config.data, {"data_sha256": "train", "test_sha256": "test", "dev_sha256": "dev"}[key])
+    if key == "data_sha256":
+        files = [config.data.train] + ([config.data.dev] if config.cv.include_dev and config.data.dev else [])
+        return " and ".join(str(Path(config.data.dir) / file) for file in files)
+    file = getattr(config.data, {"test_sha256": "test", "dev_sha256": "dev"}[key])
     return str(Path(config.data.dir) / file) if file else "(none)"
 
 
 def rerun_command(config: Config, member: str) -> str:
-    """The command that rebuilds a member's predictions on the current inputs."""
-    return f"competition ensemble {member}" if member in config.ensembles else f"competition run {member} --force"
+    """The command that rebuilds a member's predictions on the current inputs: `run` re-runs
+    folds whose inputs changed by itself, no --force needed."""
+    return f"competition ensemble {member}" if member in config.ensembles else f"competition run {member}"
 
 
 def check_member_inputs(config: Config, member: str, folds: Sequence[int], hashes: dict) -> None:
@@ -356,7 +362,7 @@ def check_member_inputs(config: Config, member: str, folds: Sequence[int], hashe
         if stale:
             where = f"fold {fold}" if fold is not None else "test/dev output"
             what = " and ".join(f"{_INPUT_HASHES[key]} than the current {_input_file(config, key)}" for key in stale)
-            raise FoldMismatch(f"member {member!r} {where} was predicted on another {what}: "
+            raise FoldMismatch(f"member {member!r} {where} was predicted on {what}: "
                                f"rerun it with `{rerun_command(config, member)}`")
 
 

@@ -344,7 +344,7 @@ def test_a_member_predicted_on_another_test_or_dev_file_is_refused(member_worksp
     refused = cli(["ensemble", "mix"], cwd=member_workspace)
     assert refused.exit_code == 2
     assert "member 'last2' fold 0 was predicted on another test file than the current data/test.csv" in refused.output
-    assert "competition run last2 --force" in refused.output
+    assert "rerun it with `competition run last2`" in refused.output  # stale folds re-run without --force
     _write_member(config, "last2", korean_rows, fold_of, test, dev, MEMBERS["last2"])
     assert cli(["ensemble", "mix"], cwd=member_workspace).exit_code == 0
 
@@ -363,6 +363,25 @@ def test_a_member_predicted_on_another_test_or_dev_file_is_refused(member_worksp
     assert "member 'mix'" in stale_ensemble.output and "`competition ensemble mix`" in stale_ensemble.output
     assert cli(["ensemble", "mix"], cwd=member_workspace).exit_code == 0
     assert cli(["ensemble", "outer"], cwd=member_workspace).exit_code == 0
+
+
+def test_stale_labelled_data_names_train_and_dev_when_dev_is_in_the_folds(korean_workspace):
+    """With include_dev the data hash covers train and dev: the refusal names both files."""
+    from competition.config import load_config
+    from competition.errors import FoldMismatch
+    from competition.predictions import write_fold
+
+    hashes = {"data_sha256": "now", "folds_sha256": "f", "test_sha256": "t", "dev_sha256": None}
+    for include_dev, files in ((False, "data/train.csv:"), (True, "data/train.csv and data/dev.csv:")):
+        (korean_workspace / "competition.toml").write_text(f"[cv]\ninclude_dev = {str(include_dev).lower()}\n",
+                                                           encoding="utf-8")
+        config = load_config(korean_workspace / "competition.toml")
+        write_fold(config, "lead", 0, pd.DataFrame({"fname": ["f_0"], "summary": ["s"]}), None, None,
+                   {**hashes, "data_sha256": "before"})
+        with pytest.raises(FoldMismatch) as refused:
+            ens.check_member_inputs(config, "lead", [0], hashes)
+        assert str(refused.value) == (f"member 'lead' fold 0 was predicted on other labelled data than the current "
+                                      f"{files} rerun it with `competition run lead`")
 
 
 def test_best_prints_a_report_and_no_name_lists_the_ensembles(member_workspace, cli):
