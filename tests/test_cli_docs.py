@@ -69,14 +69,32 @@ def config_option(command: click.Command) -> click.Option | None:
                  if isinstance(param, click.Option) and "--config" in param.opts), None)
 
 
+def dummy_arguments(command: click.Command, folder: Path) -> list[str]:
+    """Values click accepts for every required parameter (a choice's first value, an existing file
+    for a path that must exist), so a command gets as far as loading its config."""
+    dummy = folder / "dummy.csv"
+    dummy.write_text("fname,summary\n", encoding="utf-8")
+    values = []
+    for param in command.params:
+        if not param.required:
+            continue
+        if isinstance(param.type, click.Choice):
+            value = str(param.type.choices[0])
+        elif isinstance(param.type, click.Path):
+            value = str(dummy)
+        else:
+            value = "dummy"
+        values += [param.opts[0], value] if isinstance(param, click.Option) else [value] * max(param.nargs, 1)
+    return values
+
+
 @pytest.mark.parametrize("path, command", LEAVES, ids=ids(LEAVES))
 def test_command_accepts_config(path, command, cli, tmp_path):
-    """Every command takes --config PATH (README: "every command takes `--config PATH`")."""
+    """Every command takes --config PATH (README: "every command takes `--config PATH`") and loads it
+    before anything else: a missing file is refused, whatever the (dummy) arguments say."""
     option = config_option(command)
     assert option is not None, f"competition {' '.join(path)} has no --config option (use @with_config)"
     assert option.name == "config_path" and not option.required and not option.is_flag
-    # Where no argument is required, the option is wired to the loader: a missing file is refused.
-    if not any(param.required for param in command.params):
-        result = cli([*path, "--config", tmp_path / "absent.toml"], cwd=tmp_path)
-        assert result.exit_code == 2, result.output
-        assert "absent.toml not found" in result.output and "Traceback" not in result.output
+    result = cli([*path, *dummy_arguments(command, tmp_path), "--config", tmp_path / "absent.toml"], cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "absent.toml not found" in result.output and "Traceback" not in result.output
