@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.ensemble import default_workers
+from competition.mbr import default_workers, mbr_select
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_ROWS = 12_460  # English DialogSum train
@@ -79,7 +79,7 @@ def main() -> None:
 
     from competition.config import load_config
     from competition.data import load_from_config, read_split
-    from competition.ensemble import mbr_select, run_ensemble
+    from competition.ensemble import run_ensemble
     from competition.folds import build_folds, labelled_rows
     from competition.metric import RougeScorer
     from competition.predictions import load_oof

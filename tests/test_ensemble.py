@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from competition import ensemble as ens
+from competition import mbr
 from competition.config import EnsembleConfig
 from competition.errors import ConfigError
 from competition.metric import RougeScorer
@@ -21,7 +22,7 @@ def test_mbr_picks_the_consensus_output(words_scorer):
     # Member 1 is the centre: 4 of 5 words shared with members 2 and 3, who share only 3;
     # member 0 agrees with nobody and, though first, is not chosen.
     outputs = [["q r s t u"], ["a b c d e"], ["a b c d x"], ["a b y d e"]]
-    assert ens.mbr_select(outputs, words_scorer).tolist() == [1]
+    assert mbr.mbr_select(outputs, words_scorer).tolist() == [1]
 
 
 def test_mbr_consensus_on_korean_rows():
@@ -36,22 +37,22 @@ def test_mbr_consensus_on_korean_rows():
         ["#Person2#는 새 컴퓨터를 삽니다.", "두 사람은 주말에 산에 가기로 합니다."],
         ["#Person1#는 내일 회의에 늦는다고 말합니다.", "두 사람은 주말에 등산을 가기로 합니다."],
     ]
-    assert ens.mbr_select(outputs, scorer).tolist() == [0, 3]
+    assert mbr.mbr_select(outputs, scorer).tolist() == [0, 3]
 
 
 def test_ties_go_to_the_earliest_member(words_scorer):
     # Two members: each agrees with the other equally; identical outputs are one output.
-    assert ens.mbr_select([["a b c"], ["a b d"]], words_scorer).tolist() == [0]
-    assert ens.mbr_select([["x y z"], ["a b c"], ["a b c"]], words_scorer).tolist() == [1]
+    assert mbr.mbr_select([["a b c"], ["a b d"]], words_scorer).tolist() == [0]
+    assert mbr.mbr_select([["x y z"], ["a b c"], ["a b c"]], words_scorer).tolist() == [1]
 
 
 def test_weights_act_as_a_prior_and_zero_weight_members_are_never_chosen(words_scorer):
     outputs = [["q r s t u"], ["a b c d e"], ["a b c d x"], ["a b y d e"]]
-    assert ens.mbr_select(outputs, words_scorer, weights=[0, 0, 1, 1]).tolist() == [2]
+    assert mbr.mbr_select(outputs, words_scorer, weights=[0, 0, 1, 1]).tolist() == [2]
     # Member 0 agrees with nobody: only its own output's term, weighted 10, makes it win.
-    assert ens.mbr_select(outputs, words_scorer, weights=[10, 1, 1, 1]).tolist() == [0]
+    assert mbr.mbr_select(outputs, words_scorer, weights=[10, 1, 1, 1]).tolist() == [0]
     with pytest.raises(ConfigError, match="non-negative"):
-        ens.mbr_select(outputs, words_scorer, weights=[0, 0, 0, 0])
+        mbr.mbr_select(outputs, words_scorer, weights=[0, 0, 0, 0])
 
 
 def test_uniform_weights_choose_as_the_mean_over_the_other_members(words_scorer):
@@ -60,15 +61,15 @@ def test_uniform_weights_choose_as_the_mean_over_the_other_members(words_scorer)
     vocabulary = [f"w{i}" for i in range(8)]  # small: duplicates and exact ties happen
     for members in (2, 3, 4, 6):
         outputs = [[" ".join(rng.choice(vocabulary, rng.integers(1, 6))) for _ in range(60)] for _ in range(members)]
-        utilities = ens.pairwise_utilities(outputs, words_scorer, workers=1)
+        utilities = mbr.pairwise_utilities(outputs, words_scorer, workers=1)
         others = (utilities.sum(axis=2) - utilities[:, np.arange(members), np.arange(members)]) / (members - 1)
         others_only = np.argmax(others >= others.max(axis=1, keepdims=True) - 1e-12, axis=1)
-        np.testing.assert_array_equal(ens.mbr_choose(utilities), others_only)
+        np.testing.assert_array_equal(mbr.mbr_choose(utilities), others_only)
 
 
 def test_pairwise_utilities_follow_the_metric_in_each_direction(words_scorer):
     outputs = [["a b c . d e", "", "same text"], ["a x c . e d b", "a b", "same text"], ["c a", "a b", "other"]]
-    utilities = ens.pairwise_utilities(outputs, words_scorer, "final")
+    utilities = mbr.pairwise_utilities(outputs, words_scorer, "final")
     for row in range(3):
         for i in range(3):
             for j in range(3):
@@ -78,19 +79,19 @@ def test_pairwise_utilities_follow_the_metric_in_each_direction(words_scorer):
                 else:
                     expected = words_scorer.score_pairs([hyp], [ref])[0, :, 2].mean()
                 assert utilities[row, i, j] == pytest.approx(expected), (row, i, j)
-    rouge2 = ens.pairwise_utilities(outputs, words_scorer, "rouge2")
+    rouge2 = mbr.pairwise_utilities(outputs, words_scorer, "rouge2")
     assert rouge2[0, 0, 1] == pytest.approx(words_scorer.score_pairs(["a b c . d e"], ["a x c . e d b"])[0, 1, 2])
     with pytest.raises(ConfigError, match="utility"):
-        ens.pairwise_utilities(outputs, words_scorer, "bleu")
+        mbr.pairwise_utilities(outputs, words_scorer, "bleu")
 
 
 def test_process_pool_gives_the_same_utilities(words_scorer, monkeypatch):
     rng = np.random.default_rng(0)
     vocabulary = [f"w{i}" for i in range(30)]
     outputs = [[" ".join(rng.choice(vocabulary, 6)) for _ in range(40)] for _ in range(4)]
-    sequential = ens.pairwise_utilities(outputs, words_scorer, workers=1)
-    monkeypatch.setattr(ens, "_POOL_MIN_PAIRS", 1)
-    pooled = ens.pairwise_utilities(outputs, words_scorer, workers=2)
+    sequential = mbr.pairwise_utilities(outputs, words_scorer, workers=1)
+    monkeypatch.setattr(mbr, "_POOL_MIN_PAIRS", 1)
+    pooled = mbr.pairwise_utilities(outputs, words_scorer, workers=2)
     np.testing.assert_allclose(pooled, sequential)
 
 
@@ -115,7 +116,7 @@ def _planted_case(scorer: RougeScorer, rows: int = 50, folds: int = 5):
                     for ref, fold in zip(references, fold_of)])
     refs = [" ".join(ref) for ref in references]
     quality = np.stack([scorer.score(member, refs).row_finals for member in outputs], axis=1)
-    return ens.pairwise_utilities(outputs, scorer), quality, fold_of
+    return mbr.pairwise_utilities(outputs, scorer), quality, fold_of
 
 
 def test_hill_climb_improves_on_the_best_member(words_scorer):
@@ -157,7 +158,7 @@ def test_weights_from_oof_come_from_the_other_folds_only(words_scorer):
     for fold, weights in fold_weights.items():
         held_out = fold_of == fold
         np.testing.assert_allclose(weights, np.maximum(quality[~held_out].mean(axis=0), 1e-6))
-        np.testing.assert_array_equal(chosen[held_out], ens.mbr_choose(utilities[held_out], weights))
+        np.testing.assert_array_equal(chosen[held_out], mbr.mbr_choose(utilities[held_out], weights))
     # The planted member is perfect on fold 0 only: had fold 0's scores leaked into fold 0's
     # weights, its weight there would be its all-rows final (over 20), not that of folds 1-4 (about 2).
     assert fold_weights[0][3] * 5 < quality[:, 3].mean()

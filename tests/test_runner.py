@@ -15,7 +15,7 @@ from competition.data import load_from_config
 from competition.folds import build_folds, load_folds
 from competition.metric import get_scorer
 from competition.predictions import atomic_write_text, load_fold_test, load_oof, load_test, read_meta, run_dir
-from competition.ensemble import mbr_select
+from competition.mbr import mbr_select
 from competition.runner import run_candidates
 
 CONFIG = """

@@ -116,7 +116,7 @@ class RetrievalCandidate(Candidate):
         dialogues = self._train["dialogue"].to_numpy()
         if neighbours.shape[1] > 1:
             from ..metric import get_scorer
-            from ..ensemble import mbr_select
+            from ..mbr import mbr_select
 
             scorer = get_scorer(self.metric.tokenizer, self.metric.convention, self.metric.multi_ref)
             choice = mbr_select([summaries[neighbours[:, j]].tolist() for j in range(neighbours.shape[1])], scorer)
