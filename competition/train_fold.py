@@ -7,6 +7,7 @@ runner afterwards finds the finished training and only predicts. `--fold refit` 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", required=True, help="fold number, or 'refit' for the model on all rows")
     parser.add_argument("--data", default=None, help="folder with the competition files (default: [data] dir)")
     args = parser.parse_args(argv)
-    train_fold(args.config, args.candidate, None if args.fold == "refit" else int(args.fold), args.data)
+    from .errors import CompetitionError
+
+    try:
+        train_fold(args.config, args.candidate, None if args.fold == "refit" else int(args.fold), args.data)
+    except CompetitionError as error:  # a user mistake: one line (per rank), as the CLI prints it
+        print(f"Error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

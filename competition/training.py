@@ -114,9 +114,12 @@ def save_training(trainer, workdir: Path, weights: Path, report: dict, device: s
         trainer.save_model(str(folder))
     if main:
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nothing reads: meta.json has the config
-        if not weights.exists():
-            raise ConfigError(f"training saved no {weights.name} in {folder}: under DeepSpeed ZeRO-3 set "
-                              "`zero3_save_16bit_model: true` in the accelerate config file, then run again")
+        if not weights.exists():  # train.json would mark a training finished that left no weights
+            fix = ("set `zero3_save_16bit_model: true` in the accelerate config file"
+                   if getattr(trainer, "is_deepspeed_enabled", False) else
+                   "check the accelerate config file (accelerate_config) saves full weights")
+            raise ConfigError(f"training saved no {weights.name} in {folder}: {fix}, then run again "
+                              "(checkpoints/ is kept, so training resumes)")
         from .predictions import atomic_write_json
 
         atomic_write_json(workdir / REPORT_FILE, report)

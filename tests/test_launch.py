@@ -71,6 +71,23 @@ def test_unknown_launcher_is_rejected(tmp_path, cli, korean_rows):
     assert result.exit_code == 2 and "launcher" in result.output
 
 
+def test_a_launched_fold_reports_a_user_mistake_in_one_line(tmp_path, korean_rows, capsys):
+    """Each launched rank prints a refusal (an unknown candidate here; use_lora under FSDP in
+    practice) as the CLI does, exit code 2, no traceback."""
+    from competition.data import load_from_config
+    from competition.folds import build_folds
+    from competition.train_fold import main
+
+    write_workspace(tmp_path, korean_rows, korean_rows.tail(2), None, '[cv]\nk = 2\n')
+    config = load_config(tmp_path / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", str(tmp_path / "competition.toml"), "--candidate", "nope", "--fold", "0"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("Error: ") and error.count("\n") == 1 and "'nope'" in error
+
+
 @pytest.mark.slow
 def test_fold_trains_under_accelerate_launch(tmp_path, cli, korean_rows, tiny_causal_lm, monkeypatch):
     """The fold's adapter comes from the launched process: training in this process would fail."""
