@@ -148,7 +148,7 @@ def resolve_members(config: Config, ensemble: EnsembleConfig, folds: Sequence[in
             close = difflib.get_close_matches(name, sources, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UnknownCandidate(f"ensemble {ensemble.name!r}: member {name!r} has no predictions under runs/"
-                                   f"{hint}: run `competition run {name}` first")
+                                   f"{hint}: run `{rerun_command(config, name)}` first")
     return names
 
 
@@ -216,8 +216,14 @@ def _input_file(config: Config, key: str) -> str:
 
 def rerun_command(config: Config, member: str) -> str:
     """The command that rebuilds a member's predictions on the current inputs: `run` re-runs
-    folds whose inputs changed by itself, no --force needed."""
-    return f"competition ensemble {member}" if member in config.ensembles else f"competition run {member}"
+    folds whose inputs changed by itself, no --force needed; a tuned variant is rebuilt by `tune`."""
+    from .tune import TUNED_SUFFIX
+
+    if member in config.ensembles:
+        return f"competition ensemble {member}"
+    if member.endswith(TUNED_SUFFIX):
+        return f"competition tune {member[:-len(TUNED_SUFFIX)]}"
+    return f"competition run {member}"
 
 
 def check_member_inputs(config: Config, member: str, folds: Sequence[int], hashes: dict) -> None:
@@ -265,7 +271,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
         missing_folds = sorted(set(fold_numbers) - set(done_folds(config, member)))
         if missing_folds:
             raise FoldMismatch(f"member {member!r} has no finished fold {', '.join(map(str, missing_folds))}: "
-                               f"finish it with `competition run {member}`")
+                               f"finish it with `{rerun_command(config, member)}`")
         check_member_inputs(config, member, fold_numbers, context.hashes)
         oof = load_oof(config, member)
         member_folds = oof.drop_duplicates("fname").set_index("fname")["fold"]

@@ -4,13 +4,16 @@ In this competition the largest single gains came from decoding (beams, length_p
 targets by dialogue length), and teams tuned them by hand against the public leaderboard. Here
 each setting is scored by the OOF final, trials are stored (a killed search resumes), the cheap
 subsample score is confirmed on all OOF rows, and the choice is also scored nested (chosen on
-k-1 folds, scored on the held-out one) so its optimism is visible.
+k-1 folds, scored on the held-out one) so its optimism is visible. Fold models are loaded one at
+a time (k quantized LLMs do not fit one GPU) and never trained here.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import gc
 import math
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,38 +22,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import CompetitionError
-from .search import LENGTH_KEYS, canonical, load_space, make_search, setting_key
+from .search import LENGTH_KEYS, Trial, TrialStore, canonical, check_method, load_space, make_search, setting_key
 
 TUNED_SUFFIX = "@tuned"
-@dataclass
-class Trial:
-    """One setting's scores: per fold on the subsample rows, and on all OOF rows once confirmed."""
-
-    number: int
-    setting: dict
-    fold_finals: dict[int, float]  # fold -> final on that fold's subsample rows
-    subsample_final: float  # pooled over the subsample rows
-    full_final: float | None = None  # pooled over all OOF rows (confirmation)
-    full_fold_finals: dict[int, float] | None = None  # fold -> final on all its OOF rows
-    length_budgets: dict[int, dict] | None = None  # dynamic length: fold -> per-bin token budgets
-
-    def as_dict(self) -> dict:
-        return {"number": self.number, "setting": self.setting, "fold_finals": _str_keys(self.fold_finals),
-                "subsample_final": self.subsample_final, "full_final": self.full_final,
-                "full_fold_finals": _str_keys(self.full_fold_finals), "length_budgets": _str_keys(self.length_budgets)}
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "Trial":
-        return cls(raw["number"], raw["setting"], _int_keys(raw["fold_finals"]), raw["subsample_final"],
-                   raw.get("full_final"), _int_keys(raw.get("full_fold_finals")), _int_keys(raw.get("length_budgets")))
-
-
-def _str_keys(by_fold: dict | None) -> dict | None:
-    return None if by_fold is None else {str(k): v for k, v in by_fold.items()}
-
-
-def _int_keys(by_fold: dict | None) -> dict | None:
-    return None if by_fold is None else {int(k): v for k, v in by_fold.items()}
+# Why the nested score is optimistic when TPE proposed the settings (reported beside the score).
+TPE_NESTED_NOTE = ("optimistic under TPE: which settings were tried was steered by scores that include "
+                   "the held-out fold's rows (under --method grid the nested score is strictly nested)")
 
 
 @dataclass
@@ -81,7 +58,7 @@ def learn_length_targets(dialogue_tokens: list[int], summary_tokens: list[int], 
 
 @dataclass
 class FoldModel:
-    """A fold's trained candidate, loaded once, ready to re-generate with other settings."""
+    """A fold's trained candidate (None while not loaded), ready to re-generate with other settings."""
 
     fold: int
     candidate: Any
@@ -124,6 +101,38 @@ class FoldModel:
         return out  # type: ignore[return-value]
 
 
+class FoldModels:
+    """The k fold models with at most one in memory: getting a fold releases the model loaded
+    before (k quantized LLMs do not fit one GPU, and `competition run` holds one at a time)."""
+
+    def __init__(self, folds: list[FoldModel], make: Callable[[int], Any]):
+        self.folds = {model.fold: model for model in folds}
+        self._make = make  # fold -> a candidate that loads its trained model on first predict
+        self.loaded: int | None = None
+
+    def order(self) -> list[int]:
+        """Every fold, the loaded one first: consecutive passes share a load."""
+        return sorted(self.folds, key=lambda fold: (fold != self.loaded, fold))
+
+    def get(self, fold: int) -> FoldModel:
+        if self.loaded != fold:
+            self.release()
+            self.folds[fold].candidate = self._make(fold)
+            self.loaded = fold
+        return self.folds[fold]
+
+    def release(self) -> None:
+        """Drop the loaded model and hand its memory back (CUDA's cache too, where torch uses it)."""
+        if self.loaded is None:
+            return
+        self.folds[self.loaded].candidate = None
+        self.loaded = None
+        gc.collect()
+        torch = sys.modules.get("torch")  # never imported just to empty a cache
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 @dataclass
 class TuneResult:
     trials: list[Trial]
@@ -132,6 +141,7 @@ class TuneResult:
     nested_choices: dict[int, Trial]
     untuned_full_final: float | None = None
     extra: dict = field(default_factory=dict)
+    nested_strict: bool = True  # False when TPE proposed settings: see TPE_NESTED_NOTE
 
 
 def nested_choices(trials: list[Trial], folds: list[int]) -> dict[int, Trial]:
@@ -157,52 +167,67 @@ def nested_score(choices: dict[int, Trial], fold_rows: dict[int, int]) -> float:
     return sum(trial.full_fold_finals[fold] * fold_rows[fold] for fold, trial in choices.items()) / total
 
 
-class TrialStore:
-    """trials.jsonl beside the tuned variant: one finished trial per line, appended at once."""
+def _trained_weights(instance) -> Path | None:
+    """The file a finished training of this fold saved; None for a kind that does not train."""
+    if instance.kind == "seq2seq":
+        from .candidates.seq2seq import MODEL_WEIGHTS
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+        return instance.model_dir / MODEL_WEIGHTS
+    if instance.kind == "qlora":
+        from .candidates.qlora import ADAPTER_WEIGHTS
 
-    def load(self) -> list[Trial]:
-        if not self.path.exists():
-            return []
-        trials = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                trials.append(Trial.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill mid-write
-        latest = {setting_key(t.setting): t for t in trials}  # a confirmation rewrites a trial
-        return sorted(latest.values(), key=lambda t: t.number)
+        return instance.adapter_dir() / ADAPTER_WEIGHTS
+    return None
 
-    def append(self, trial: Trial) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(trial.as_dict(), ensure_ascii=False) + "\n")
+
+def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.DataFrame]) -> dict[int, dict]:
+    """Each fold's meta.json, refusing (CompetitionError) unless every fold of `name` ran on the
+    current config, data and folds (`wanted`) and left its trained model: tuning only loads models."""
+    from . import runner
+    from .predictions import fold_dir, read_meta
+    from .training import finished_training, training_fingerprint
+
+    metas = {}
+    for fold in range(context.k):
+        folder = fold_dir(context.config, name, fold)
+        meta = read_meta(folder / "meta.json")
+        instance = runner._make(context, name, folder / "work")
+        weights = _trained_weights(instance)
+        if meta is None or not (folder / "oof.csv").exists():
+            problem = "has not run"
+        elif not runner.fold_is_current(meta, wanted):
+            problem = "was trained on another config, data or folds than now"
+        elif weights is not None and finished_training(
+                instance.workdir, weights, training_fingerprint(instance.params, train_rows[fold])) is None:
+            problem = f"has no trained model in {instance.workdir}"
+        elif getattr(instance.params, "few_shot", 0) > 0 and not instance.fewshot_path.exists():
+            problem = f"has no few-shot examples {instance.fewshot_path}"
+        else:
+            metas[fold] = meta
+            continue
+        raise CompetitionError(f"{name!r} fold {fold} {problem}: run `competition run {name}` first "
+                               "(tune re-uses the fold models and never trains them)")
+    return metas
 
 
 def _model_token_counter(params) -> Callable[[list[str]], list[int]]:
     """Token counts in the candidate model's own tokenizer (length targets are in its tokens)."""
-    from transformers import AutoTokenizer
+    from .modeling import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(params.model, trust_remote_code=getattr(params, "trust_remote_code", False))
+    tokenizer = load_tokenizer(params)
     return lambda texts: [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def _score(scorer, predictions: list[str], references: list[str]) -> np.ndarray:
-    """Per-row finals (x100)."""
-    return scorer.score(predictions, [[r] for r in references]).row_finals
-
-
 def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path | None = None, method: str = "grid",
-                   subsample: int = 200, confirm: int = 3, seed: int = 42, data_dir=None, progress: bool = True,
-                   echo: Callable[[str], None] = print) -> TuneResult:
+                   subsample: int = 200, confirm: int = 3, seed: int = 42, data_dir=None, restart: bool = False,
+                   progress: bool = True, echo: Callable[[str], None] = print) -> TuneResult:
     """Search generation settings of a trained candidate by OOF final; write NAME@tuned."""
     from tqdm.auto import tqdm
 
     from . import runner
+    from .data import references
     from .metric import get_scorer
-    from .predictions import done_folds, fold_dir, write_fold, write_source_outputs
+    from .predictions import fold_dir, run_dir
 
     candidate_config = config.candidate(name)
     base_params = candidate_config.params
@@ -210,48 +235,51 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
         raise CompetitionError(f"{name!r} (kind {candidate_config.kind}) has no generation settings to tune: "
                                "tune a qlora, seq2seq or prompt candidate")
     space = load_space(space_path, base_params)
-    store = TrialStore(fold_dir(config, name + TUNED_SUFFIX, 0).parent / "trials.jsonl")
-    done = store.load()
-    search = make_search(method, space, done, seed)  # before the models load: a missing optuna fails fast
+    check_method(method)  # a missing optuna fails before the data and models load
     context = runner.prepare(config, data_dir)
-    missing = [k for k in range(context.k) if k not in done_folds(config, name)]
-    if missing:
-        raise CompetitionError(f"{name!r} has no trained fold(s) {', '.join(map(str, missing))}: "
-                               f"run `competition run {name}` first (tuning re-uses the fold models)")
+    base_hash = runner._candidate_hash(context, name)[0]
+    train_rows = {fold: runner._training_rows(context, name, context.fold_of != fold) for fold in range(context.k)}
+    metas = check_trained(context, name, {"config_hash": base_hash, **context.hashes}, train_rows)
+    store = TrialStore(run_dir(config, name + TUNED_SUFFIX) / "trials.jsonl", {
+        "candidate": name, "config_hash": base_hash, **context.hashes, "k": context.k,
+        "fold_trained_at": [metas[fold].get("finished_at") for fold in range(context.k)],
+        "subsample": subsample, "seed": seed, "metric": dataclasses.asdict(config.metric)})
+    if restart and (aside := store.restart()) is not None:
+        echo(f"{name}: moved the earlier trials to {aside}; searching again")
+    done = store.load()  # refuses trials scored on other inputs
+    search = make_search(method, space, done, seed)
     scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
     count_tokens = _model_token_counter(base_params) if "length_control" in space else None
 
-    fold_models: list[FoldModel] = []
+    folds = []
     for fold in range(context.k):
-        held_out = context.fold_of == fold
-        train = runner._training_rows(context, name, ~held_out)
-        instance = runner._make(context, name, fold_dir(config, name, fold) / "work")
-        instance.fit(train, fold)  # finds its trained model in workdir; nothing is retrained
-        targets = None
+        train, targets = train_rows[fold], None
         if count_tokens is not None:
             targets = learn_length_targets(count_tokens(list(train["dialogue"])), count_tokens(list(train["summary"])))
-        fold_models.append(FoldModel(fold, instance, base_params, context.rows[held_out].reset_index(drop=True),
-                                     targets, count_tokens))
+        folds.append(FoldModel(fold, None, base_params, context.rows[context.fold_of == fold].reset_index(drop=True),
+                               targets, count_tokens))
+    # Only prediction: a candidate loads the trained model `check_trained` found; fit is never called.
+    models = FoldModels(folds, lambda fold: runner._make(context, name, fold_dir(config, name, fold) / "work"))
 
     rng = np.random.default_rng(seed)
-    sub_positions = {m.fold: np.sort(rng.permutation(len(m.rows))[: max(1, subsample // context.k)])
-                     for m in fold_models}
+    sub_positions = {m.fold: np.sort(rng.permutation(len(m.rows))[: max(1, subsample // context.k)]) for m in folds}
 
     def evaluate(setting: dict, full: bool) -> tuple[dict[int, float], float, dict[int, list[str]]]:
-        finals, pooled, outputs = {}, [], {}
-        for model in fold_models:
-            rows = model.rows if full else model.rows.iloc[sub_positions[model.fold]]
-            predictions = model.predict(rows, setting)
-            row_finals = _score(scorer, predictions, list(rows["summary"]))
-            finals[model.fold] = float(row_finals.mean())
-            pooled.append(row_finals)
-            outputs[model.fold] = predictions
-        return finals, float(np.concatenate(pooled).mean()), outputs
+        """Per-fold finals, the pooled final and the outputs, one fold model in memory at a time."""
+        row_finals, outputs = {}, {}
+        for fold in models.order():
+            model = models.get(fold)
+            rows = model.rows if full else model.rows.iloc[sub_positions[fold]]
+            outputs[fold] = model.predict(rows, setting)
+            row_finals[fold] = scorer.score(outputs[fold], references(rows)).row_finals  # every reference, like cv
+        finals = {fold: float(row_finals[fold].mean()) for fold in sorted(row_finals)}
+        return finals, float(np.concatenate([row_finals[f] for f in finals]).mean()), outputs
 
     def run_trial(setting: dict) -> Trial:
         finals, pooled, _ = evaluate(setting, full=False)
-        budgets = {m.fold: m.length_budgets(setting) for m in fold_models}
-        trial = Trial(len(done), setting, finals, pooled,
+        budgets = {m.fold: m.length_budgets(setting) for m in folds}
+        number = max((t.number for t in done), default=-1) + 1
+        trial = Trial(number, setting, finals, pooled, method=method,
                       length_budgets=budgets if any(b is not None for b in budgets.values()) else None)
         store.append(trial)
         done.append(trial)
@@ -291,32 +319,59 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
     ranked = sorted(done, key=lambda t: (-t.subsample_final, t.number))
     confirmed = list({setting_key(t.setting): t for t in ranked[:confirm] + [untuned_trial]}.values())
     # Nested: each held-out fold's choice (made on the other folds) is scored on its full OOF rows.
-    choices = nested_choices(done, [m.fold for m in fold_models])
+    choices = nested_choices(done, sorted(models.folds))
     to_score = {setting_key(t.setting): t for t in confirmed + list(choices.values()) if t.full_fold_finals is None}
     for trial in tqdm(to_score.values(), desc=f"confirm {name}", unit="trial", disable=not progress):
         score_in_full(trial)
     best = max(confirmed, key=lambda t: (t.full_final, -t.number))
-    nested = nested_score(choices, {m.fold: len(m.rows) for m in fold_models})
+    nested = nested_score(choices, {m.fold: len(m.rows) for m in folds})
 
-    # Write the tuned variant like a candidate: per-fold OOF, test and dev, then the chosen test output.
-    tuned = name + TUNED_SUFFIX
-    if setting_key(best.setting) in full_outputs:
-        outputs = full_outputs[setting_key(best.setting)]
-    else:  # confirmed by an earlier run of the search: generate its OOF again
-        outputs = evaluate(best.setting, full=True)[2]
-    for model in tqdm(fold_models, desc=f"write {tuned}", unit="fold", disable=not progress):
-        oof = pd.DataFrame({"fname": model.rows["fname"], "summary": outputs[model.fold]})
-        test = pd.DataFrame({"fname": context.test["fname"], "summary": model.predict(context.test, best.setting)})
-        dev = None
-        if context.dev is not None:
-            dev = pd.DataFrame({"fname": context.dev["fname"], "summary": model.predict(context.dev, best.setting)})
-        meta = {"name": tuned, "kind": candidate_config.kind, "tuned_from": name, "setting": best.setting,
-                "length_budgets": model.length_budgets(best.setting),
-                "config_hash": runner._candidate_hash(context, name)[0], **context.hashes}
-        write_fold(config, tuned, model.fold, oof, test, dev, meta)
-    test, dev, extra = runner._choose_outputs(context, tuned, scorer)
-    write_source_outputs(config, tuned, test, dev, {"name": tuned, "kind": candidate_config.kind, "tuned_from": name,
-                                                    "setting": best.setting, **extra, **context.hashes})
+    write_tuned(context, name, best, models, full_outputs.get(setting_key(best.setting)), base_hash, scorer, progress)
     return TuneResult(done, best, nested, choices, untuned_trial.full_final,
                       {"subsample_rows": int(sum(len(p) for p in sub_positions.values())),
-                       "oof_rows": int(sum(len(m.rows) for m in fold_models)), "trials_file": str(store.path)})
+                       "oof_rows": int(sum(len(m.rows) for m in folds)), "trials_file": str(store.path)},
+                      nested_strict=all(t.method == "grid" for t in done))
+
+
+def write_tuned(context, name: str, best: Trial, models: FoldModels, oof: dict[int, list[str]] | None,
+                base_hash: str, scorer, progress: bool = False) -> None:
+    """Write NAME@tuned like a candidate: per-fold OOF, test and dev, then the test output chosen
+    over folds. Everything is generated first; then the old metas go (so a kill never leaves the
+    new setting's folds beside an old meta that cv, ensemble and submit accept), the folds are
+    written (meta last in each) and the top-level meta last."""
+    from tqdm.auto import tqdm
+
+    from . import runner
+    from .config import config_hash
+    from .predictions import run_dir, write_fold, write_source_outputs
+
+    config, tuned = context.config, name + TUNED_SUFFIX
+    kind = config.candidate(name).kind
+
+    def frame(rows: pd.DataFrame, summaries: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"fname": rows["fname"], "summary": summaries})
+
+    outputs = {}
+    for fold in tqdm(models.order(), desc=f"generate {tuned}", unit="fold", disable=not progress):
+        model = models.get(fold)
+        held_out = oof[fold] if oof is not None else model.predict(model.rows, best.setting)
+        outputs[fold] = {"oof": frame(model.rows, held_out),
+                         "test": frame(context.test, model.predict(context.test, best.setting)), "dev": None}
+        if context.dev is not None:
+            outputs[fold]["dev"] = frame(context.dev, model.predict(context.dev, best.setting))
+    models.release()
+
+    tuned_hash = config_hash({"tuned_from": base_hash, "setting": best.setting})
+    folder = run_dir(config, tuned)
+    for stale in [folder / "meta.json", folder / "test.csv", folder / "dev.csv", *folder.glob("fold_*/meta.json")]:
+        stale.unlink(missing_ok=True)
+    for old_fold in folder.glob("fold_*"):  # left by a search with more folds than now
+        if old_fold.is_dir() and old_fold.name not in {f"fold_{fold}" for fold in outputs}:
+            shutil.rmtree(old_fold)
+    about = {"name": tuned, "kind": kind, "tuned_from": name, "tuned_from_hash": base_hash, "setting": best.setting,
+             "config_hash": tuned_hash, **context.hashes}
+    for fold, split in sorted(outputs.items()):
+        write_fold(config, tuned, fold, split["oof"], split["test"], split["dev"],
+                   {**about, "length_budgets": models.folds[fold].length_budgets(best.setting)})
+    test, dev, chosen = runner._choose_outputs(context, tuned, scorer)
+    write_source_outputs(config, tuned, test, dev, {**about, "k": context.k, **chosen})

@@ -2,8 +2,10 @@
 rows it was chosen on, nested score reported, NAME@tuned usable as a source."""
 from __future__ import annotations
 
+import gc
 import json
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -57,7 +59,6 @@ def test_tpe_is_told_every_score_and_keeps_stored_trials():
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
     for trial in study.trials:  # every proposal, repeats included, carries its setting's real score
         assert trial.value == score(search.canonical(trial.params))
-    assert len(study.trials) >= 12  # the untuned setting (3 beams) is not a point of the space: not told
     # Resumed: the stored trials are in the new study as completed trials before anything is asked.
     resumed = search.make_search("tpe", space, done, seed=0)
     assert [t.value for t in resumed.study.trials] == [t.subsample_final for t in done]
@@ -134,19 +135,68 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
     killed = cli(["tune", "t5", "--space", "space.json", "--trials", "5", "--subsample", "6"], cwd=korean_workspace)
     assert killed.exit_code == 1 and "Aborted" in killed.output  # click's answer to Ctrl-C
     trials_file = korean_workspace / "runs" / "t5@tuned" / "trials.jsonl"
-    assert len(trials_file.read_text().splitlines()) == 2
+    header, *stored = trials_file.read_text().splitlines()
+    assert len(stored) == 2 and json.loads(header)["inputs"]["subsample"] == 6
     monkeypatch.setattr(tuning.FoldModel, "predict", original)
+    # Worse kills: trial 1's line was lost (its number is now 3, after a gap) and trial 4 was cut mid-write.
+    cut = '{"number": 4, "setting": {"num_beams": 2, "length_pen'
+    trials_file.write_text("\n".join([header, stored[0], stored[1].replace('"number": 1', '"number": 3'), cut]))
 
+    # At most one fold model in memory: each load finds every model loaded before it released.
+    from competition.candidates.seq2seq import Seq2SeqCandidate
+
+    loaded, alive_at_load = [], []
+    real_load = Seq2SeqCandidate.load
+
+    def spying_load(self):
+        fresh = self._model is None
+        model, tokenizer = real_load(self)
+        if fresh:
+            gc.collect()
+            loaded.append(weakref.ref(model))
+            alive_at_load.append(sum(ref() is not None for ref in loaded))
+        return model, tokenizer
+
+    monkeypatch.setattr(Seq2SeqCandidate, "load", spying_load)
     result = cli(["tune", "t5", "--space", "space.json", "--trials", "5", "--subsample", "6", "--confirm", "2",
                   "--json"], cwd=korean_workspace)
     assert result.exit_code == 0, result.output
+    assert len(loaded) >= 2 and alive_at_load == [1] * len(loaded)
+    gc.collect()
+    assert all(ref() is None for ref in loaded)  # released once the variant is written
     report = json.loads(result.stdout)
     numbers = [t["number"] for t in report["trials"]]
-    assert numbers == list(range(5))  # 2 resumed + 3 new, none repeated
+    assert numbers == [0, 3, 4, 5, 6]  # 2 resumed + 3 new after the highest stored number, none repeated
     assert len({json.dumps(t["setting"], sort_keys=True) for t in report["trials"]}) == 5
     assert report["trials"][0]["setting"] == UNTUNED  # the bar to beat is the first trial
+    # The cut line stays alone on its line: every trial appended after it reads back.
+    lines = trials_file.read_text().splitlines()
+    assert cut in lines
+    on_disk = {}
+    for line in lines[1:]:
+        if line != cut:
+            on_disk[json.loads(line)["number"]] = json.loads(line)  # a confirmation rewrites its trial
+    assert sorted(on_disk) == numbers
     # The tuned variant is at least as good as the untuned setting on the rows it was chosen on.
     assert report["tuned_oof_final"] >= report["untuned_oof_final"]
+    assert report["nested_strict"] is True and report["nested_note"] is None  # grid: strictly nested
+
+    # The variant on disk is the best confirmed trial: of the --confirm 2 best by subsample final and
+    # the untuned one, the best on all OOF rows; its OOF files score that, recomputed with the metric.
+    import pandas as pd
+
+    from competition.metric import score
+
+    ranked = sorted(on_disk.values(), key=lambda t: (-t["subsample_final"], t["number"]))
+    confirmed = ranked[:2] + [on_disk[0]]
+    best_confirmed = max(confirmed, key=lambda t: (t["full_final"], -t["number"]))
+    assert report["best"]["number"] == best_confirmed["number"]
+    tuned_oof = pd.concat([pd.read_csv(korean_workspace / "runs" / "t5@tuned" / f"fold_{k}" / "oof.csv",
+                                       keep_default_na=False) for k in (0, 1)])
+    train = pd.read_csv(korean_workspace / "data" / "train.csv", keep_default_na=False).set_index("fname")
+    on_disk_final = score(tuned_oof["summary"].tolist(), train.loc[tuned_oof["fname"], "summary"].tolist()).final
+    assert on_disk_final == pytest.approx(best_confirmed["full_final"])
+    assert on_disk_final >= on_disk[0]["full_final"]
 
     # Nested: each fold's choice was made on the other fold's subsample rows and is scored on all its
     # own OOF rows, pooled over rows like the tuned OOF final beside it.
@@ -183,12 +233,17 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
     board = {row["name"]: row for row in json.loads(cv.stdout)}
     assert board["t5@tuned"]["complete"]
     assert np.isclose(board["t5@tuned"]["oof"]["final"], report["tuned_oof_final"], atol=1e-6)
+    # Its own config hash (the base candidate's + the setting), the same in every meta, shown by cv.
+    tuned_metas = [json.loads((korean_workspace / "runs" / "t5@tuned" / where / "meta.json").read_text())
+                   for where in ("fold_0", "fold_1", ".")]
+    assert len({meta["config_hash"] for meta in tuned_metas}) == 1
+    assert board["t5@tuned"]["config_hash"] == tuned_metas[0]["config_hash"] not in ("", board["t5"]["config_hash"])
+    assert all(meta["setting"] == report["best"]["setting"] for meta in tuned_metas)
     submitted = cli(["submit", "t5@tuned", "--json"], cwd=korean_workspace)
     assert submitted.exit_code == 0, submitted.output
     row = json.loads(submitted.stdout)
     assert row["source"] == "t5@tuned" and float(row["oof_final"]) == pytest.approx(report["tuned_oof_final"], abs=1e-4)
-    import pandas as pd
-
+    assert row["config_hash"] == tuned_metas[0]["config_hash"]
     written = pd.read_csv(korean_workspace / "submissions" / row["file"], keep_default_na=False)
     tuned_test = pd.read_csv(korean_workspace / "runs" / "t5@tuned" / "test.csv", keep_default_na=False)
     assert written["fname"].tolist() == pd.read_csv(korean_workspace / "data" / "sample_submission.csv")["fname"].tolist()
@@ -207,7 +262,8 @@ def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, 
 
     first = cli(args + ["--trials", "3"], cwd=korean_workspace)
     assert first.exit_code == 0, first.output
-    stored = [json.loads(line) for line in (korean_workspace / "runs" / "t5@tuned" / "trials.jsonl").read_text().splitlines()]
+    lines = (korean_workspace / "runs" / "t5@tuned" / "trials.jsonl").read_text().splitlines()
+    stored = [json.loads(line) for line in lines[1:]]  # after the line recording the search's inputs
     assert sorted({t["number"] for t in stored}) == [0, 1, 2]  # --trials 3 is three trials, the untuned one included
     assert json.loads(first.stdout)["trials"][0]["setting"] == UNTUNED
 
@@ -228,6 +284,8 @@ def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, 
     assert [t.value for t in resumed.trials[:3]] == [t["subsample_final"] for t in report["trials"][:3]]
     assert told(resumed) == {search.setting_key(t["setting"]): t["subsample_final"] for t in report["trials"]}
     assert report["tuned_oof_final"] >= report["untuned_oof_final"]
+    # TPE chose what to try from scores over every fold's rows: the nested score says it is optimistic.
+    assert report["nested_strict"] is False and "optimistic under TPE" in report["nested_note"]
 
 
 def test_table_shows_trials_subsample_and_full_scores_the_choice_and_the_nested_score(korean_workspace, cli,
