@@ -2,8 +2,8 @@
 
 What a training depends on (its fingerprint), resuming from checkpoints after a kill, and saving
 the result under a single process, DDP, FSDP or DeepSpeed: every rank takes part in the save
-(sharded weights must be gathered), only the main process writes, and `train.json` is written
-last, atomically, so it marks a finished training.
+(sharded weights must be gathered), only the main process writes, and `train.json` is deleted when
+a training starts and written last, atomically, so it marks a finished training.
 """
 from __future__ import annotations
 
@@ -55,7 +55,10 @@ def check_not_a_stray_rank() -> None:
 
 
 def checkpoint_to_resume(args, fingerprint: str) -> str | None:
-    """The last checkpoint under args.output_dir, deleting checkpoints of other params or rows first.
+    """The last checkpoint under args.output_dir (workdir/checkpoints), deleting checkpoints of other
+    params or rows first, and the previous training's train.json: from here on the weights beside
+    it may be overwritten, and a kill before the new train.json must not leave the old one vouching
+    for them.
 
     Under DDP the main process cleans up and stamps the folder while the other ranks wait, so
     every rank resumes from the same checkpoint.
@@ -66,6 +69,7 @@ def checkpoint_to_resume(args, fingerprint: str) -> str | None:
     stamp = checkpoints / "fingerprint.txt"
     with args.main_process_first(local=False, desc="checkpoint clean-up"):
         if args.process_index == 0:
+            (checkpoints.parent / REPORT_FILE).unlink(missing_ok=True)
             if checkpoints.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
                 shutil.rmtree(checkpoints)  # resuming them would mix two trainings
             checkpoints.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,8 @@ def save_training(trainer, workdir: Path, weights: Path, report: dict, device: s
     on the main process only (safetensors weights, or a LoRA adapter for a peft model, and the
     tokenizer). merge_lora writes the model with its LoRA merged instead; that needs the full
     weights on the main process, so sharded training is refused before it starts (check_mergeable).
+    After a barrier every rank checks the weights are there, so a refusal stops all of them rather
+    than leave the others waiting at the next barrier.
     """
     from .modeling import is_main_process
 
@@ -112,19 +118,34 @@ def save_training(trainer, workdir: Path, weights: Path, report: dict, device: s
             # A sharded state dict makes save_model write nothing; gather the full one.
             trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(folder))
+    trainer.accelerator.wait_for_everyone()  # the main process has written the weights
+    if not weights.exists():  # train.json would mark a training finished that left no weights
+        deepspeed = getattr(trainer, "is_deepspeed_enabled", False)
+        if main and deepspeed:
+            remove_deepspeed_checkpoint(folder)
+        fix = ("set `zero3_save_16bit_model: true` in the accelerate config file (in a DeepSpeed JSON: "
+               "\"stage3_gather_16bit_weights_on_model_save\": true under zero_optimization)"
+               if deepspeed else "check the accelerate config file (accelerate_config) saves full weights")
+        raise ConfigError(f"training saved no {weights.name} in {folder}: {fix}, then run again "
+                          "(checkpoints/ is kept, so training resumes)")
     if main:
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nothing reads: meta.json has the config
-        if not weights.exists():  # train.json would mark a training finished that left no weights
-            fix = ("set `zero3_save_16bit_model: true` in the accelerate config file"
-                   if getattr(trainer, "is_deepspeed_enabled", False) else
-                   "check the accelerate config file (accelerate_config) saves full weights")
-            raise ConfigError(f"training saved no {weights.name} in {folder}: {fix}, then run again "
-                              "(checkpoints/ is kept, so training resumes)")
         from .predictions import atomic_write_json
 
         atomic_write_json(workdir / REPORT_FILE, report)
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+
+
+def remove_deepspeed_checkpoint(folder: Path) -> None:
+    """Delete what Trainer.save_model writes instead of weights under ZeRO-3 without gathering
+    (DeepSpeed's save_checkpoint: global_step*/ with every rank's shards, `latest`, zero_to_fp32.py):
+    GBs that nothing here reads, since the refused training resumes from checkpoints/."""
+    for leftover in folder.glob("global_step*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    for name in ("latest", "zero_to_fp32.py"):
+        (folder / name).unlink(missing_ok=True)
 
 
 def check_mergeable(trainer) -> None:

@@ -11,6 +11,7 @@ import pytest
 from competition import modeling
 from competition.errors import ConfigError
 from competition.training import finished_training, save_training
+from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
 
 
 def test_a_cut_or_foreign_train_json_means_not_finished(tmp_path):
@@ -63,7 +64,8 @@ def save_on_ranks(tmp_path, monkeypatch, ranks=(0, 1), **trainer_options) -> lis
 
 def test_every_rank_saves_and_waits_but_only_rank_0_writes(tmp_path, monkeypatch):
     events = save_on_ranks(tmp_path, monkeypatch)
-    assert events == [(0, "save_model"), (0, "barrier"), (1, "save_model"), (1, "barrier")]
+    assert events == [(0, "save_model"), (0, "barrier"), (0, "barrier"),
+                      (1, "save_model"), (1, "barrier"), (1, "barrier")]
     assert json.loads((tmp_path / "train.json").read_text()) == {"fingerprint": "abc"}
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_model.safetensors"]
     assert not (tmp_path / "checkpoints").exists()
@@ -74,16 +76,36 @@ def test_fsdp_gathers_a_full_state_dict_before_saving(tmp_path, monkeypatch):
     """Under a sharded state dict, Trainer.save_model would write nothing."""
     events = save_on_ranks(tmp_path, monkeypatch, fsdp=True)
     assert events[:2] == [(0, "state_dict", "FULL_STATE_DICT"), (0, "save_model")]
-    assert events[3:5] == [(1, "state_dict", "FULL_STATE_DICT"), (1, "save_model")]
+    assert events[4:6] == [(1, "state_dict", "FULL_STATE_DICT"), (1, "save_model")]
 
 
-def test_zero3_without_gathered_weights_is_refused_not_marked_finished(tmp_path, monkeypatch):
-    def save_nothing(self, output_dir):  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save
+def test_zero3_without_gathered_weights_is_refused_on_every_rank_not_marked_finished(tmp_path, monkeypatch):
+    """Every rank refuses after the barrier (a rank that went on would wait at the next one until
+    killed), the message names the setting for an accelerate config and for a DeepSpeed JSON, and
+    DeepSpeed's fallback checkpoint (GBs nothing reads) is removed."""
+    def save_deepspeed_checkpoint(self, output_dir):  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save
         self.events.append((self.rank, "save_model"))
+        shards = Path(output_dir) / "global_step2"
+        shards.mkdir(parents=True, exist_ok=True)
+        (shards / f"zero_pp_rank_{self.rank}_mp_rank_00_optim_states.pt").write_bytes(b"shard")
+        if self.rank == 0:
+            (Path(output_dir) / "latest").write_text("global_step2")
+            (Path(output_dir) / "zero_to_fp32.py").write_text("# recovery script")
 
-    monkeypatch.setattr(FakeTrainer, "save_model", save_nothing)
-    with pytest.raises(ConfigError, match="zero3_save_16bit_model: true"):
-        save_on_ranks(tmp_path, monkeypatch, ranks=(0,), zero_stage=3)
+    monkeypatch.setattr(FakeTrainer, "save_model", save_deepspeed_checkpoint)
+    (tmp_path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "tokenizer.json").write_text("{}")
+    for rank in (1, 0):
+        events = []
+        monkeypatch.setattr(modeling, "is_main_process", lambda device, rank=rank: rank == 0)
+        with pytest.raises(ConfigError) as refused:
+            save_training(FakeTrainer(events, rank, zero_stage=3), tmp_path,
+                          tmp_path / "adapter" / "adapter_model.safetensors", {"fingerprint": "abc"}, "cuda")
+        assert events == [(rank, "save_model"), (rank, "barrier")]  # refused after the barrier, not stuck in it
+        message = str(refused.value)
+        assert "zero3_save_16bit_model: true" in message and "stage3_gather_16bit_weights_on_model_save" in message
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["tokenizer.json"]
     assert not (tmp_path / "train.json").exists()
     assert (tmp_path / "checkpoints").exists()  # still resumable
 
@@ -96,3 +118,43 @@ def test_merging_lora_under_sharded_training_is_refused(options):
         check_mergeable(FakeTrainer([], 0, **options))
     check_mergeable(FakeTrainer([], 0, zero_stage=2))  # ZeRO-2 keeps full weights on every rank
     check_mergeable(FakeTrainer([], 0))
+
+
+@pytest.mark.slow
+def test_weights_cut_off_from_their_report_are_trained_again(tiny_causal_lm, korean_rows, tmp_path, monkeypatch):
+    """Training A finishes; training B (new params) is killed after saving its adapter, before its
+    train.json; back on A's params the next run must train again, not take A's train.json as
+    vouching for B's adapter."""
+    from safetensors.torch import load_file
+
+    from competition import predictions
+    from competition.candidates.qlora import Params, QLoRACandidate
+
+    settings = dict(model=str(tiny_causal_lm), max_steps=1, batch_size=4, grad_accumulation=1, warmup=0.0,
+                    max_length=512, max_new_tokens=8, gradient_checkpointing=False)
+    params_a, params_b = Params(**settings, learning_rate=1e-2), Params(**settings, learning_rate=5e-2)
+    adapter = tmp_path / "work" / "adapter" / "adapter_model.safetensors"
+    trained = []
+    train = QLoRACandidate._train
+    monkeypatch.setattr(QLoRACandidate, "_train", lambda self, *args: trained.append(self.params) or train(self, *args))
+    rows = korean_rows.head(8)
+    QLoRACandidate("tiny", params_a, tmp_path / "work", seed=0).fit(rows, fold=0)
+    weights_a = load_file(adapter)
+
+    write_json = predictions.atomic_write_json
+
+    def killed_before_the_report(path, value):
+        if Path(path).name == "train.json":
+            raise KeyboardInterrupt
+        return write_json(path, value)
+
+    monkeypatch.setattr(predictions, "atomic_write_json", killed_before_the_report)
+    with pytest.raises(KeyboardInterrupt):
+        QLoRACandidate("tiny", params_b, tmp_path / "work", seed=0).fit(rows, fold=0)
+    monkeypatch.setattr(predictions, "atomic_write_json", write_json)
+    assert any(not load_file(adapter)[key].equal(weights_a[key]) for key in weights_a)  # B's adapter on disk
+
+    again = QLoRACandidate("tiny", params_a, tmp_path / "work", seed=0)
+    again.fit(rows, fold=0)
+    assert trained == [params_a, params_b, params_a]
+    assert json.loads((tmp_path / "work" / "train.json").read_text())["fingerprint"] == again.train_report["fingerprint"]
