@@ -40,13 +40,14 @@ def world_size() -> int:
 
 def launched_distributed() -> bool:
     """True when a launcher started this process as one rank of several: WORLD_SIZE > 1 and
-    LOCAL_RANK set, and torchrun (which `accelerate launch` runs for several processes) or
-    `accelerate launch` itself left its mark, or a process group already runs. A WORLD_SIZE that a
-    scheduler left in the environment of a plain `competition run` does not count: accelerate
-    would start a process group there and wait for ranks that never come."""
+    LOCAL_RANK set, and torchrun (which `accelerate launch` runs for several processes, DDP, FSDP
+    and DeepSpeed alike) left its run id, or a process group already runs. A WORLD_SIZE that a
+    scheduler left in the environment does not count: accelerate would start a process group and
+    wait for ranks that never come. Nor does ACCELERATE_MIXED_PRECISION: `accelerate launch` sets
+    it for a single process too, whose environment is otherwise a copy of the caller's."""
     if world_size() <= 1 or "LOCAL_RANK" not in os.environ:
         return False
-    if "TORCHELASTIC_RUN_ID" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ:
+    if "TORCHELASTIC_RUN_ID" in os.environ:
         return True
     import torch.distributed
 

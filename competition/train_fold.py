@@ -3,6 +3,8 @@ fold's model in this process (the entry point `accelerate launch` starts once pe
 
 It fits exactly what `competition run` would fit for that fold (same rows, same workdir), so the
 runner afterwards finds the finished training and only predicts. `--fold refit` trains on all rows.
+A user mistake exits with code 2 and its one line: printed, or written to the file the runner
+named in COMPETITION_ERROR_FILE (see competition.launch).
 """
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="folder with the competition files (default: [data] dir)")
     args = parser.parse_args(argv)
     from .errors import CompetitionError
+    from .launch import report_refusal
 
     try:
         train_fold(args.config, args.candidate, None if args.fold == "refit" else int(args.fold), args.data)
-    except CompetitionError as error:  # a user mistake: one line (per rank), as the CLI prints it
-        print(f"Error: {error}", file=sys.stderr)
+    except CompetitionError as error:  # a user mistake: one line, as the CLI prints it
+        if not report_refusal(error):  # run_launcher prints it once, not once per rank
+            print(f"Error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

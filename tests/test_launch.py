@@ -11,7 +11,7 @@ from conftest import write_workspace
 
 from competition.config import load_config
 from competition.errors import ConfigError
-from competition.launch import accelerate_command, command_for
+from competition.launch import LaunchFailed, accelerate_command, command_for, run_launcher
 from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
 
 ENTRY = ["-m", "competition.train_fold"]
@@ -19,7 +19,7 @@ ENTRY = ["-m", "competition.train_fold"]
 
 def test_single_process_command_trains_one_fold():
     command = accelerate_command("/ws/competition.toml", "solar", 2, 1, python="/venv/bin/python")
-    assert command == ["/venv/bin/python", "-m", "accelerate.commands.launch", "--num_processes", "1",
+    assert command == ["/venv/bin/python", "-m", "competition.launch", "--quiet", "--num_processes", "1",
                        "--num_machines", "1", *ENTRY, "--config", "/ws/competition.toml", "--candidate", "solar",
                        "--fold", "2"]
 
@@ -89,9 +89,56 @@ def test_a_launched_fold_reports_a_user_mistake_in_one_line(tmp_path, korean_row
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_user_mistake_in_a_launched_fold_is_one_line_and_exit_2(tmp_path, cli, korean_rows, tiny_causal_lm,
+                                                                     capfd, processes):
+    """Every training row too long for max_length: the ranks refuse, and `competition run` prints
+    that line once, exit code 2, with no traceback from accelerate, torchrun or the runner."""
+    test = korean_rows.tail(3).assign(fname=lambda f: "test_" + f["fname"])
+    write_workspace(tmp_path, korean_rows, test, None, (
+        f'[cv]\nk = 2\n\n[candidates.tiny]\nkind = "qlora"\nmodel = "{tiny_causal_lm}"\nlauncher = "accelerate"\n'
+        f'num_processes = {processes}\nmax_steps = 2\nbatch_size = 2\nmax_length = 48\nmax_new_tokens = 8\n'))
+    assert cli(["folds", "build"], cwd=tmp_path).exit_code == 0
+    capfd.readouterr()
+    result = cli(["run", "tiny", "--folds", "0"], cwd=tmp_path)
+    launched = capfd.readouterr()  # what the launcher and its ranks printed
+    refusal = "Error: tiny: every training row is longer than max_length=48: raise max_length in competition.toml"
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].strip() == refusal
+    assert (result.output + launched.out + launched.err).count(refusal) == 1  # once, not once per rank
+    assert "Traceback" not in result.output + launched.out + launched.err
+    assert not (tmp_path / "runs" / "tiny" / "fold_0" / "meta.json").exists()
+
+
+def test_a_crashed_launch_names_the_command(tmp_path):
+    with pytest.raises(LaunchFailed, match=r"`.* -c raise SystemExit\(3\)` exited with code 3: the output"):
+        run_launcher([sys.executable, "-c", "raise SystemExit(3)"], cwd=tmp_path)
+
+
+def test_the_launcher_does_not_inherit_a_schedulers_rank_variables(tmp_path, monkeypatch):
+    """A single-process `accelerate launch` copies its whole environment into the training process:
+    a WORLD_SIZE=2 left by a scheduler there would make it wait for a second rank."""
+    stray = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1",
+             "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "old-job", "TORCHELASTIC_RESTART_COUNT": "0"}
+    for name, value in {**stray, "HF_HOME": str(tmp_path / "hf")}.items():
+        monkeypatch.setenv(name, value)
+    dump = tmp_path / "environment.json"
+    run_launcher([sys.executable, "-c", f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"])
+    environment = json.loads(dump.read_text())
+    assert sorted(set(stray) & set(environment)) == []
+    assert environment["HF_HOME"] == str(tmp_path / "hf")  # everything else passes through
+    assert os.environ["WORLD_SIZE"] == "2"  # this process's own environment is left as it was
+
+
+@pytest.mark.slow
 def test_fold_trains_under_accelerate_launch(tmp_path, cli, korean_rows, tiny_causal_lm, monkeypatch):
-    """The fold's adapter comes from the launched process: training in this process would fail."""
+    """The fold's adapter comes from the launched process: training in this process would fail.
+    A scheduler's WORLD_SIZE=2 in the environment does not reach it (it would wait for rank 1)."""
     from competition.candidates.qlora import QLoRACandidate
+
+    clear_rank_environment(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
 
     def no_training_here(self, train_rows, fingerprint):
         raise AssertionError("the runner trained in-process instead of through accelerate launch")
@@ -111,11 +158,8 @@ def test_fold_trains_under_accelerate_launch(tmp_path, cli, korean_rows, tiny_ca
     assert (tmp_path / "runs" / "tiny" / "fold_0" / "oof.csv").exists()
 
 
-LAUNCHER_MARKS = ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")
-
-
 def clear_rank_environment(monkeypatch) -> None:
-    for variable in ("WORLD_SIZE", "LOCAL_RANK", "RANK", *LAUNCHER_MARKS):
+    for variable in ("WORLD_SIZE", "LOCAL_RANK", "RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION"):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -129,8 +173,7 @@ class FakePartialState:
         self.is_main_process = int(os.environ["RANK"]) == 0
 
 
-@pytest.mark.parametrize("mark", LAUNCHER_MARKS)
-def test_each_launched_rank_gets_its_own_gpu_and_only_rank_0_writes(monkeypatch, mark):
+def test_each_launched_rank_gets_its_own_gpu_and_only_rank_0_writes(monkeypatch):
     import accelerate
 
     from competition.modeling import device_map, is_main_process
@@ -139,7 +182,7 @@ def test_each_launched_rank_gets_its_own_gpu_and_only_rank_0_writes(monkeypatch,
     monkeypatch.setattr(accelerate, "PartialState", FakePartialState)
     FakePartialState.made_with = []
     monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv(mark, "1")  # torchrun (several processes) or `accelerate launch` was here
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun (several processes under accelerate launch)
     placed, writers = [], []
     for rank in range(4):  # one machine: local rank = global rank
         monkeypatch.setenv("LOCAL_RANK", str(rank))
@@ -153,7 +196,9 @@ def test_each_launched_rank_gets_its_own_gpu_and_only_rank_0_writes(monkeypatch,
 
 def test_world_size_without_a_launcher_is_a_single_process(monkeypatch):
     """A scheduler's WORLD_SIZE (even with LOCAL_RANK) must not make a plain `competition run` wait
-    for ranks that never start: it loads on GPU 0, writes its files, and refuses to train."""
+    for ranks that never start: it loads on GPU 0, writes its files, and refuses to train. Nor
+    does ACCELERATE_MIXED_PRECISION count as a launch: a single-process `accelerate launch` sets it
+    in a copy of the caller's environment, stray WORLD_SIZE included."""
     import accelerate
 
     from competition.modeling import device_map, is_main_process, launched_distributed
@@ -166,9 +211,9 @@ def test_world_size_without_a_launcher_is_a_single_process(monkeypatch):
     monkeypatch.setattr(accelerate, "PartialState", no_process_group)
     check_not_a_stray_rank()  # nothing set: a plain single process
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for local_rank in (None, "1"):
-        if local_rank is not None:
-            monkeypatch.setenv("LOCAL_RANK", local_rank)
+    for variable, value in ((None, None), ("LOCAL_RANK", "0"), ("ACCELERATE_MIXED_PRECISION", "no")):
+        if variable is not None:
+            monkeypatch.setenv(variable, value)
         assert not launched_distributed()
         assert is_main_process("cuda") and is_main_process("cpu")
         assert device_map("cuda") == {"": 0}
