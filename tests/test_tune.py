@@ -12,6 +12,7 @@ import pytest
 
 from competition import search
 from competition import tune as tuning
+from competition.errors import CompetitionError
 from tiny_models import run_through_cli, tiny_t5  # noqa: F401  (fixture)
 
 SPACE = ('{"num_beams": [1, 2], "length_penalty": [0.5, 1.0], "max_new_tokens": [6, 12], '
@@ -151,8 +152,7 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
     def spying_load(self):
         fresh = self._model is None
         model, tokenizer = real_load(self)
-        if fresh:
-            gc.collect()
+        if fresh:  # counted as tune left it: a model it released but still references counts as alive
             loaded.append(weakref.ref(model))
             alive_at_load.append(sum(ref() is not None for ref in loaded))
         return model, tokenizer
@@ -312,6 +312,11 @@ def test_table_shows_trials_subsample_and_full_scores_the_choice_and_the_nested_
     assert ("OOF final on all 400 rows: untuned 29.25 -> tuned 32.75; nested 31.25 "
             "(chosen on the other folds: fold 0 #1, fold 1 #0)") in lines
     assert lines[-1] == "wrote t5@tuned"
+    result.nested_strict = False  # TPE proposed the settings
+    shown = cli(["tune", "t5"], cwd=korean_workspace)
+    assert shown.stdout.splitlines()[-2].endswith(
+        "fold 1 #0); nested is optimistic under TPE: which settings were tried was steered by scores that include "
+        "the held-out fold's rows (under --method grid the nested score is strictly nested)")
 
 
 def test_grid_does_not_repeat_settings_that_differ_only_in_unused_length_scale():
@@ -359,3 +364,112 @@ def test_dynamic_length_gives_each_length_bin_its_own_token_budget():
 
     assert generation_kwargs(Params(min_new_tokens=5, max_new_tokens=20), Tok())["min_new_tokens"] == 5
     assert "min_new_tokens" not in generation_kwargs(Params(), Tok())
+
+
+def test_trial_store_keeps_trials_after_a_cut_line_and_the_latest_confirmation(tmp_path):
+    store = search.TrialStore(tmp_path / "trials.jsonl", {"subsample": 6, "seed": 1})
+    first = tuning.Trial(0, {"num_beams": 1}, {0: 10.0}, 10.0)
+    store.append(first)
+    store.append(tuning.Trial(1, {"num_beams": 2}, {0: 12.0}, 12.0))
+    with open(store.path, "a", encoding="utf-8") as out:  # a kill in the middle of trial 2's line
+        out.write('{"number": 2, "setting": {"num_beams": 4}, "fold_fi')
+    store.append(tuning.Trial(2, {"num_beams": 3}, {0: 11.0}, 11.0))
+    first.full_final, first.full_fold_finals = 9.5, {0: 9.5}
+    store.append(first)  # its confirmation on all OOF rows, stored as a second line
+    loaded = store.load()
+    assert [(t.number, t.setting["num_beams"]) for t in loaded] == [(0, 1), (1, 2), (2, 3)]
+    assert loaded[0].full_final == 9.5 and loaded[0].full_fold_finals == {0: 9.5}
+
+
+def test_trial_store_refuses_trials_scored_on_other_inputs_until_restarted(tmp_path):
+    inputs = {"candidate": "t5", "config_hash": "abc", "fold_trained_at": ["t0", "t1"], "subsample": 6, "seed": 1}
+    search.TrialStore(tmp_path / "trials.jsonl", inputs).append(tuning.Trial(0, {"num_beams": 1}, {0: 1.0}, 1.0))
+    assert len(search.TrialStore(tmp_path / "trials.jsonl", dict(inputs)).load()) == 1
+
+    changed = search.TrialStore(tmp_path / "trials.jsonl", {**inputs, "subsample": 8, "fold_trained_at": ["t2", "t1"]})
+    with pytest.raises(CompetitionError) as refused:
+        changed.load()
+    message = str(refused.value)
+    assert "training of the fold models" in message and "--subsample (6, now 8)" in message
+    assert "--restart" in message and "\n" not in message
+    aside = changed.restart()
+    assert aside == tmp_path / "trials.jsonl.1" and aside.exists() and changed.load() == []
+
+    (tmp_path / "trials.jsonl").write_text(json.dumps(tuning.Trial(0, {"num_beams": 1}, {0: 1.0}, 1.0).as_dict()) + "\n")
+    with pytest.raises(CompetitionError, match="no record of what its scores depend on.*--restart"):
+        changed.load()  # a file from before the inputs were recorded
+    assert changed.restart() == tmp_path / "trials.jsonl.2"
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("space.json", '{"num_beams": [1, 2', "not valid JSON"),
+    ("space.toml", "num_beams = [1, 2", "not valid TOML"),
+    ("space.json", "[1, 2]", "expected a table {parameter: [values]}, found a list"),
+    ("space.json", '{"length_control": ["fixed", "short"]}', "length_control = 'short' should be \"fixed\" or"),
+    ("space.json", '{"num_beams": [0, 4]}', "num_beams = 0 should be a whole number >= 1"),
+    ("space.json", '{"num_beams": [[1, 2]]}', "num_beams = [1, 2] should be a whole number >= 1"),
+    ("space.toml", "[space]\nlength_penalty = [{a = 1}]", "length_penalty = {'a': 1} should be a number"),
+    ("space.json", '{"no_repeat_ngram_size": [true]}', "no_repeat_ngram_size = True should be a whole number"),
+    ("space.json", '{"length_scale": [0.0]}', "length_scale = 0.0 should be a number > 0"),
+])
+def test_space_file_problems_are_config_errors_naming_file_and_key(tmp_path, name, text, problem):
+    from competition.candidates.seq2seq import Params
+    from competition.errors import ConfigError
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        search.load_space(path, Params())
+    assert str(path) in str(refused.value) and problem in str(refused.value)
+
+
+def test_a_tuned_member_is_rebuilt_by_tune():
+    from competition.config import Config
+    from competition.ensemble import rerun_command
+
+    assert rerun_command(Config(), "t5@tuned") == "competition tune t5"
+    assert rerun_command(Config(), "t5") == "competition run t5"
+
+
+def _files(folder) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_tune_refuses_stale_folds_and_stale_trials_and_never_trains(tiny_t5, korean_workspace, cli):
+    run_through_cli(cli, korean_workspace, "t5", T5_TABLE.format(model=tiny_t5))
+    (korean_workspace / "space.json").write_text('{"num_beams": [1, 2]}')
+    args = ["tune", "t5", "--space", "space.json", "--trials", "2", "--subsample", "6"]
+    config_file = korean_workspace / "competition.toml"
+    work = korean_workspace / "runs" / "t5" / "fold_0" / "work"
+    before = _files(work)
+
+    # A training parameter changed without `competition run`: the folds are stale, nothing is retrained.
+    config_file.write_text(config_file.read_text().replace("learning_rate = 0.01", "learning_rate = 0.02"))
+    refused = cli(args, cwd=korean_workspace)
+    assert refused.exit_code == 2, refused.output
+    assert ("'t5' fold 0 was trained on another config, data or folds than now: run `competition run t5` first"
+            in refused.output)
+    assert _files(work) == before and not (korean_workspace / "runs" / "t5@tuned").exists()
+    config_file.write_text(config_file.read_text().replace("learning_rate = 0.02", "learning_rate = 0.01"))
+
+    # The trained weights are gone: refused, never trained again.
+    weights = korean_workspace / "runs" / "t5" / "fold_1" / "work" / "model" / "model.safetensors"
+    weights.rename(weights.with_suffix(".moved"))
+    refused = cli(args, cwd=korean_workspace)
+    assert refused.exit_code == 2 and "'t5' fold 1 has no trained model in" in refused.output
+    assert not weights.exists()
+    weights.with_suffix(".moved").rename(weights)
+
+    assert cli(args, cwd=korean_workspace).exit_code == 0
+    assert _files(work) == before  # tuning only loaded the fold models
+    # Stored trials scored with another subsample, or on fold models trained since, are not reused.
+    other = cli(args[:-1] + ["8"], cwd=korean_workspace)
+    assert other.exit_code == 2 and "--subsample (6, now 8)" in other.output and "--restart" in other.output
+    assert cli(["run", "t5", "--force"], cwd=korean_workspace).exit_code == 0
+    retrained = cli(args, cwd=korean_workspace)
+    assert retrained.exit_code == 2 and "training of the fold models" in retrained.output
+    restarted = cli(args + ["--restart", "--json"], cwd=korean_workspace)
+    assert restarted.exit_code == 0, restarted.output
+    assert [t["number"] for t in json.loads(restarted.stdout)["trials"]] == [0, 1]
+    assert (korean_workspace / "runs" / "t5@tuned" / "trials.jsonl.1").exists()
