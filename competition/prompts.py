@@ -156,3 +156,15 @@ class FewShotIndex:
             picks = [self.examples[i] for i in order if self.examples[i]["dialogue"] != dialogue][:k]
             chosen.append(picks)
         return chosen
+
+
+def prompt_inputs(rows, few_shot: int, fewshot_path: Path) -> tuple[list[str], list[str], list[list[dict]]]:
+    """Each row's dialogue, topic ("" without one) and its `few_shot` nearest examples from the
+    training rows `fit` saved at `fewshot_path` (none when few_shot is 0 or nothing was saved)."""
+    dialogues = rows["dialogue"].tolist()
+    topics = rows["topic"].fillna("").tolist() if "topic" in rows else [""] * len(rows)
+    if few_shot > 0 and Path(fewshot_path).exists():
+        examples = FewShotIndex.load(fewshot_path).nearest(dialogues, few_shot)
+    else:
+        examples = [[] for _ in dialogues]
+    return dialogues, topics, examples

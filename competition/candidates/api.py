@@ -57,15 +57,10 @@ class ApiCandidate(Candidate):
             FewShotIndex.from_rows(train_rows).save(self.fewshot_path)
 
     def _messages(self, rows: pd.DataFrame) -> list[list[dict]]:
-        from ..prompts import FewShotIndex, PromptTemplate, build_messages, truncate_middle
+        from ..prompts import PromptTemplate, build_messages, prompt_inputs, truncate_middle
 
         template = PromptTemplate.from_params(self.params)
-        dialogues = rows["dialogue"].tolist()
-        topics = rows["topic"].fillna("").tolist() if "topic" in rows else [""] * len(rows)
-        if self.params.few_shot > 0 and self.fewshot_path.exists():
-            examples = FewShotIndex.load(self.fewshot_path).nearest(dialogues, self.params.few_shot)
-        else:
-            examples = [[] for _ in dialogues]
+        dialogues, topics, examples = prompt_inputs(rows, self.params.few_shot, self.fewshot_path)
         limit = self.params.max_dialogue_chars
         cut = [truncate_middle(d, lambda text: len(text) <= limit, template.marker)[0] for d in dialogues]
         return [build_messages(template, d, t, e) for d, t, e in zip(cut, topics, examples)]

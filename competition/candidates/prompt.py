@@ -106,14 +106,9 @@ class PromptCandidate(Candidate):
 
     def prompts(self, rows: pd.DataFrame, tokenizer, max_prompt_tokens: int):
         """(prompt texts, builder) for `rows`, few-shot examples from the saved training rows."""
-        from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
+        from ..prompts import PromptBuilder, PromptTemplate, prompt_inputs
 
-        dialogues = rows["dialogue"].tolist()
-        topics = rows["topic"].fillna("").tolist() if "topic" in rows else [""] * len(rows)
-        if self.params.few_shot > 0 and self.fewshot_path.exists():
-            examples = FewShotIndex.load(self.fewshot_path).nearest(dialogues, self.params.few_shot)
-        else:
-            examples = [[] for _ in dialogues]
+        dialogues, topics, examples = prompt_inputs(rows, self.params.few_shot, self.fewshot_path)
         builder = PromptBuilder(tokenizer, PromptTemplate.from_params(self.params), max_prompt_tokens)
         texts = [builder.prompt(d, t, e) for d, t, e in zip(dialogues, topics, examples)]
         return texts, builder
