@@ -43,6 +43,13 @@ def finished_training(workdir: Path, weights: Path, fingerprint: str) -> dict | 
     return None
 
 
+def finished_fit(candidate, train_rows: pd.DataFrame) -> tuple[str, dict | None]:
+    """(fingerprint, train.json) for a candidate that trains (it names its weights file with
+    `trained_weights()`) on `train_rows`: train.json is None when it has to train again."""
+    fingerprint = training_fingerprint(candidate.params, train_rows)
+    return fingerprint, finished_training(candidate.workdir, candidate.trained_weights(), fingerprint)
+
+
 def check_not_a_stray_rank() -> None:
     """Refuse to train when WORLD_SIZE > 1 was left in the environment (by a scheduler) without a
     launcher: the trainer would start a process group and wait forever for the other ranks."""

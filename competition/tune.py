@@ -167,38 +167,24 @@ def nested_score(choices: dict[int, Trial], fold_rows: dict[int, int]) -> float:
     return sum(trial.full_fold_finals[fold] * fold_rows[fold] for fold, trial in choices.items()) / total
 
 
-def _trained_weights(instance) -> Path | None:
-    """The file a finished training of this fold saved; None for a kind that does not train."""
-    if instance.kind == "seq2seq":
-        from .candidates.seq2seq import MODEL_WEIGHTS
-
-        return instance.model_dir / MODEL_WEIGHTS
-    if instance.kind == "qlora":
-        from .candidates.qlora import ADAPTER_WEIGHTS
-
-        return instance.adapter_dir() / ADAPTER_WEIGHTS
-    return None
-
-
 def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.DataFrame]) -> dict[int, dict]:
     """Each fold's meta.json, refusing (CompetitionError) unless every fold of `name` ran on the
     current config, data and folds (`wanted`) and left its trained model: tuning only loads models."""
     from . import runner
     from .predictions import fold_dir, read_meta
-    from .training import finished_training, training_fingerprint
+    from .training import finished_fit
 
     metas = {}
     for fold in range(context.k):
         folder = fold_dir(context.config, name, fold)
         meta = read_meta(folder / "meta.json")
         instance = runner._make(context, name, folder / "work")
-        weights = _trained_weights(instance)
+        trains = hasattr(instance, "trained_weights")  # qlora, seq2seq; prompt kinds only load a model
         if meta is None or not (folder / "oof.csv").exists():
             problem = "has not run"
         elif not runner.fold_is_current(meta, wanted):
             problem = "was trained on another config, data or folds than now"
-        elif weights is not None and finished_training(
-                instance.workdir, weights, training_fingerprint(instance.params, train_rows[fold])) is None:
+        elif trains and finished_fit(instance, train_rows[fold])[1] is None:
             problem = f"has no trained model in {instance.workdir}"
         elif getattr(instance.params, "few_shot", 0) > 0 and not instance.fewshot_path.exists():
             problem = f"has no few-shot examples {instance.fewshot_path}"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_training, save_training,
-                        trainer_report, trainer_state_step, training_fingerprint)
+from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training, trainer_report,
+                        trainer_state_step)
 from . import prompt
 from .prompt import PromptCandidate
 
@@ -56,6 +56,10 @@ class QLoRACandidate(PromptCandidate):
     def adapter_dir(self) -> Path | None:
         return self.workdir / "adapter"
 
+    def trained_weights(self) -> Path:
+        """The file a finished training saved (with train.json it marks the fold trained)."""
+        return self.adapter_dir() / ADAPTER_WEIGHTS
+
     def training_pairs(self, train_rows: pd.DataFrame, tokenizer) -> tuple[list[dict], int]:
         """(prompt/completion pairs, rows dropped because prompt + summary exceed max_length)."""
         from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
@@ -79,8 +83,7 @@ class QLoRACandidate(PromptCandidate):
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         from ..modeling import is_main_process, resolve_device
 
-        fingerprint = training_fingerprint(self.params, train_rows)
-        done = finished_training(self.workdir, self.adapter_dir() / ADAPTER_WEIGHTS, fingerprint)
+        fingerprint, done = finished_fit(self, train_rows)
         if done is None:
             done = self._train(train_rows, fingerprint)
             self._model = None  # prediction reloads the base model with the new adapter
@@ -126,7 +129,7 @@ class QLoRACandidate(PromptCandidate):
         trainer.train(resume_from_checkpoint=last)
         report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(pairs), dropped_too_long=dropped)
         # adapter_model.safetensors + adapter_config.json + tokenizer, gathered from every rank
-        save_training(trainer, self.workdir, self.adapter_dir() / ADAPTER_WEIGHTS, report, device)
+        save_training(trainer, self.workdir, self.trained_weights(), report, device)
         return report
 
 

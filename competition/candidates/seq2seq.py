@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..prompts import DEFAULT_MARKER
-from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_training,
-                        save_training, trainer_report, trainer_state_step, training_fingerprint)
+from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
+                        trainer_report, trainer_state_step)
 from .base import Candidate
 from .prompt import check_choice, check_generation
 
@@ -96,9 +96,12 @@ class Seq2SeqCandidate(Candidate):
     def model_dir(self) -> Path:
         return self.workdir / "model"
 
+    def trained_weights(self) -> Path:
+        """The file a finished training saved (with train.json it marks the fold trained)."""
+        return self.model_dir / MODEL_WEIGHTS
+
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
-        fingerprint = training_fingerprint(self.params, train_rows)
-        done = finished_training(self.workdir, self.model_dir / MODEL_WEIGHTS, fingerprint)
+        fingerprint, done = finished_fit(self, train_rows)
         if done is None:
             done = self._train(train_rows, fingerprint)
             self._model = None
@@ -167,7 +170,7 @@ class Seq2SeqCandidate(Candidate):
         report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(train_rows), added_tokens=added,
                                 tags=tags)
         # model.safetensors (LoRA merged in) + the tokenizer with the added tags
-        save_training(trainer, self.workdir, self.model_dir / MODEL_WEIGHTS, report, device, merge_lora=params.use_lora)
+        save_training(trainer, self.workdir, self.trained_weights(), report, device, merge_lora=params.use_lora)
         return report
 
     def load(self):
@@ -178,7 +181,7 @@ class Seq2SeqCandidate(Candidate):
             from ..modeling import load_error, model_source, compute_dtype, load_tokenizer, resolve_device
 
             device = resolve_device(self.params)
-            trained = (self.model_dir / MODEL_WEIGHTS).exists()
+            trained = self.trained_weights().exists()
             source = str(self.model_dir) if trained else model_source(self.params)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(source) if trained else load_tokenizer(self.params)
