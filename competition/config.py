@@ -126,11 +126,14 @@ class EnsembleConfig:
 
     def __post_init__(self) -> None:
         # Raised as ValueError so build_dataclass reports it with every other config problem.
+        from .ensemble import METHODS  # here, not at the top: ensemble.py imports this module
+        from .mbr import UTILITIES
+
         problems = []
-        if self.method not in ("best", "mbr", "hill-climb"):
-            problems.append(f"method = {self.method!r}: choose best, mbr or hill-climb")
-        if self.utility not in ("final", "rouge1", "rouge2", "rougeL"):
-            problems.append(f"utility = {self.utility!r}: choose final, rouge1, rouge2 or rougeL")
+        if self.method not in METHODS:
+            problems.append(f"method = {self.method!r}: choose {_choices(METHODS)}")
+        if self.utility not in UTILITIES:
+            problems.append(f"utility = {self.utility!r}: choose {_choices(UTILITIES)}")
         _raise_if(problems)
 
 

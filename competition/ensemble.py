@@ -196,7 +196,6 @@ def _combine(frames: list[pd.DataFrame | None], members: list[str], fnames: list
     return pd.DataFrame({"fname": fnames, "summary": summaries}), chosen
 
 
-# What each hash in a member's meta.json fingerprints: named when it differs from now.
 # What each recorded input hash covers, as "predicted on ... than the current FILE" says it.
 _INPUT_HASHES = {"data_sha256": "other labelled data", "folds_sha256": "another fold split",
                  "test_sha256": "another test file", "dev_sha256": "another dev file"}

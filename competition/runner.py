@@ -201,7 +201,6 @@ def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: 
 def _choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """MBR over the k fold models' test (and dev) outputs, row by row."""
     from .mbr import mbr_select
-
     from .predictions import load_fold_dev, load_fold_test
 
     chosen_counts = {}
