@@ -75,6 +75,9 @@ class MetricConfig:
         _raise_if(problems)
 
 
+PICK_BY = ("test_matched", "oof")  # which CV score chooses: the test-matched final or the plain OOF final
+
+
 @dataclass
 class CVConfig:
     folds_file: str = "folds/folds.csv"  # fname,fold; folds.json is written beside it
@@ -84,11 +87,19 @@ class CVConfig:
     include_dev: bool = False  # put dev rows into the folds too (then dev is no hold-out)
     bootstrap: int = 1000  # resamples for the OOF final's 95% interval
     test_strategy: str = "mbr"  # test/dev output: mbr (per row, the fold output closest to the others) or refit
+    near_duplicates: float = 0.5  # dialogues with TF-IDF cosine >= this share a fold (clusters); 0 = off
+    pick_by: str = "test_matched"  # history's final pick and submit's default source: test_matched or oof
 
     def __post_init__(self) -> None:
         from .folds import STRATEGIES, parse_strategy  # folds.py does not import config: no cycle
 
         problems = []
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 2:
+            problems.append(f"k = {self.k!r}: use at least 2 folds")
+        if not 0 <= self.near_duplicates <= 1:
+            problems.append(f"near_duplicates = {self.near_duplicates!r}: choose a cosine in (0, 1], or 0 for off")
+        if self.pick_by not in PICK_BY:
+            problems.append(f"pick_by = {self.pick_by!r}: choose {_choices(PICK_BY)}")
         try:
             parse_strategy(self.strategy)
         except ConfigError:

@@ -2,6 +2,9 @@
 
 A source (candidate or ensemble) ranks only when its OOF covers every fold row exactly once with
 the current folds; otherwise it is listed as incomplete, after the complete ones, with the reason.
+Beside the OOF final, each source gets a test-matched final (OOF rows weighted so that their
+similarity to their training folds is distributed as the test's similarity to train, shift.py)
+and, for the dev hold-out, the final on all dev rows and on those with no near-duplicate in train.
 Every text is tokenised once per process (the metric's cache), so this takes seconds.
 """
 from __future__ import annotations
@@ -18,8 +21,8 @@ def _scorer(config: Config):
     return get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
 
 
-def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
-    """(folds checked against the data, labelled rows by fname, hold-out dev or None)."""
+def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
+    """(folds checked against the data, labelled rows by fname, hold-out dev or None, test rows)."""
     from .data import load_from_config
     from .folds import check_folds, labelled_rows
 
@@ -27,7 +30,8 @@ def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame
     rows = labelled_rows(config, data)
     folds = check_folds(config, rows)
     dev = data.dev if data.dev is not None and not config.cv.include_dev else None
-    return folds, rows.drop_duplicates("fname").set_index("fname"), dev
+    return folds, rows.drop_duplicates("fname").set_index("fname"), dev, data.test
+
 
 
 def _oof_result(config: Config, oof: pd.DataFrame, labelled: pd.DataFrame, name: str) -> RougeResult:
@@ -45,12 +49,13 @@ def oof_scores(config: Config, name: str, data_dir=None) -> RougeResult:
     """ROUGE of each row of `load_oof(config, name)`, in that order."""
     from .predictions import load_oof
 
-    _, labelled, _ = _labelled(config, data_dir)
+    _, labelled, _, _ = _labelled(config, data_dir)
     return _oof_result(config, load_oof(config, name), labelled, name)
 
 
-def bootstrap_interval(values: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> list[float]:
-    """Percentile interval of the mean of `values` over row resamples (with replacement)."""
+def bootstrap_interval(values: np.ndarray, resamples: int, seed: int, level: float = 0.95,
+                       weights: np.ndarray | None = None) -> list[float]:
+    """Percentile interval of the (weighted) mean of `values` over row resamples (with replacement)."""
     if len(values) == 0 or resamples < 1:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
@@ -58,7 +63,12 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int, level: flo
     block = max(1, 2_000_000 // len(values))  # bounded memory on 12k+ rows
     for start in range(0, resamples, block):
         size = min(block, resamples - start)
-        means[start:start + size] = values[rng.integers(0, len(values), size=(size, len(values)))].mean(axis=1)
+        drawn = rng.integers(0, len(values), size=(size, len(values)))
+        if weights is None:
+            means[start:start + size] = values[drawn].mean(axis=1)
+        else:
+            totals = weights[drawn].sum(axis=1)
+            means[start:start + size] = (values * weights)[drawn].sum(axis=1) / np.where(totals > 0, totals, 1.0)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
@@ -99,9 +109,36 @@ def _stale_folds(config: Config, name: str, folds_digest: str, data_digest: str)
     return stale
 
 
-def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
-           digests: tuple[str, str]) -> dict:
+def test_matched(config: Config, result: RougeResult, fnames: pd.Series, profile) -> dict:
+    """The OOF scores of rows `fnames` weighted to the test's similarity profile (shift.py)."""
+    from .shift import matched_weights
+
+    weights, info = matched_weights(profile.oof.reindex(fnames).fillna(0.0).to_numpy(), profile.test.to_numpy())
+    if not len(weights):
+        return {**{metric: 0.0 for metric in METRICS}, "final": 0.0, "ci95": [float("nan")] * 2, **info}
+    f1 = (result.per_row[:, :, 2] * weights[:, None]).sum(axis=0) / weights.sum()
+    return {**dict(zip(METRICS, f1.tolist())), "final": float(f1.mean() * 100),
+            "ci95": bootstrap_interval(result.row_finals, config.cv.bootstrap, config.cv.seed, weights=weights),
+            **info}
+
+
+def _dev_scores(config: Config, predicted: pd.Series, dev: pd.DataFrame, profile) -> dict:
+    """Dev final on every dev row, and on the rows with no near-duplicate (cosine >= [cv]
+    near_duplicates) in the labelled rows: the part of dev that looks like the test."""
     from .data import references
+
+    scores = _scorer(config).score(predicted.loc[dev["fname"]].tolist(), references(dev))
+    out = {"dev_final": scores.final, "dev_novel_final": None, "dev_novel_rows": None}
+    threshold = config.cv.near_duplicates
+    if threshold > 0 and profile is not None and profile.dev is not None:
+        novel = profile.dev.reindex(dev["fname"]).to_numpy() < threshold
+        out["dev_novel_rows"] = int(novel.sum())
+        out["dev_novel_final"] = float(scores.row_finals[novel].mean()) if novel.any() else None
+    return out
+
+
+def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
+           digests: tuple[str, str], profile=None) -> dict:
     from .predictions import load_dev, load_oof
 
     k = int(folds["fold"].max()) + 1
@@ -125,12 +162,12 @@ def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFram
     problems = [f"{n} {what}" for what, n in covered.items() if n] + ([f"stale fold(s) {stale}"] if stale else [])
     if len(done) < k:
         problems.insert(0, f"folds {len(done)}/{k}")
-    dev_final = None
+    dev_scores = {"dev_final": None, "dev_novel_final": None, "dev_novel_rows": None}
     dev_frame = load_dev(config, name) if dev is not None else None
     if dev_frame is not None:
         predicted = dev_frame.drop_duplicates("fname").set_index("fname")["summary"]
         if set(predicted.index) == set(dev["fname"]):
-            dev_final = _scorer(config).score(predicted.loc[dev["fname"]].tolist(), references(dev)).final
+            dev_scores = _dev_scores(config, predicted, dev, profile)
         else:
             problems.append("dev output does not cover dev")
     return {
@@ -149,8 +186,9 @@ def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFram
                      "final": float(fold_finals.std(ddof=ddof)) if len(fold_finals) else 0.0},
         "fold_final_mean": float(fold_finals.mean()) if len(fold_finals) else 0.0,
         "fold_final_std": float(fold_finals.std(ddof=ddof)) if len(fold_finals) else 0.0,
-        "dev_final": dev_final,
+        **dev_scores,
         "ci95": bootstrap_interval(result.row_finals, config.cv.bootstrap, config.cv.seed),
+        "test_matched": None if profile is None else test_matched(config, result, usable["fname"], profile),
         "config_hash": meta.get("config_hash", ""),
     }
 
@@ -165,6 +203,7 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
     from .data import rows_sha256
     from .folds import folds_sha256
     from .predictions import list_sources
+    from .shift import workspace_profile
 
     sources = list_sources(config)
     if names:
@@ -177,8 +216,9 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
         sources = list(dict.fromkeys(names))
     if not sources:
         return []
-    folds, labelled, dev = _labelled(config, data_dir)
+    folds, labelled, dev, test = _labelled(config, data_dir)
     digests = (folds_sha256(config), rows_sha256(labelled.reset_index()))
-    board = [_entry(config, name, folds, labelled, dev, digests)
+    profile = workspace_profile(config, folds, labelled.reset_index(), dev, test)
+    board = [_entry(config, name, folds, labelled, dev, digests, profile)
              for name in tqdm(sources, desc="cv", disable=not progress, leave=False)]
     return sorted(board, key=lambda entry: (not entry["complete"], -entry["oof"]["final"], entry["name"]))

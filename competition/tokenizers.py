@@ -60,6 +60,9 @@ TOKENIZERS: dict[str, Callable[[], Tokenizer]] = {
 }
 
 _instances: dict[str, Tokenizer] = {}
+# Tokens of every text seen, per tokenizer: retrieval's k folds and the near-duplicate search
+# tokenise the same dialogues again and again in one process.
+_token_cache: dict[str, dict[str, list[str]]] = {}
 
 
 def get_tokenizer(name: str) -> Tokenizer:
@@ -71,3 +74,14 @@ def get_tokenizer(name: str) -> Tokenizer:
     if name not in _instances:
         _instances[name] = TOKENIZERS[name]()
     return _instances[name]
+
+
+def cached_tokens(texts: Sequence[str], tokenizer: str) -> list[list[str]]:
+    """Tokens of each text by the named tokenizer, each distinct text tokenised once per process
+    (and the tokenizer loaded only when a text misses)."""
+    cache = _token_cache.setdefault(tokenizer, {})
+    missing = list(dict.fromkeys(t for t in texts if t not in cache))
+    if missing:
+        for text, tokens in zip(missing, get_tokenizer(tokenizer).tokenize_many(missing)):
+            cache[text] = tokens
+    return [cache[t] for t in texts]

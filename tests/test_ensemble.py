@@ -226,6 +226,7 @@ def member_workspace(tmp_path, korean_rows):
 [cv]
 k = {FOLDS}
 bootstrap = 100
+near_duplicates = 0  # the folds below are written by hand, without near-duplicate grouping
 
 [ensembles.mix]
 members = ["lead1", "lead2", "last2"]

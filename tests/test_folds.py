@@ -167,14 +167,16 @@ def test_missing_folds_json_is_a_fold_mismatch(korean_workspace, cli):
 
 
 def test_english_train_folds_are_deterministic_and_balanced(shared_data, tmp_path):
-    """The 12,460 English DialogSum train rows: the same bytes whatever the row order, fold sizes
-    within one, and every dialogue-length bin dealt evenly over the folds."""
+    """The 12,460 English DialogSum train rows with the default near-duplicate grouping: the same
+    bytes whatever the row order, fold sizes within one, no duplicate split across folds, and
+    dialogue lengths still spread evenly over the folds."""
     rows = read_split(shared_data / "dialogsum-en" / "train.jsonl", "train")
     assert len(rows) == 12460
     shuffled = rows.sample(frac=1, random_state=11).reset_index(drop=True)
     outputs = []
     for name, frame in (("ordered", rows), ("shuffled", shuffled)):
         config = Config(path=tmp_path / name / "competition.toml")
+        config.metric.tokenizer = "english"
         info = build_folds(config, frame)
         folder = tmp_path / name / "folds"
         written = read(folder / "folds.csv")
@@ -186,10 +188,41 @@ def test_english_train_folds_are_deterministic_and_balanced(shared_data, tmp_pat
     (ordered_csv, ordered_json, info), (shuffled_csv, shuffled_json, _) = outputs
     assert ordered_csv == shuffled_csv and ordered_json == shuffled_json
     assert info["rows"] == 12460 and info["rows_per_fold"] == [2492] * 5
+    assert info["near_duplicates"]["threshold"] == 0.5 and info["near_duplicates"]["clusters"] > 1000
 
+    folds = read(tmp_path / "ordered" / "folds" / "folds.csv").astype({"fold": int})
+    fold_of = folds.set_index("fname")["fold"]
+    # Dialogues identical up to white space (found without TF-IDF): never in two folds.
+    same_text = rows["dialogue"].map(lambda text: " ".join(text.split()))
+    spread = fold_of.loc[rows["fname"]].groupby(same_text.to_numpy()).nunique()
+    assert (same_text.duplicated(keep=False).sum() == 1190) and spread.max() == 1
+    # Pairs with cosine >= 0.9 by sklearn's own TF-IDF on the same tokens: none crosses folds.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from competition.tokenizers import get_tokenizer
+
+    tokens = get_tokenizer("english").tokenize_many(list(rows["dialogue"]))
+    matrix = TfidfVectorizer(analyzer=lambda t: t, sublinear_tf=True).fit_transform(tokens)
+    fold_array = fold_of.loc[rows["fname"]].to_numpy()
+    crossing = close = 0
+    for start in range(0, len(rows), 3000):
+        block = (matrix[start:start + 3000] @ matrix.T).tocoo()
+        near = (block.data >= 0.9) & (block.row + start != block.col)
+        close += int(near.sum())
+        crossing += int((fold_array[block.row[near] + start] != fold_array[block.col[near]]).sum())
+    assert close > 3000 and crossing == 0
+
+    # Grouping keeps the length stratification close: per length bin, folds within 20 of ~249 rows.
+    lengths = rows["dialogue"].str.len().to_numpy()
+    rank = np.lexsort((rows["fname"].to_numpy(), lengths)).argsort()
+    bins = rank * 10 // len(rows)
+    table = pd.crosstab(bins, fold_array)
+    assert (table.max(axis=1) - table.min(axis=1)).max() <= 20, table
+
+
+def test_english_plain_length_folds_stratify_exactly(shared_data):
+    """Without clusters the length strategy deals every length bin to within one row."""
+    rows = read_split(shared_data / "dialogsum-en" / "train.jsonl", "train")
     folds = assign_folds(rows, k=5, seed=42, strategy="length")
-    assert (tmp_path / "ordered" / "folds" / "folds.csv").read_bytes() == \
-        folds.to_csv(index=False, lineterminator="\n").encode()
     assert assign_folds(rows, k=5, seed=43, strategy="length")["fold"].tolist() != folds["fold"].tolist()
     uneven = assign_folds(rows.head(12458), k=5, seed=42, strategy="length")["fold"].value_counts()
     assert uneven.max() - uneven.min() <= 1

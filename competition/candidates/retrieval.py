@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import MetricConfig
+from ..tokenizers import cached_tokens
 from .base import Candidate
 
 _SPEAKER = re.compile(r"#Person\d+#")
-# Tokens of every dialogue seen, per tokenizer: the k folds re-fit on the same dialogues.
-_token_cache: dict[str, dict[str, list[str]]] = {}
 
 
 @dataclass
@@ -32,18 +31,6 @@ class Params:
     def __post_init__(self) -> None:
         if self.ngram_max < 1 or self.min_df < 1 or self.top_k < 1 or self.batch_rows < 1:
             raise ValueError("ngram_max, min_df, top_k and batch_rows must each be at least 1")
-
-
-def tokens_of(texts: list[str], tokenizer: str) -> list[list[str]]:
-    """Tokens of each text by the metric's tokenizer, cached for the process."""
-    from ..tokenizers import get_tokenizer
-
-    cache = _token_cache.setdefault(tokenizer, {})
-    missing = list(dict.fromkeys(t for t in texts if t not in cache))
-    if missing:
-        for text, tokens in zip(missing, get_tokenizer(tokenizer).tokenize_many(missing)):
-            cache[text] = tokens
-    return [cache[t] for t in texts]
 
 
 def speakers_in_order(dialogue: str) -> list[str]:
@@ -84,7 +71,7 @@ class RetrievalCandidate(Candidate):
 
         ngram_max = self.params.ngram_max
         self._train = train_rows[["fname", "dialogue", "summary"]].reset_index(drop=True)
-        tokens = tokens_of(list(self._train["dialogue"]), self.metric.tokenizer)
+        tokens = cached_tokens(list(self._train["dialogue"]), self.metric.tokenizer)
         self._vectorizer = TfidfVectorizer(analyzer=lambda toks: _features(toks, ngram_max),
                                            min_df=self.params.min_df, sublinear_tf=self.params.sublinear_tf)
         self._matrix = self._vectorizer.fit_transform(tokens)
@@ -97,7 +84,7 @@ class RetrievalCandidate(Candidate):
         if self._matrix is None:
             raise RuntimeError("retrieval candidate used before fit")
         top_k = min(self.params.top_k, self._matrix.shape[0])
-        queries = self._vectorizer.transform(tokens_of(list(rows["dialogue"]), self.metric.tokenizer))
+        queries = self._vectorizer.transform(cached_tokens(list(rows["dialogue"]), self.metric.tokenizer))
         found = np.zeros((len(rows), top_k), dtype=np.int64)
         for start in range(0, len(rows), self.params.batch_rows):
             # Rows are L2-normalised: the dot product is the cosine similarity.

@@ -44,3 +44,43 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
              for row in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def png_option(help_text: str):
+    """--plot FILE.png: refused (exit 2, one line) unless it ends in .png and its folder exists."""
+
+    def check(context, parameter, value):
+        if value is None:
+            return None
+        from pathlib import Path
+
+        path = Path(value)
+        if path.suffix.lower() != ".png":
+            raise click.BadParameter(f"{value!r} does not end in .png: the plot is a PNG image", context, parameter)
+        if not path.parent.resolve().is_dir():
+            raise click.BadParameter(f"folder {str(path.parent)!r} does not exist: create it or choose another path",
+                                     context, parameter)
+        return path
+
+    return click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, callback=check,
+                        help=help_text)
+
+
+# How each nearest-neighbour set is named in tables (shift.py's keys).
+NEAREST_LABELS = {"train_to_train": "train -> other train rows", "oof_to_training_folds": "CV row -> its training folds",
+                  "dev_to_train": "dev -> train", "test_to_train": "test -> train"}
+
+
+def nearest_table(summaries: dict[str, dict]) -> str:
+    """Quantiles and shares of nearest-neighbour cosines, one row per set, side by side."""
+    summaries = {name: summary for name, summary in summaries.items() if summary["rows"]}
+    if not summaries:
+        return "(no rows)"
+    rows = []
+    for name, summary in summaries.items():
+        quantiles, shares = summary["quantiles"], summary["share_at_least"]
+        rows.append([NEAREST_LABELS.get(name, name), summary["rows"], *(f"{v:.2f}" for v in quantiles.values()),
+                     *(f"{100 * v:.1f}%" for v in shares.values())])
+    first = next(iter(summaries.values()))
+    headers = ["nearest-neighbour cosine", "rows", *first["quantiles"], *(f">= {level}" for level in first["share_at_least"])]
+    return table(rows, headers)

@@ -10,6 +10,33 @@ def _mean_std(entry: dict, metric: str, scale: float) -> str:
     return f"{entry['fold_mean'][metric] * scale:.2f}±{entry['fold_std'][metric] * scale:.2f}"
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.2f}"
+
+
+def _footnote(config, board: list[dict]) -> str:
+    """How to read the test-matched and dev novel columns, with the figures they rest on."""
+    entry = next((e for e in board if e.get("test_matched")), None)
+    lines = ["Finals are ROUGE x 100 (mean of R1/R2/RL F1)."]
+    if entry is not None:
+        matched = entry["test_matched"]
+        lines.append(f"test-matched: OOF rows weighted to the test's similarity to train (effective sample "
+                     f"{matched['ess']:,.0f} of {entry['rows']:,} rows"
+                     + (f"; {100 * matched['unmatched_test_share']:.1f}% of test rows are closer to train than any "
+                        f"CV row to its training folds" if matched["unmatched_test_share"] else "") + ").")
+    novel = next((e for e in board if e.get("dev_novel_rows") is not None), None)
+    if novel is not None:
+        lines.append(f"dev novel: the {novel['dev_novel_rows']} dev rows with no train dialogue at cosine >= "
+                     f"{config.cv.near_duplicates:g}.")
+    return "\n".join(lines)
+
+
 @click.command("cv")
 @click.argument("names", nargs=-1)
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
@@ -20,8 +47,11 @@ def cv_command(config, names, data_dir, as_json) -> None:
     """Rank every source under runs/ (candidates and ensembles) by out-of-fold ROUGE.
 
     Per source: folds done, R1/R2/RL F1 x 100 and final as mean±std over folds, the pooled OOF
-    final with its 95% bootstrap interval, the dev hold-out final, and the coverage check
-    (incomplete sources are listed last with the reason, never ranked).
+    final with its 95% bootstrap interval, the test-matched final with its interval (OOF rows
+    weighted so that their similarity to their training folds matches the test's similarity to
+    train: the CV to trust when train repeats itself more than the test repeats train), the dev
+    hold-out final on all dev rows and on the dev rows with no near-duplicate in train, and the
+    coverage check (incomplete sources are listed last with the reason, never ranked).
 
     Example: competition cv lead retrieval --json
     """
@@ -36,15 +66,17 @@ def cv_command(config, names, data_dir, as_json) -> None:
         return
     rows = []
     for rank, entry in enumerate(board, start=1):
-        ci = entry["ci95"]
+        matched = entry.get("test_matched") or {}
         rows.append([rank if entry["complete"] else "-", entry["name"], entry["kind"],
                      f"{entry['folds_done']}/{entry['k']}", _mean_std(entry, "rouge1", 100),
                      _mean_std(entry, "rouge2", 100), _mean_std(entry, "rougeL", 100), _mean_std(entry, "final", 1),
-                     f"{entry['oof']['final']:.2f}", f"[{ci[0]:.2f}, {ci[1]:.2f}]",
-                     "" if entry["dev_final"] is None else f"{entry['dev_final']:.2f}",
+                     _with_interval(entry["oof"]["final"], entry["ci95"]),
+                     _with_interval(matched.get("final"), matched.get("ci95")),
+                     _number(entry["dev_final"]), _number(entry.get("dev_novel_final")),
                      "complete" if entry["complete"] else "incomplete: " + "; ".join(entry["problems"])])
-    click.echo(table(rows, ["#", "source", "kind", "folds", "R1", "R2", "RL", "final (folds)", "OOF final",
-                            "95% CI", "dev final", "coverage"]))
+    click.echo(table(rows, ["#", "source", "kind", "folds", "R1", "R2", "RL", "final (folds)", "OOF final [95% CI]",
+                            "test-matched [95% CI]", "dev", "dev novel", "coverage"]))
+    click.echo(_footnote(config, board))
 
 
 def register(main: click.Group) -> None:

@@ -5,7 +5,7 @@ import copy
 
 import click
 
-from .common import json_option, print_json, with_config
+from .common import json_option, nearest_table, print_json, with_config
 
 
 @click.group("folds")
@@ -28,18 +28,25 @@ def folds_group() -> None:
 def build(config, k, seed, strategy, include_dev, force, data_dir, as_json) -> None:
     """Write folds/folds.csv (fname,fold) and folds/folds.json; the same inputs give the same bytes.
 
+    Near-duplicate dialogues (TF-IDF cosine >= [cv] near_duplicates on the metric's tokens) are
+    kept in one fold whatever the strategy. Then prints how close each CV row is to its training
+    folds next to how close the test is to train: similar rows mean the folds look like the test.
     Refuses to replace different existing folds without --force.
 
     Example: competition folds build --k 5 --seed 42 --strategy group:topic
     """
     from ..data import load_from_config
-    from ..folds import build_folds, labelled_rows
+    from ..folds import build_folds, labelled_rows, load_folds
+    from ..shift import workspace_profile
 
     if include_dev:
         config = copy.deepcopy(config)
         config.cv.include_dev = True
     data = load_from_config(config, data_dir)
-    info = build_folds(config, labelled_rows(config, data), k=k, seed=seed, strategy=strategy, force=force)
+    rows = labelled_rows(config, data)
+    info = build_folds(config, rows, k=k, seed=seed, strategy=strategy, force=force)
+    dev = data.dev if data.dev is not None and not config.cv.include_dev else None
+    info["nearest"] = workspace_profile(config, load_folds(config), rows, dev, data.test).summary()
     if as_json:
         print_json(info)
         return
@@ -47,6 +54,13 @@ def build(config, k, seed, strategy, include_dev, force, data_dir, as_json) -> N
     click.echo(f"{state} {info['path']} ({info['rows']} rows, k={info['k']}, seed {info['seed']}, "
                f"strategy {info['strategy']}{', dev included' if info['include_dev'] else ''})")
     click.echo("rows per fold: " + ", ".join(f"{fold}: {n}" for fold, n in enumerate(info["rows_per_fold"])))
+    grouping = info.get("near_duplicates")
+    if grouping:
+        click.echo(f"near-duplicates (cosine >= {grouping['threshold']:g}) kept together: {grouping['clusters']:,} "
+                   f"cluster(s) holding {grouping['rows_in_clusters']:,} rows, largest {grouping['largest']}")
+    else:
+        click.echo("near-duplicates not grouped ([cv] near_duplicates = 0): CV may overstate what the test pays")
+    click.echo(nearest_table(info["nearest"]))
 
 
 def register(main: click.Group) -> None:

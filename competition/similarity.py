@@ -1,0 +1,129 @@
+"""Near-duplicate dialogues: TF-IDF cosine on the metric's tokens, searched block by block.
+
+DialogSum's train set holds hundreds of dialogues that are copies or light edits of each other,
+each with its own summary. This module finds them without a rows x rows matrix: vectors are
+sparse, and each block of at most BLOCK_ROWS query rows meets all target rows in one dense
+(block x targets) product. Shared by `data check`, `folds build` and `cv` (shift.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sparse
+
+from .tokenizers import cached_tokens
+
+BLOCK_ROWS = 1000
+DENSE_FEATURES = 400
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+SHARE_LEVELS = (0.5, 0.9)
+
+
+def _identity(tokens: list[str]) -> list[str]:
+    return tokens
+
+
+def tfidf_vectors(fit_texts: Sequence[str], tokenizer: str, *other_texts: Sequence[str]) -> list[sparse.csr_matrix]:
+    """L2-normalised TF-IDF rows (unigrams of the metric's tokens, 1 + log tf) of `fit_texts`, whose
+    document frequencies define the weights, then of each of `other_texts` with those weights."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(analyzer=_identity, sublinear_tf=True, dtype=np.float32)
+    fitted = vectorizer.fit_transform(cached_tokens(list(fit_texts), tokenizer))
+    return [fitted.tocsr()] + [vectorizer.transform(cached_tokens(list(texts), tokenizer)).tocsr()
+                               for texts in other_texts]
+
+
+@dataclass
+class Nearest:
+    """Per query row: the best cosine to an allowed target row and that row's position (-1 and
+    0.0 when no target is allowed); `pairs` (query, target, cosine) at or above the threshold."""
+
+    similarity: np.ndarray
+    position: np.ndarray
+    pairs: np.ndarray  # shape (n, 2) int64
+    pair_similarity: np.ndarray
+
+
+def nearest(queries: sparse.csr_matrix, targets: sparse.csr_matrix, query_groups: np.ndarray | None = None,
+            target_groups: np.ndarray | None = None, threshold: float | None = None) -> Nearest:
+    """For each query row, its most similar target row outside its own group (groups None: any
+    target); with `threshold`, also every such pair whose cosine is at least it."""
+    if (query_groups is None) != (target_groups is None):
+        raise ValueError("give both query_groups and target_groups, or neither")
+    count = queries.shape[0]
+    best = np.zeros(count, dtype=np.float32)
+    where = np.full(count, -1, dtype=np.int64)
+    pairs, pair_similarity = [], []
+    if count == 0 or targets.shape[0] == 0:
+        return Nearest(best, where, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32))
+    # The most frequent words link nearly every pair of dialogues, so the sparse product is dense
+    # anyway: their columns go through a dense BLAS product, the long tail through a sparse one
+    # (4x faster than either alone on 12k English dialogues).
+    frequent = np.argsort(-np.bincount(targets.indices, minlength=targets.shape[1]), kind="stable")[:DENSE_FEATURES]
+    rare = np.setdiff1d(np.arange(targets.shape[1]), frequent)
+    targets_dense = targets[:, frequent].toarray()
+    targets_rare = targets[:, rare].T.tocsr()
+    queries_dense = queries[:, frequent].toarray()
+    queries_rare = queries[:, rare].tocsr()
+    for start in range(0, count, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, count)
+        block = queries_dense[start:stop] @ targets_dense.T
+        block += (queries_rare[start:stop] @ targets_rare).toarray()
+        if query_groups is not None:
+            block[query_groups[start:stop, None] == target_groups[None, :]] = -1.0
+        found = block.argmax(axis=1)
+        value = block[np.arange(stop - start), found]
+        allowed = value > -1.0
+        best[start:stop] = np.where(allowed, value, 0.0)
+        where[start:stop] = np.where(allowed, found, -1)
+        if threshold is not None:
+            rows, columns = np.nonzero(block >= threshold)
+            pairs.append(np.stack([rows + start, columns], axis=1))
+            pair_similarity.append(block[rows, columns])
+    if pairs:
+        return Nearest(best, where, np.concatenate(pairs).astype(np.int64), np.concatenate(pair_similarity))
+    return Nearest(best, where, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+def self_nearest(vectors: sparse.csr_matrix, threshold: float | None = None) -> Nearest:
+    """Each row's most similar other row (and pairs at or above `threshold`, each once: i < j)."""
+    own = np.arange(vectors.shape[0])
+    found = nearest(vectors, vectors, own, own, threshold)
+    keep = found.pairs[:, 0] < found.pairs[:, 1]
+    return Nearest(found.similarity, found.position, found.pairs[keep], found.pair_similarity[keep])
+
+
+def components(count: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of `count` rows linked by `pairs`, numbered in order of
+    each component's first row (so the same rows in the same order give the same labels)."""
+    from scipy.sparse.csgraph import connected_components
+
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    _, labels = connected_components(graph, directed=False)
+    # Renumber by first occurrence: scipy's numbering is already so, but this does not rely on it.
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inverse].astype(np.int64)
+
+
+def cluster_stats(labels: np.ndarray) -> dict:
+    """Clusters with two or more rows: how many, rows in them, and the largest."""
+    sizes = np.bincount(labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    grouped = sizes[sizes > 1]
+    return {"clusters": int(len(grouped)), "rows_in_clusters": int(grouped.sum()),
+            "largest": int(grouped.max()) if len(grouped) else 1}
+
+
+def similarity_summary(values: np.ndarray) -> dict:
+    """Quantiles of nearest-neighbour cosines and the share of rows at or above each SHARE_LEVEL."""
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return {"rows": 0, "quantiles": {}, "share_at_least": {}}
+    return {"rows": int(len(values)),
+            "quantiles": {f"p{round(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES},
+            "share_at_least": {f"{level:g}": float((values >= level).mean()) for level in SHARE_LEVELS}}
