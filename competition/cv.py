@@ -193,6 +193,13 @@ def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFram
     }
 
 
+def pick_score(entry: dict, pick_by: str) -> float:
+    """The CV score a source is chosen by: its test-matched final (pick_by "test_matched", when
+    computed) or its OOF final."""
+    matched = entry.get("test_matched") if pick_by == "test_matched" else None
+    return matched["final"] if matched else entry["oof"]["final"]
+
+
 def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, progress: bool = False) -> list[dict]:
     """One entry per source with predictions (or the named ones): complete sources by OOF final
     (best first), then incomplete ones, never silently ranked among them."""

@@ -4,7 +4,9 @@ The public leaderboard scores a small part of the test set, so a public gain tha
 not share is more likely noise than progress. The numbers here make that visible: correlations of
 CV with public and private scores (with how many points they rest on), the public gains CV does
 not back, and the classic final pick: the best-CV submission plus the best public one whose CV is
-within the best's 95% interval.
+within the best's 95% interval. "CV" for the picks is the score [cv] pick_by names: by default the
+test-matched final (README "Why folds group near-duplicates"); a row logged before that score
+existed falls back to its OOF final.
 """
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ def history_rows(log: pd.DataFrame) -> list[dict]:
             "file": record["file"], "cv": _float(record["oof_final"]), "dev": _float(record["dev_final"]),
             "public": _float(record["public"]), "private": _float(record["private"]),
             "ci95": [_float(record["oof_ci95_low"]), _float(record["oof_ci95_high"])],
+            "matched": _float(record["matched_final"]),
+            "matched_ci95": [_float(record["matched_ci95_low"]), _float(record["matched_ci95_high"])],
+            "dev_novel": _float(record["dev_novel_final"]),
         }
         row.update({name: _gap(row[high], row[low]) for name, high, low in GAPS})
         rows.append({**row, "note": record["note"]})
@@ -107,34 +112,56 @@ def noise_warnings(rows: Sequence[dict]) -> list[str]:
     return warnings
 
 
-def final_picks(rows: Sequence[dict], tolerance: float = DEFAULT_CV_TOLERANCE) -> dict:
+def _pick_score(row: dict, pick_by: str) -> tuple[float | None, list]:
+    """(score, 95% interval) a pick compares: the test-matched final when pick_by says so and the
+    row has one, else the OOF final."""
+    if pick_by == "test_matched" and row.get("matched") is not None:
+        return row["matched"], row["matched_ci95"]
+    return row["cv"], row["ci95"]
+
+
+def final_picks(rows: Sequence[dict], tolerance: float = DEFAULT_CV_TOLERANCE, pick_by: str = "test_matched") -> dict:
     """The two final submissions: the best by CV, and the best public score among the others whose
-    CV agrees (at least the low end of the best's 95% interval, else best CV - tolerance)."""
-    scored = [row for row in sort_rows(list(rows), "cv") if row["cv"] is not None]
+    CV agrees (at least the low end of the best's 95% interval, else best CV - tolerance). CV is
+    the test-matched final (pick_by "test_matched", where logged) or the OOF final ("oof")."""
+    matched = pick_by == "test_matched" and any(row.get("matched") is not None for row in rows)
+    label = "test-matched CV" if matched else "CV"
+    score = {row["id"]: _pick_score(row, pick_by) for row in rows}
+    scored = sorted((row for row in rows if score[row["id"]][0] is not None),
+                    key=lambda row: (-score[row["id"]][0], int(row["id"])))
     if not scored:
-        return {"best_cv": None, "best_public_agreeing": None, "cv_threshold": None,
+        return {"best_cv": None, "best_public_agreeing": None, "cv_threshold": None, "pick_by": pick_by,
                 "advice": "no submission has a CV score yet: run `competition cv`, then submit"}
     best_cv = scored[0]
-    low = best_cv["ci95"][0]
-    threshold = low if low is not None else best_cv["cv"] - tolerance
+    best_score, (low, _) = score[best_cv["id"]]
+    threshold = low if low is not None else best_score - tolerance
     agreeing = [row for row in sort_rows(list(rows), "public")
-                if row["public"] is not None and row["cv"] is not None and row["cv"] >= threshold
-                and row["id"] != best_cv["id"]]
+                if row["public"] is not None and score[row["id"]][0] is not None
+                and score[row["id"]][0] >= threshold and row["id"] != best_cv["id"]]
     second = agreeing[0] if agreeing else None
-    lines = [f"pick 1 (best CV): #{best_cv['id']} {best_cv['source']} CV {best_cv['cv']:.4f}"
+    lines = [f"pick 1 (best {label}): #{best_cv['id']} {best_cv['source']} {label} {best_score:.4f}"
              + (f", public {best_cv['public']:.4f}" if best_cv["public"] is not None else "")]
     if second:
-        lines.append(f"pick 2 (best public with CV >= {threshold:.4f}): #{second['id']} {second['source']} "
-                     f"CV {second['cv']:.4f}, public {second['public']:.4f}")
+        lines.append(f"pick 2 (best public with {label} >= {threshold:.4f}): #{second['id']} {second['source']} "
+                     f"{label} {score[second['id']][0]:.4f}, public {second['public']:.4f}")
     else:
-        lines.append(f"pick 2: no other submission with a public score has CV >= {threshold:.4f}; "
-                     f"record public scores (`competition lb record`) or pick the next best CV")
+        others = [row for row in scored if row["id"] != best_cv["id"]]
+        unrecorded = [row for row in others if row["public"] is None and score[row["id"]][0] >= threshold]
+        if not others:
+            lines.append("pick 2: no other submission yet; submit another strong source")
+        elif unrecorded:
+            lines.append(f"pick 2: #{unrecorded[0]['id']} {unrecorded[0]['source']} has {label} >= {threshold:.4f} "
+                         f"but no public score: record it (`competition lb record {unrecorded[0]['id']} --public "
+                         f"SCORE`)")
+        else:
+            lines.append(f"pick 2: no other submission has {label} >= {threshold:.4f}; take the next best "
+                         f"{label}: #{others[0]['id']} {others[0]['source']} {score[others[0]['id']][0]:.4f}")
     best_public = sort_rows([row for row in rows if row["public"] is not None], "public")
-    if best_public and best_public[0]["cv"] is not None and best_public[0]["cv"] < threshold:
+    if best_public and score[best_public[0]["id"]][0] is not None and score[best_public[0]["id"]][0] < threshold:
         top = best_public[0]
-        lines.append(f"not recommended: #{top['id']} has the best public {top['public']:.4f} but CV "
-                     f"{top['cv']:.4f} < {threshold:.4f}")
-    return {"best_cv": best_cv, "best_public_agreeing": second, "cv_threshold": threshold,
+        lines.append(f"not recommended: #{top['id']} has the best public {top['public']:.4f} but {label} "
+                     f"{score[top['id']][0]:.4f} < {threshold:.4f}")
+    return {"best_cv": best_cv, "best_public_agreeing": second, "cv_threshold": threshold, "pick_by": pick_by,
             "advice": "\n".join(lines)}
 
 
@@ -147,7 +174,7 @@ def history_report(config: Config, sort: str = "id", tolerance: float = DEFAULT_
         "submissions": sort_rows(rows, sort),
         "correlation": {"public": correlation(rows, "cv", "public"), "private": correlation(rows, "cv", "private")},
         "warnings": noise_warnings(rows),
-        "picks": final_picks(rows, tolerance),
+        "picks": final_picks(rows, tolerance, config.cv.pick_by),
     }
 
 

@@ -24,14 +24,16 @@ def with_data_dir(config: Config, data_dir: str | Path | None) -> Config:
 
 
 def choose_source(config: Config, board: list[dict]) -> str:
-    """[submit] source when set, else the complete source with the best OOF final."""
+    """[submit] source when set, else the complete source with the best CV by [cv] pick_by."""
+    from .cv import pick_score
+
     if config.submit.source:
         return config.submit.source
     complete = [entry for entry in board if entry.get("complete")]
     if not complete:
         raise UnknownCandidate("no source has complete out-of-fold predictions to submit: enable a candidate "
                                "in competition.toml (e.g. kind = \"lead\") and re-run")
-    return max(complete, key=lambda entry: entry["oof"]["final"])["name"]
+    return max(complete, key=lambda entry: pick_score(entry, config.cv.pick_by))["name"]
 
 
 def _ensemble_module():
@@ -88,7 +90,8 @@ def run_pipeline(config: Config, data_dir: str | Path | None = None, require_all
     board = cv.leaderboard(config)
     source = choose_source(config, board)
     echo(f"[5/6] cv: {len(board)} source(s); submitting {source}"
-         + (" ([submit] source)" if config.submit.source else " (best OOF final)"))
+         + (" ([submit] source)" if config.submit.source
+               else " (best test-matched final)" if config.cv.pick_by == "test_matched" else " (best OOF final)"))
     try:
         row, new = submit(config, source, note=note), True
     except DuplicateSubmission as duplicate:

@@ -32,9 +32,12 @@ LB_HISTORY_FILE = "lb_history.csv"
 LOCK_FILE = ".log.lock"
 LOG_COLUMNS = [
     "id", "created_at", "file", "sha256", "source", "config_hash", "git_commit", "git_dirty",
-    "oof_rouge1", "oof_rouge2", "oof_rougeL", "oof_final", "oof_ci95_low", "oof_ci95_high", "dev_final",
+    "oof_rouge1", "oof_rouge2", "oof_rougeL", "oof_final", "oof_ci95_low", "oof_ci95_high",
+    "matched_final", "matched_ci95_low", "matched_ci95_high", "dev_final", "dev_novel_final",
     "public", "private", "note",
 ]
+# Columns added after the first logs were written: an older log reads them as "" (unknown).
+LATER_LOG_COLUMNS = ("matched_final", "matched_ci95_low", "matched_ci95_high", "dev_novel_final")
 LB_HISTORY_COLUMNS = ["recorded_at", "id", "public", "private", "previous_public", "previous_private"]
 LB_RANGE = (0.0, 100.0)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -110,10 +113,13 @@ def log_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_table(path: Path, columns: list[str], later: tuple[str, ...] = ()) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame({column: pd.Series(dtype=str) for column in columns})
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in later:
+        if column not in frame.columns:
+            frame[column] = ""
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise SubmissionError(f"{path}: missing column(s) {', '.join(missing)}; restore it from git "
@@ -123,7 +129,7 @@ def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 def read_log(config: Config) -> pd.DataFrame:
     """The submission log, every value a string ("" where not known)."""
-    return _read_table(submissions_dir(config) / LOG_FILE, LOG_COLUMNS)
+    return _read_table(submissions_dir(config) / LOG_FILE, LOG_COLUMNS, LATER_LOG_COLUMNS)
 
 
 def read_lb_history(config: Config) -> pd.DataFrame:
@@ -158,7 +164,8 @@ def _number(value) -> str:
 
 
 def local_scores(config: Config, source: str) -> dict:
-    """The source's OOF ROUGE, 95% interval, dev final and config hash from cv.leaderboard."""
+    """The source's OOF ROUGE, 95% interval, test-matched final and interval, dev finals (all rows,
+    novel rows) and config hash from cv.leaderboard."""
     from .cv import leaderboard
 
     entries = leaderboard(config, [source])
@@ -168,6 +175,8 @@ def local_scores(config: Config, source: str) -> dict:
     oof = entry.get("oof") or {}
     complete = entry.get("complete", False)
     ci = entry.get("ci95") or [None, None]
+    matched = (entry.get("test_matched") or {}) if complete else {}
+    matched_ci = matched.get("ci95") or [None, None]
     return {
         "config_hash": entry.get("config_hash") or "",
         "oof_rouge1": _number(oof.get("rouge1")) if complete else "",
@@ -176,7 +185,11 @@ def local_scores(config: Config, source: str) -> dict:
         "oof_final": _number(oof.get("final")) if complete else "",
         "oof_ci95_low": _number(ci[0]) if complete else "",
         "oof_ci95_high": _number(ci[1]) if complete else "",
+        "matched_final": _number(matched.get("final")),
+        "matched_ci95_low": _number(matched_ci[0]),
+        "matched_ci95_high": _number(matched_ci[1]),
         "dev_final": _number(entry.get("dev_final")),
+        "dev_novel_final": _number(entry.get("dev_novel_final")),
     }
 
 
@@ -216,7 +229,7 @@ def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = 
     commit, dirty = git_state(config.root, [config.submit.dir])
     row = {"source": source, "sha256": digest, "git_commit": commit, "git_dirty": dirty,
            "note": " ".join(note.split()), "public": "", "private": "",
-           **{column: "" for column in LOG_COLUMNS if column.startswith(("oof_", "dev_"))}, "config_hash": ""}
+           **{column: "" for column in LOG_COLUMNS if column.startswith(("oof_", "matched_", "dev_"))}, "config_hash": ""}
     row.update(local_scores(config, source))
     folder = submissions_dir(config)
     with log_lock(folder):

@@ -144,7 +144,7 @@ def test_cli_record_history_and_plot(logged, cli):
     assert result.exit_code == 0, result.output
     assert "CV vs public: Pearson" in result.output and "n=6" in result.output
     header, *lines = result.output.splitlines()
-    assert header.split()[6:12] == ["dev-CV", "pub-CV", "pub-dev", "priv-CV", "priv-dev", "priv-pub"]
+    assert header.split()[7:13] == ["dev-CV", "pub-CV", "pub-dev", "priv-CV", "priv-dev", "priv-pub"]
     row_0005 = next(line for line in lines if line.startswith("0005"))
     # cv 36.00, dev 35.40, public 34.70, private 35.80 (recorded above)
     assert row_0005.split()[6:12] == ["-0.6000", "-1.3000", "-0.7000", "-0.2000", "+0.4000", "+1.1000"]

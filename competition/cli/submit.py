@@ -31,8 +31,9 @@ def leaderboard_table(board: list[dict]) -> str:
                      _score(oof.get("rouge1")), _score(oof.get("rouge2")), _score(oof.get("rougeL")),
                      _score(oof.get("final")),
                      f"{ci[0]:.2f}-{ci[1]:.2f}" if ci[0] is not None and ci[1] is not None else "",
-                     _score(entry.get("dev_final"))])
-    return table(rows, ["source", "kind", "folds", "R1", "R2", "RL", "OOF final", "95% CI", "dev final"])
+                     _score((entry.get("test_matched") or {}).get("final")), _score(entry.get("dev_final"))])
+    return table(rows, ["source", "kind", "folds", "R1", "R2", "RL", "OOF final", "95% CI", "test-matched",
+                        "dev final"])
 
 
 @click.command("submit")
@@ -105,8 +106,9 @@ def _correlation_line(name: str, result: dict) -> str:
 @json_option
 @with_config
 def history_command(config, sort_key, plot_path, cv_tolerance, as_json) -> None:
-    """All submissions with CV, dev, public and private scores and their gaps; CV-vs-leaderboard
-    correlations; warnings about public gains CV does not back; the two final picks.
+    """All submissions with CV (OOF final), test-matched CV, dev, public and private scores and
+    their gaps; CV-vs-leaderboard correlations; warnings about public gains CV does not back; the two
+    final picks, by the score [cv] pick_by names (default: test-matched).
 
     Example: competition history --sort public --plot history.png
     """
@@ -122,11 +124,12 @@ def history_command(config, sort_key, plot_path, cv_tolerance, as_json) -> None:
         click.echo("No submissions yet: run `competition submit SOURCE` (or `make submit`).")
         return
     short = {"cv": "CV", "dev": "dev", "public": "pub", "private": "priv"}
-    rows = [[row["id"], row["source"], _score(row["cv"]), _score(row["dev"]), _score(row["public"]),
+    rows = [[row["id"], row["source"], _score(row["cv"]), _score(row["matched"]), _score(row["dev"]), _score(row["public"]),
              _score(row["private"]), *(_gap(row[gap]) for gap, _, _ in GAPS),
              row["created_at"][:16], row["note"][:40]] for row in report["submissions"]]
     gap_headers = [f"{short[high]}-{short[low]}" for _, high, low in GAPS]
-    click.echo(table(rows, ["id", "source", "CV", "dev", "public", "private", *gap_headers, "created", "note"]))
+    click.echo(table(rows, ["id", "source", "CV", "matched", "dev", "public", "private", *gap_headers, "created",
+                            "note"]))
     click.echo("")
     click.echo(_correlation_line("public", report["correlation"]["public"]))
     click.echo(_correlation_line("private", report["correlation"]["private"]))
