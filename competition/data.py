@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .tokenizers import cached_tokens
 
 SPLITS = ("train", "dev", "test", "sample_submission")
 REQUIRED_COLUMNS = {
@@ -214,8 +215,11 @@ def _length_stats(lengths: Sequence[int]) -> dict:
     return {"median": float(np.median(values)), "p95": float(np.percentile(values, 95)), "max": int(values.max())}
 
 
-def describe(data: CompetitionData, tokenizer=None) -> dict:
-    """Rows, lengths (characters and tokens), tags found and dialogue overlap between splits."""
+def describe(data: CompetitionData, tokenizer: str | None = None) -> dict:
+    """Rows, lengths (characters, and tokens of the named tokenizer), tags found and dialogue
+    overlap between splits. Tokens go through the process's token cache, which the near-duplicate
+    search then reuses."""
+
     splits = {"train": data.train, "dev": data.dev, "test": data.test}
     splits = {name: frame for name, frame in splits.items() if frame is not None}
     summary: dict = {"rows": {name: len(frame) for name, frame in splits.items()}, "lengths": {}, "tags": {}}
@@ -229,7 +233,7 @@ def describe(data: CompetitionData, tokenizer=None) -> dict:
             texts = list(frame[column])
             stats[f"{column}_chars"] = _length_stats([len(t) for t in texts])
             if tokenizer is not None:
-                stats[f"{column}_tokens"] = _length_stats([len(t) for t in tokenizer.tokenize_many(texts)])
+                stats[f"{column}_tokens"] = _length_stats([len(t) for t in cached_tokens(texts, tokenizer)])
             for text in texts:
                 for tag in _TAG.findall(text):
                     tag_counts[tag] = tag_counts.get(tag, 0) + 1

@@ -101,6 +101,40 @@ def test_final_picks_best_cv_and_best_public_whose_cv_agrees(logged):
     assert "not recommended: #0004" in picks["advice"]
 
 
+def test_final_picks_follow_the_test_matched_cv(logged):
+    """With test-matched finals logged, pick_by "test_matched" ranks by them (and their interval),
+    while "oof" keeps the OOF order; an older log without the columns reads them as unknown."""
+    log_path = logged / "submissions" / "log.csv"
+    log = pd.read_csv(log_path, dtype=str, keep_default_na=False)
+    # t5 (best OOF) memorised near-duplicates: its test-matched final falls below qwen's and mbr's.
+    matched = {"0003": (34.9, 34.0, 35.8), "0005": (33.0, 32.0, 34.0), "0006": (35.2, 34.4, 36.0)}
+    for number, (final, low, high) in matched.items():
+        where = log["id"] == number
+        log.loc[where, ["matched_final", "matched_ci95_low", "matched_ci95_high"]] = [str(final), str(low), str(high)]
+    log.to_csv(log_path, index=False)
+    rows = history_rows(read_log(_config(logged)))
+    picks = final_picks(rows, pick_by="test_matched")
+    assert picks["best_cv"]["id"] == "0006" and picks["cv_threshold"] == pytest.approx(34.4)
+    assert picks["best_public_agreeing"]["id"] == "0004"  # OOF 34.5 >= 34.4 (no test-matched logged)
+    assert picks["advice"].startswith("pick 1 (best test-matched CV): #0006 mbr test-matched CV 35.2000")
+    assert final_picks(rows, pick_by="oof")["best_cv"]["id"] == "0005"
+
+    older = log.drop(columns=["matched_final", "matched_ci95_low", "matched_ci95_high", "dev_novel_final"])
+    older.to_csv(log_path, index=False)
+    rows = history_rows(read_log(_config(logged)))
+    assert all(row["matched"] is None for row in rows) and final_picks(rows)["best_cv"]["id"] == "0005"
+
+
+def test_pick_two_advice_says_what_the_log_lacks(logged):
+    rows = history_rows(read_log(_config(logged)))
+    only_best = [row for row in rows if row["id"] == "0005"]
+    assert "no other submission yet" in final_picks(only_best)["advice"]
+    unrecorded = [dict(row, public=None) if row["id"] == "0006" else row for row in rows if row["id"] in ("0005", "0006")]
+    assert "#0006 mbr has CV >= 35.1000 but no public score: record it" in final_picks(unrecorded)["advice"]
+    low = [row for row in rows if row["id"] in ("0001", "0005")]
+    assert "take the next best CV: #0001 lead 30.0000" in final_picks(low)["advice"]
+
+
 def test_record_validates_and_keeps_corrections(logged):
     config = _config(logged)
     record_scores(config, "6", public=35.3)  # a typo fixed: 35.20 -> 35.30

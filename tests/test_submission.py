@@ -142,6 +142,11 @@ def test_a_real_run_logs_its_config_hash_and_dev_final(tmp_path, korean_rows, cl
     assert row["config_hash"] and row["config_hash"] == board["config_hash"]
     assert row["dev_final"] and float(row["dev_final"]) == pytest.approx(board["dev_final"], abs=1e-4)
     assert 0 < float(row["dev_final"]) < 100
+    matched = board["test_matched"]
+    assert float(row["matched_final"]) == pytest.approx(matched["final"], abs=1e-4)
+    assert [float(row["matched_ci95_low"]), float(row["matched_ci95_high"])] == pytest.approx(matched["ci95"], abs=1e-4)
+    # dev_0..3 are train dialogues themselves: none is novel, so dev novel has no rows to score.
+    assert board["dev_novel_rows"] == 0 and row["dev_novel_final"] == ""
 
 
 def test_git_commit_and_dirty_flag_are_logged(workspace):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import click
 
 from ..data import describe, load_from_config
-from ..tokenizers import get_tokenizer
 from .common import json_option, nearest_table, png_option, print_json, table, with_config
 
 
@@ -65,8 +64,7 @@ def check(config, data_dir, no_tokens, plot_path, as_json) -> None:
     if no_tokens and plot_path:
         raise click.UsageError("--plot draws the near-duplicate search, which --no-tokens skips: drop one of them")
     data = load_from_config(config, data_dir)
-    tokenizer = None if no_tokens else get_tokenizer(config.metric.tokenizer)
-    summary = describe(data, tokenizer)
+    summary = describe(data, None if no_tokens else config.metric.tokenizer)
     if no_tokens:
         summary["duplicates"] = {"exact_duplicates": exact_duplicates(data.train)}
     else:
