@@ -15,6 +15,7 @@ import pandas as pd
 from .config import Config
 from .errors import FoldMismatch, UnknownCandidate
 from .metric import METRICS, RougeResult, get_scorer
+from .shift import matched_weights, workspace_profile
 
 
 def _scorer(config: Config):
@@ -111,8 +112,6 @@ def _stale_folds(config: Config, name: str, folds_digest: str, data_digest: str)
 
 def test_matched(config: Config, result: RougeResult, fnames: pd.Series, profile) -> dict:
     """The OOF scores of rows `fnames` weighted to the test's similarity profile (shift.py)."""
-    from .shift import matched_weights
-
     weights, info = matched_weights(profile.oof.reindex(fnames).fillna(0.0).to_numpy(), profile.test.to_numpy())
     if not len(weights):
         return {**{metric: 0.0 for metric in METRICS}, "final": 0.0, "ci95": [float("nan")] * 2, **info}
@@ -210,7 +209,6 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
     from .data import rows_sha256
     from .folds import folds_sha256
     from .predictions import list_sources
-    from .shift import workspace_profile
 
     sources = list_sources(config)
     if names:

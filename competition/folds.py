@@ -124,7 +124,7 @@ def _stratified_units(labels: np.ndarray, units: np.ndarray, k: int, rng: np.ran
 
 def _joined(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """Groups of rows linked by an equal value or by one cluster (connected components)."""
-    from .similarity import components
+    from .similarity import components  # scipy: see build_folds
 
     links = []
     for labels in (pd.factorize(values)[0], clusters):
@@ -215,6 +215,7 @@ def build_folds(config, rows: pd.DataFrame, k: int | None = None, seed: int | No
     already there). Refuses to replace different folds unless `force`.
     """
     from .predictions import atomic_write_text
+    # The near-duplicate search needs scipy and sklearn: loaded when folds are built, not with the config.
     from .shift import near_duplicate_clusters
     from .similarity import cluster_stats
 

@@ -27,6 +27,7 @@ from .similarity import (cluster_stats, components, nearest, self_nearest, simil
 MATCH_BINS = 10
 MATCH_CLIP = 10.0
 _CACHE_VERSION = "1"  # bump when the vectors or the search change
+_CACHE_KEEP = 8  # profiles kept in the cache folder (the newest), one per folds/data state
 _PUNCTUATION = re.compile(r"[^\w\s]+")
 
 
@@ -110,6 +111,13 @@ def _digest(tokenizer: str, *frames: pd.DataFrame | None) -> str:
     return digest.hexdigest()
 
 
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
 def fold_profile(labelled: pd.DataFrame, folds: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFrame | None,
                  tokenizer: str, cache_dir: Path | None = None) -> FoldProfile:
     """The FoldProfile of these rows and folds, read from `cache_dir` when it was computed before
@@ -137,6 +145,8 @@ def fold_profile(labelled: pd.DataFrame, folds: pd.DataFrame, test: pd.DataFrame
         stored = {"oof": profile.oof.round(6).to_dict(), "test": profile.test.round(6).to_dict(),
                   "dev": None if profile.dev is None else profile.dev.round(6).to_dict()}
         atomic_write_text(path, json.dumps(stored, ensure_ascii=False))
+        for stale in sorted(cache_dir.glob("profile-*.json"), key=_modified, reverse=True)[_CACHE_KEEP:]:
+            stale.unlink(missing_ok=True)
     return profile
 
 
