@@ -122,6 +122,7 @@ class CandidateConfig:
     enabled: bool = True  # false: kept in the file, skipped by `run` and `make submit`
     params: Any = None  # the kind's own dataclass
     augmentations: list[str] = field(default_factory=list)  # augmented CSVs added fold-safely to training
+    seed: int | None = None  # this candidate's seed (weights init, data order, sampling); None = [cv] seed
 
 
 @dataclass
@@ -249,9 +250,13 @@ def _candidate(name: str, table: dict, problems: list[str]) -> CandidateConfig |
     if not (isinstance(augmentations, list) and all(isinstance(a, str) for a in augmentations)):
         problems.append(f"[{section}] augmentations = {augmentations!r} should be a list of CSV paths")
         augmentations = []
-    params = build_dataclass(params_cls, table, section, problems, skip=("kind", "enabled", "augmentations"))
+    seed = table.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        problems.append(f"[{section}] seed = {seed!r} should be a whole number >= 0 (or left out for [cv] seed)")
+        seed = None
+    params = build_dataclass(params_cls, table, section, problems, skip=("kind", "enabled", "augmentations", "seed"))
     return CandidateConfig(name=name, kind=kind, enabled=bool(enabled), params=params,
-                           augmentations=list(augmentations))
+                           augmentations=list(augmentations), seed=seed)
 
 
 _SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig}

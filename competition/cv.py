@@ -15,6 +15,7 @@ import pandas as pd
 from .config import Config
 from .errors import FoldMismatch, UnknownCandidate
 from .metric import METRICS, RougeResult, get_scorer
+from .provenance import input_hashes, source_problems
 from .shift import matched_weights, workspace_profile
 
 
@@ -98,18 +99,6 @@ def _source_meta(config: Config, name: str) -> dict:
     return meta
 
 
-def _stale_folds(config: Config, name: str, folds_digest: str, data_digest: str) -> list[int]:
-    """Folds predicted with other folds or other data than now (when their meta records it)."""
-    from .predictions import done_folds, load_meta
-
-    stale = []
-    for fold in done_folds(config, name):
-        meta = load_meta(config, name, fold) or {}
-        if meta.get("folds_sha256", folds_digest) != folds_digest or meta.get("data_sha256", data_digest) != data_digest:
-            stale.append(fold)
-    return stale
-
-
 def test_matched(config: Config, result: RougeResult, fnames: pd.Series, profile) -> dict:
     """The OOF scores of rows `fnames` weighted to the test's similarity profile (shift.py)."""
     weights, info = matched_weights(profile.oof.reindex(fnames).fillna(0.0).to_numpy(), profile.test.to_numpy())
@@ -137,7 +126,7 @@ def _dev_scores(config: Config, predicted: pd.Series, dev: pd.DataFrame, profile
 
 
 def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
-           digests: tuple[str, str], profile=None) -> dict:
+           hashes: dict, profile=None) -> dict:
     from .predictions import load_dev, load_oof
 
     k = int(folds["fold"].max()) + 1
@@ -148,7 +137,6 @@ def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFram
         oof = pd.DataFrame({"fname": pd.Series(dtype=str), "fold": pd.Series(dtype=int),
                             "summary": pd.Series(dtype=str)})
     covered = coverage(folds, oof)
-    stale = _stale_folds(config, name, *digests)
     done = sorted(set(oof["fold"].astype(int)) & set(range(k)))
     # Score each fold row once (the first prediction if duplicated), only rows of the current folds.
     usable = oof[oof["fname"].isin(folds["fname"])].drop_duplicates("fname").reset_index(drop=True)
@@ -158,7 +146,8 @@ def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFram
                          for fold in done if (fold_of == fold).any()]).reshape(-1, 3)
     fold_finals = per_fold.mean(axis=1) * 100
     ddof = 1 if len(per_fold) > 1 else 0
-    problems = [f"{n} {what}" for what, n in covered.items() if n] + ([f"stale fold(s) {stale}"] if stale else [])
+    problems = [f"{n} {what}" for what, n in covered.items() if n] + source_problems(config, name, hashes, k,
+                                                                                      missing_ok=True)
     if len(done) < k:
         problems.insert(0, f"folds {len(done)}/{k}")
     dev_scores = {"dev_final": None, "dev_novel_final": None, "dev_novel_rows": None}
@@ -206,8 +195,6 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
 
     from tqdm import tqdm
 
-    from .data import rows_sha256
-    from .folds import folds_sha256
     from .predictions import list_sources
 
     sources = list_sources(config)
@@ -222,8 +209,8 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
     if not sources:
         return []
     folds, labelled, dev, test = _labelled(config, data_dir)
-    digests = (folds_sha256(config), rows_sha256(labelled.reset_index()))
+    hashes = input_hashes(config, labelled.reset_index(), test, dev)
     profile = workspace_profile(config, folds, labelled.reset_index(), dev, test)
-    board = [_entry(config, name, folds, labelled, dev, digests, profile)
+    board = [_entry(config, name, folds, labelled, dev, hashes, profile)
              for name in tqdm(sources, desc="cv", disable=not progress, leave=False)]
     return sorted(board, key=lambda entry: (not entry["complete"], -entry["oof"]["final"], entry["name"]))

@@ -26,6 +26,7 @@ from .config import Config, EnsembleConfig, config_hash
 from .errors import ConfigError, FoldMismatch, UnknownCandidate
 from .mbr import TIE, mbr_choose, pairwise_utilities
 from .metric import METRICS, RougeScorer, get_scorer
+from .provenance import require_current, rerun_command
 
 METHODS = ("best", "mbr", "hill-climb")
 def ensemble_final(utilities: np.ndarray, quality: np.ndarray, weights: Sequence[float]) -> float:
@@ -196,58 +197,13 @@ def _combine(frames: list[pd.DataFrame | None], members: list[str], fnames: list
     return pd.DataFrame({"fname": fnames, "summary": summaries}), chosen
 
 
-# What each recorded input hash covers, as "predicted on ... than the current FILE" says it.
-_INPUT_HASHES = {"data_sha256": "other labelled data", "folds_sha256": "another fold split",
-                 "test_sha256": "another test file", "dev_sha256": "another dev file"}
-
-
-def _input_file(config: Config, key: str) -> str:
-    """The file(s) behind one of _INPUT_HASHES, as the config points at them now: the labelled
-    data is train plus dev when [cv] include_dev puts dev into the folds."""
-    if key == "folds_sha256":
-        return config.cv.folds_file
-    if key == "data_sha256":
-        files = [config.data.train] + ([config.data.dev] if config.cv.include_dev and config.data.dev else [])
-        return " and ".join(str(Path(config.data.dir) / file) for file in files)
-    file = getattr(config.data, {"test_sha256": "test", "dev_sha256": "dev"}[key])
-    return str(Path(config.data.dir) / file) if file else "(none)"
-
-
-def rerun_command(config: Config, member: str) -> str:
-    """The command that rebuilds a member's predictions on the current inputs: `run` re-runs
-    folds whose inputs changed by itself, no --force needed; a tuned variant is rebuilt by `tune`."""
-    from .tune import TUNED_SUFFIX
-
-    if member in config.ensembles:
-        return f"competition ensemble {member}"
-    if member.endswith(TUNED_SUFFIX):
-        return f"competition tune {member[:-len(TUNED_SUFFIX)]}"
-    return f"competition run {member}"
-
-
-def check_member_inputs(config: Config, member: str, folds: Sequence[int], hashes: dict) -> None:
-    """Refuse (FoldMismatch) a member whose folds or test/dev outputs were predicted on other
-    training data, folds, test or dev files than `hashes` (the current ones). A hash the member's
-    meta.json does not record is not checked."""
-    from .predictions import load_meta
-
-    for fold in [*folds, None]:
-        meta = load_meta(config, member, fold) or {}
-        stale = [key for key in _INPUT_HASHES if key in meta and meta[key] != hashes.get(key)]
-        if stale:
-            where = f"fold {fold}" if fold is not None else "test/dev output"
-            what = " and ".join(f"{_INPUT_HASHES[key]} than the current {_input_file(config, key)}" for key in stale)
-            raise FoldMismatch(f"member {member!r} {where} was predicted on {what}: "
-                               f"rerun it with `{rerun_command(config, member)}`")
-
-
 def run_ensemble(config: Config, name: str, workers: int | None = None, progress: bool = False) -> dict:
     """Build ensemble `name` from its members' files, write runs/NAME/ like a candidate, report."""
     from tqdm import tqdm
 
     from .data import references
-    from .predictions import (done_folds, load_dev, load_fold_dev, load_fold_test, load_oof, load_test, write_fold,
-                              write_source_outputs)
+    from .predictions import (load_dev, load_fold_dev, load_fold_test, load_meta, load_oof, load_test,
+                              write_fold, write_source_outputs)
     from .runner import prepare
 
     if name not in config.ensembles:
@@ -267,11 +223,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
     scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
     oof_outputs = []
     for member in members:
-        missing_folds = sorted(set(fold_numbers) - set(done_folds(config, member)))
-        if missing_folds:
-            raise FoldMismatch(f"member {member!r} has no finished fold {', '.join(map(str, missing_folds))}: "
-                               f"finish it with `{rerun_command(config, member)}`")
-        check_member_inputs(config, member, fold_numbers, context.hashes)
+        require_current(config, member, context.hashes, context.k, role="member")
         oof = load_oof(config, member)
         member_folds = oof.drop_duplicates("fname").set_index("fname")["fold"]
         if set(member_folds.index) != set(fnames) or (member_folds.loc[fnames].astype(int).to_numpy() != fold_of).any():
@@ -298,7 +250,9 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
 
     settings = {**asdict(ensemble), "members": members}
     meta = {"name": name, "kind": "ensemble", "method": ensemble.method, "utility": ensemble.utility,
-            "members": members, "config_hash": config_hash(settings), "config": settings, **context.hashes}
+            "members": members, "member_hashes": {member: (load_meta(config, member) or {}).get("config_hash")
+                                                  for member in members},
+            "config_hash": config_hash(settings), "config": settings, **context.hashes}
     test_fnames = context.test["fname"].tolist()
     dev_fnames = context.dev["fname"].tolist() if context.dev is not None else None
     fold_tests = [load_fold_test(config, member) for member in members]

@@ -298,6 +298,10 @@ def check_folds(config, train_rows: pd.DataFrame) -> pd.DataFrame:
     if bool(info.get("include_dev", False)) != bool(config.cv.include_dev):
         raise FoldMismatch(f"{json_path} was built with include_dev = {str(info.get('include_dev')).lower()} but "
                            f"[cv] include_dev = {str(config.cv.include_dev).lower()}: set it back, or {REBUILD}")
+    if "k" in info and info["k"] != config.cv.k:
+        raise FoldMismatch(f"{json_path} holds k = {info['k']} folds but [cv] k = {config.cv.k}: set [cv] k = "
+                           f"{info['k']} in competition.toml, or rebuild with `competition folds build --force` "
+                           f"(it invalidates runs/)")
     grouping = info.get("near_duplicates") or {}
     built = (float(grouping.get("threshold", 0.0)), grouping.get("tokenizer", config.metric.tokenizer))
     wanted = (float(config.cv.near_duplicates), config.metric.tokenizer)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import platform
 import shutil
@@ -22,13 +21,11 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import Config, config_hash
-from .data import rows_sha256
+from .config import Config
 from .errors import CudaRequired, FoldMismatch, UnknownCandidate
 from .predictions import (done_folds, fold_dir, read_meta, run_dir, write_fold, write_source_outputs)
+from .provenance import candidate_hash, candidate_seed, candidate_settings, fold_is_current, input_hashes
 
-# Hashes a finished fold must share with the current run to be reused.
-_FOLD_KEYS = ("config_hash", "data_sha256", "folds_sha256", "test_sha256", "dev_sha256")
 _VERSIONED = ("competition", "numpy", "pandas", "scikit-learn", "kiwipiepy", "torch", "transformers", "peft", "trl")
 
 
@@ -53,23 +50,6 @@ def versions() -> dict:
     return found
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def candidate_settings(config: Config, name: str) -> dict:
-    """What a candidate's predictions depend on besides the data: hashed into config_hash."""
-    candidate = config.candidate(name)
-    from .candidates import candidate_class
-
-    settings = {"kind": candidate.kind, "params": dataclasses.asdict(candidate.params),
-                "augmentations": list(candidate.augmentations), "seed": config.cv.seed}
-    if getattr(candidate_class(candidate.kind), "uses_metric", False):
-        # Kinds that tune on ROUGE (lead, retrieval) change with the metric's settings.
-        settings["metric"] = dataclasses.asdict(config.metric)
-    return settings
-
-
 @dataclasses.dataclass
 class RunContext:
     """Everything shared by the candidates of one run: rows, folds and their hashes."""
@@ -87,7 +67,7 @@ class RunContext:
 def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
     """Load the data and the folds, check they match (FoldMismatch) and hash the inputs."""
     from .data import load_from_config
-    from .folds import check_folds, folds_sha256, labelled_rows
+    from .folds import check_folds, labelled_rows
 
     data = load_from_config(config, data_dir)
     rows = labelled_rows(config, data).reset_index(drop=True)
@@ -99,9 +79,7 @@ def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
         raise FoldMismatch(f"{config.cv.folds_file}: fold(s) {', '.join(map(str, empty))} have no rows: "
                            f"rebuild with `competition folds build --force`")
     dev = data.dev if data.dev is not None and not config.cv.include_dev else None
-    hashes = {"data_sha256": rows_sha256(rows), "folds_sha256": folds_sha256(config),
-              "test_sha256": rows_sha256(data.test[["fname", "dialogue"]]),
-              "dev_sha256": rows_sha256(dev) if dev is not None else None}
+    hashes = input_hashes(config, rows, data.test, dev)
     return RunContext(config, rows, fold_of, k, data.test, dev, hashes, None if data_dir is None else str(data_dir))
 
 
@@ -136,18 +114,12 @@ def _training_rows(context: RunContext, name: str, mask: np.ndarray) -> pd.DataF
     return fold_training_rows(train, _augmented(context, name))
 
 
-def _candidate_hash(context: RunContext, name: str) -> tuple[str, dict]:
-    settings = candidate_settings(context.config, name)
-    augmented = {path: _file_sha256(context.config.resolve(path)) for path in settings["augmentations"]
-                 if context.config.resolve(path).exists()}
-    return config_hash({**settings, "augmentation_sha256": augmented}), settings
-
-
 def _make(context: RunContext, name: str, workdir: Path):
     from .candidates import candidate_class
 
     candidate_config = context.config.candidate(name)
-    instance = candidate_class(candidate_config.kind)(name, candidate_config.params, workdir, context.config.cv.seed)
+    instance = candidate_class(candidate_config.kind)(name, candidate_config.params, workdir,
+                                                       candidate_seed(context.config, name))
     instance.metric = context.config.metric
     return instance
 
@@ -169,10 +141,6 @@ def _fit(context: RunContext, name: str, instance, train: pd.DataFrame, fold: in
     if launcher_of(instance.params) == "accelerate":
         run_launcher(command_for(context.config, name, fold, context.data_dir), cwd=context.config.root)
     instance.fit(train, fold)
-
-
-def fold_is_current(meta: dict | None, wanted: dict) -> bool:
-    return meta is not None and all(meta.get(key) == wanted.get(key) for key in _FOLD_KEYS)
 
 
 def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: dict) -> dict:
@@ -252,7 +220,7 @@ def plan_candidate(context: RunContext, name: str, folds: Sequence[int], force: 
                    echo: Callable[[str], None]) -> tuple[dict, dict, list[int], list[int]]:
     """(wanted hashes, settings, folds to run, folds skipped because they are current)."""
     config = context.config
-    digest, settings = _candidate_hash(context, name)
+    digest, settings = candidate_hash(config, name)
     wanted = {"config_hash": digest, **context.hashes}
     _drop_extra_folds(context, name, echo)
     to_run, skipped = [], []

@@ -219,10 +219,13 @@ def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = 
     """Write `submissions/NNNN-SOURCE.csv` from SOURCE's test predictions and log it; returns the
     new log row. Refuses a malformed file, and a file already logged unless `allow_duplicate`."""
     from .data import read_split
+    from .provenance import require_current, workspace_inputs
 
     sample_path = config.resolve(config.data.dir) / config.data.sample_submission
     sample_ids = read_split(sample_path, "sample_submission")["fname"].tolist()
     content = leaderboard_csv(sample_ids, _source_predictions(config, source), source)
+    hashes, k = workspace_inputs(config)
+    require_current(config, source, hashes, k)  # never a test output of older files or another config
     digest = hashlib.sha256(content).hexdigest()
     if not allow_duplicate:
         _refuse_duplicate(read_log(config), digest, source)  # early, before scoring; again under the lock

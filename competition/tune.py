@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import CompetitionError
+from .provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
 from .search import LENGTH_KEYS, Trial, TrialStore, canonical, check_method, load_space, make_search, setting_key
 
-TUNED_SUFFIX = "@tuned"
 # Why the nested score is optimistic when TPE proposed the settings (reported beside the score).
 TPE_NESTED_NOTE = ("optimistic under TPE: which settings were tried was steered by scores that include "
                    "the held-out fold's rows (under --method grid the nested score is strictly nested)")
@@ -182,7 +182,7 @@ def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.Dat
         trains = hasattr(instance, "trained_weights")  # qlora, seq2seq; prompt kinds only load a model
         if meta is None or not (folder / "oof.csv").exists():
             problem = "has not run"
-        elif not runner.fold_is_current(meta, wanted):
+        elif not fold_is_current(meta, wanted):
             problem = "was trained on another config, data or folds than now"
         elif trains and finished_fit(instance, train_rows[fold])[1] is None:
             problem = f"has no trained model in {instance.workdir}"
@@ -223,7 +223,7 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
     space = load_space(space_path, base_params)
     check_method(method)  # a missing optuna fails before the data and models load
     context = runner.prepare(config, data_dir)
-    base_hash = runner._candidate_hash(context, name)[0]
+    base_hash = candidate_hash(context.config, name)[0]
     train_rows = {fold: runner._training_rows(context, name, context.fold_of != fold) for fold in range(context.k)}
     metas = check_trained(context, name, {"config_hash": base_hash, **context.hashes}, train_rows)
     store = TrialStore(run_dir(config, name + TUNED_SUFFIX) / "trials.jsonl", {

@@ -138,7 +138,7 @@ def test_changed_data_or_folds_are_reported(workspace, cli):
     board = json.loads(cli(["cv", "--json"], cwd=workspace).stdout)
     for entry in board:
         assert not entry["complete"] and entry["coverage"]["wrong_fold"] > 0
-        assert any(problem.startswith("stale fold(s)") for problem in entry["problems"])
+        assert "folds 0, 1, 2 were predicted on another fold split than the current folds/folds.csv" in entry["problems"]
 
     train = pd.read_csv(workspace / "data" / "train.csv", dtype=str, keep_default_na=False)
     train.head(599).to_csv(workspace / "data" / "train.csv", index=False)

@@ -199,7 +199,11 @@ def _write_member(config, name: str, rows: pd.DataFrame, fold_of: dict, test: pd
     def predict(frame):
         return pd.DataFrame({"fname": frame["fname"], "summary": [summarise(r) for _, r in frame.iterrows()]})
 
-    meta = {"kind": "lead", "config_hash": name, **prepare(config).hashes}  # the input hashes the runner records
+    from competition.provenance import candidate_hash
+
+    # The hashes the runner records: the candidate's own config hash when competition.toml declares it.
+    digest = candidate_hash(config, name)[0] if name in config.candidates else name
+    meta = {"kind": "lead", "config_hash": digest, **prepare(config).hashes}
     test_frame = predict(test)
     dev_frame = predict(dev) if dev is not None else None
     for fold in range(FOLDS):
@@ -345,7 +349,8 @@ def test_a_member_predicted_on_another_test_or_dev_file_is_refused(member_worksp
         _write_member(config, name, korean_rows, fold_of, test, dev, MEMBERS[name])
     refused = cli(["ensemble", "mix"], cwd=member_workspace)
     assert refused.exit_code == 2
-    assert "member 'last2' fold 0 was predicted on another test file than the current data/test.csv" in refused.output
+    assert ("member 'last2' is not current: folds 0, 1, 2 were predicted on another test file than the current "
+            "data/test.csv") in refused.output
     assert "rerun it with `competition run last2`" in refused.output  # stale folds re-run without --force
     _write_member(config, "last2", korean_rows, fold_of, test, dev, MEMBERS["last2"])
     assert cli(["ensemble", "mix"], cwd=member_workspace).exit_code == 0
@@ -354,7 +359,8 @@ def test_a_member_predicted_on_another_test_or_dev_file_is_refused(member_worksp
     changed_dev.to_csv(member_workspace / "data" / "dev.csv", index=False)
     stale_dev = cli(["ensemble", "mix"], cwd=member_workspace)
     assert stale_dev.exit_code == 2
-    assert "member 'lead1' fold 0 was predicted on another dev file than the current data/dev.csv" in stale_dev.output
+    assert ("member 'lead1' is not current: folds 0, 1, 2 were predicted on another dev file than the current "
+            "data/dev.csv") in stale_dev.output
     # An ensemble is a member like any other: rebuilt with `competition ensemble`, not `run`.
     for name, summarise in MEMBERS.items():
         _write_member(config, name, korean_rows, fold_of, test, changed_dev, summarise)
@@ -370,8 +376,8 @@ def test_a_member_predicted_on_another_test_or_dev_file_is_refused(member_worksp
 def test_stale_labelled_data_names_train_and_dev_when_dev_is_in_the_folds(korean_workspace):
     """With include_dev the data hash covers train and dev: the refusal names both files."""
     from competition.config import load_config
-    from competition.errors import FoldMismatch
     from competition.predictions import write_fold
+    from competition.provenance import source_problems
 
     hashes = {"data_sha256": "now", "folds_sha256": "f", "test_sha256": "t", "dev_sha256": None}
     for include_dev, files in ((False, "data/train.csv:"), (True, "data/train.csv and data/dev.csv:")):
@@ -380,10 +386,8 @@ def test_stale_labelled_data_names_train_and_dev_when_dev_is_in_the_folds(korean
         config = load_config(korean_workspace / "competition.toml")
         write_fold(config, "lead", 0, pd.DataFrame({"fname": ["f_0"], "summary": ["s"]}), None, None,
                    {**hashes, "data_sha256": "before"})
-        with pytest.raises(FoldMismatch) as refused:
-            ens.check_member_inputs(config, "lead", [0], hashes)
-        assert str(refused.value) == (f"member 'lead' fold 0 was predicted on other labelled data than the current "
-                                      f"{files} rerun it with `competition run lead`")
+        assert source_problems(config, "lead", hashes, k=1, missing_ok=True) == [
+            f"fold 0 was predicted on other labelled data than the current {files.rstrip(':')}"]
 
 
 def test_best_prints_a_report_and_no_name_lists_the_ensembles(member_workspace, cli):
@@ -437,6 +441,11 @@ def test_star_takes_finished_candidates_and_a_half_run_member_is_refused(member_
                    '\n[candidates.half]\nkind = "lead"\n\n[ensembles.every]\n\n'
                    '[ensembles.with_half]\nmembers = ["lead1", "half"]\n')
     config = load_config(member_workspace / "competition.toml")
+    fold_of = {fname: position % FOLDS for position, fname in enumerate(korean_rows["fname"])}
+    test = pd.read_csv(member_workspace / "data" / "test.csv", dtype=str, keep_default_na=False)
+    dev = pd.read_csv(member_workspace / "data" / "dev.csv", dtype=str, keep_default_na=False)
+    for name in ("lead1", "lead2"):  # their files as `run` writes them for the config declared now
+        _write_member(config, name, korean_rows, fold_of, test, dev, MEMBERS[name])
     held_out = korean_rows.iloc[::FOLDS]  # fold 0 only
     write_fold(config, "half", 0, held_out.assign(summary="요약"), None, None, {"kind": "lead"})
 
@@ -445,4 +454,5 @@ def test_star_takes_finished_candidates_and_a_half_run_member_is_refused(member_
     assert json.loads(every.stdout)["members"] == ["lead1", "lead2"]
     refused = cli(["ensemble", "with_half"], cwd=member_workspace)
     assert refused.exit_code == 2
-    assert "'half' has no finished fold 1, 2" in refused.output and "competition run half" in refused.output
+    assert "member 'half' is not current: folds 1, 2 were not run" in refused.output
+    assert "competition run half" in refused.output

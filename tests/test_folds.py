@@ -103,9 +103,10 @@ def test_rebuilding_different_folds_needs_force(korean_dev_workspace, cli):
 
 
 def test_changed_data_is_a_fold_mismatch_everywhere(korean_workspace, cli):
+    (korean_workspace / "competition.toml").write_text("[cv]\nk = 3\n", encoding="utf-8")
     config = load_config(korean_workspace / "competition.toml")
     train = load_from_config(config).train
-    build_folds(config, train, k=3)
+    build_folds(config, train)
     assert check_folds(config, train)["fname"].tolist() == train["fname"].tolist()
 
     edited = train.copy()
@@ -128,6 +129,20 @@ def test_include_dev_must_match_the_folds(korean_workspace, cli):
     assert len(load_folds(load_config(korean_workspace / "competition.toml"))) == 16  # 12 train + 4 dev
     result = cli(["run", "lead"], cwd=korean_workspace)
     assert result.exit_code == 2 and "include_dev = true" in result.output
+
+
+def test_folds_with_another_k_than_the_config_are_refused(korean_workspace, cli):
+    """Folds built with k = 3, then [cv] k = 5: run and cv stop with the two ways out (before, run
+    printed "k": 5 and ran the 3 folds of the file)."""
+    toml = korean_workspace / "competition.toml"
+    toml.write_text('[cv]\nk = 3\n[candidates.lead]\nkind = "lead"\n', encoding="utf-8")
+    assert cli(["folds", "build"], cwd=korean_workspace).exit_code == 0
+    assert cli(["run", "lead"], cwd=korean_workspace).exit_code == 0
+    toml.write_text(toml.read_text(encoding="utf-8").replace("k = 3", "k = 5"), encoding="utf-8")
+    for command in (["run", "lead"], ["cv"]):
+        result = cli(command, cwd=korean_workspace)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "holds k = 3 folds but [cv] k = 5: set [cv] k = 3 in competition.toml, or rebuild" in result.output
 
 
 def test_missing_folds_say_how_to_build_them(korean_workspace, cli):

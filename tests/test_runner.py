@@ -237,7 +237,8 @@ def test_missing_summaries_are_written_as_empty_fields_not_none_or_nan(tmp_path)
 def test_extra_folds_from_a_larger_k_are_removed(workspace):
     config = load_config(workspace / "competition.toml")
     run_candidates(config, ["lead"], progress=False)
-    build_folds(config, load_from_config(config).train, k=2, force=True)
+    config.cv.k = 2
+    build_folds(config, load_from_config(config).train, force=True)
     report = run_candidates(config, ["lead"], progress=False)["lead"]
     assert report["k"] == 2 and report["ran"] == [0, 1]
     assert not (run_dir(config, "lead") / "fold_2").exists()

@@ -18,6 +18,7 @@ class Candidate(ABC):
 
     kind: str = ""
     requires_cuda: bool = False  # True: skipped with a clear line on machines without CUDA
+    uses_metric: bool = False  # True: its outputs depend on [metric] (it tunes or selects by ROUGE)
 
     def __init__(self, name: str, params: Any, workdir: Path, seed: int = 42):
         self.name = name
