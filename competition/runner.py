@@ -121,6 +121,10 @@ def _make(context: RunContext, name: str, workdir: Path):
     instance = candidate_class(candidate_config.kind)(name, candidate_config.params, workdir,
                                                        candidate_seed(context.config, name))
     instance.metric = context.config.metric
+    texts = [*context.rows["dialogue"], *context.rows["summary"], *context.test["dialogue"]]
+    if context.dev is not None:
+        texts += [*context.dev["dialogue"], *context.dev["summary"]]
+    instance.vocabulary_texts = texts
     return instance
 
 

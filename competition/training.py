@@ -23,13 +23,17 @@ NOT_TRAINING = {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_token
 REPORT_FILE = "train.json"
 
 
-def training_fingerprint(params, train_rows: pd.DataFrame) -> str:
-    """What a trained adapter or model depends on: training params (not generation ones) and the rows."""
+def training_fingerprint(params, train_rows: pd.DataFrame, extra: dict | None = None) -> str:
+    """What a trained adapter or model depends on: training params (not generation ones), the
+    local base model's files (provenance.params_models), the rows, and `extra` (the candidate's
+    training_inputs)."""
     from .config import config_hash
     from .data import rows_sha256
+    from .provenance import params_models
 
     training = {k: v for k, v in asdict(params).items() if k not in NOT_TRAINING}
-    return config_hash({"params": training, "rows": rows_sha256(train_rows)})
+    return config_hash({"params": training, "models": params_models(params), "rows": rows_sha256(train_rows),
+                        **({"extra": extra} if extra else {})})
 
 
 def finished_training(workdir: Path, weights: Path, fingerprint: str) -> dict | None:
@@ -46,7 +50,7 @@ def finished_training(workdir: Path, weights: Path, fingerprint: str) -> dict | 
 def finished_fit(candidate, train_rows: pd.DataFrame) -> tuple[str, dict | None]:
     """(fingerprint, train.json) for a candidate that trains (it names its weights file with
     `trained_weights()`) on `train_rows`: train.json is None when it has to train again."""
-    fingerprint = training_fingerprint(candidate.params, train_rows)
+    fingerprint = training_fingerprint(candidate.params, train_rows, candidate.training_inputs())
     return fingerprint, finished_training(candidate.workdir, candidate.trained_weights(), fingerprint)
 
 

@@ -136,3 +136,37 @@ def test_tiny_qlora_through_competition_run(cli, korean_workspace, tiny_causal_l
     assert (runs / "fold_0" / "work" / "adapter" / "adapter_model.safetensors").exists()
     meta = json.loads((runs / "fold_0" / "meta.json").read_text())
     assert meta["kind"] == "qlora" and meta["config"]["params"]["model"] == str(tiny_causal_lm)
+
+
+@pytest.mark.slow
+def test_same_seed_same_adapter_bytes_other_seed_other_adapter(tiny_causal_lm, korean_rows, tmp_path):
+    """The LoRA matrices are drawn from the candidate's seed: two trainings of the same config and
+    rows save byte-identical adapters (before, the A matrices came unseeded: up to 0.26 apart)."""
+    params = tiny_params(tiny_causal_lm, max_steps=2, save_steps=50)
+    train = korean_rows.head(8)
+    adapters = []
+    for folder, seed in (("first", 7), ("second", 7), ("third", 8)):
+        # Other code may have drawn random numbers in between: the candidate must seed by itself.
+        import torch
+
+        torch.rand(seed * 3 + len(folder))
+        QLoRACandidate("tiny", params, tmp_path / folder, seed=seed).fit(train, fold=0)
+        adapters.append((tmp_path / folder / "adapter" / "adapter_model.safetensors").read_bytes())
+    assert adapters[0] == adapters[1]
+    assert adapters[0] != adapters[2]
+
+
+def test_a_changed_local_base_model_changes_the_training_fingerprint(tmp_path, korean_rows):
+    """Overwriting the base model's weights makes the fold train again (before, the old adapter was
+    kept, and ran on the new base)."""
+    from competition.training import training_fingerprint
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen3"}', encoding="utf-8")
+    (model / "model.safetensors").write_bytes(b"weights one")
+    params = tiny_params(model)
+    before = training_fingerprint(params, korean_rows)
+    assert training_fingerprint(params, korean_rows) == before
+    (model / "model.safetensors").write_bytes(b"weights two")  # same size, other bytes
+    assert training_fingerprint(params, korean_rows) != before

@@ -18,6 +18,29 @@ def tiny_params(model_dir, **overrides) -> Params:
 
 def test_found_tags(korean_rows):
     assert found_tags(korean_rows) == ["#Address#", "#Person1#", "#Person2#", "#PhoneNumber#"]
+    assert found_tags(korean_rows.head(0), ["생일은 #DateOfBirth#예요."]) == ["#DateOfBirth#"]
+
+
+@pytest.mark.slow
+def test_tags_of_every_split_are_added_and_training_is_reproducible(tiny_t5, korean_rows, tmp_path):
+    """A tag only the test rows hold is one whole token after training (before, only the training
+    folds' tags were added), and two trainings with one seed save the same bytes (the resized
+    embeddings are drawn from the candidate's seed)."""
+    params = tiny_params(tiny_t5, max_steps=2, save_steps=50)
+    train = korean_rows.head(8)
+    saved = []
+    for folder in ("first", "second"):
+        import torch
+
+        torch.rand(len(folder))  # other draws in between must not matter
+        candidate = Seq2SeqCandidate("t5", params, tmp_path / folder, seed=3)
+        candidate.vocabulary_texts = ["#Person1#: 생년월일은 #DateOfBirth#입니다."]
+        candidate.fit(train, fold=0)
+        saved.append((tmp_path / folder / "model" / "model.safetensors").read_bytes())
+    _, tokenizer = candidate.load()
+    assert len(tokenizer("#DateOfBirth#", add_special_tokens=False)["input_ids"]) == 1
+    assert "#DateOfBirth#" in candidate.train_report["tags"]
+    assert saved[0] == saved[1]
 
 
 def _summary_loss(model, tokenizer, rows) -> float:

@@ -25,6 +25,9 @@ class Candidate(ABC):
         self.params = params
         self.workdir = Path(workdir)
         self.seed = seed
+        # Texts of every split of the workspace (labelled, test, dev), set by the runner: a kind that
+        # grows its vocabulary (seq2seq's #Tag# tokens) must know the tags test rows will bring.
+        self.vocabulary_texts: list[str] = []
 
     @abstractmethod
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
@@ -33,6 +36,11 @@ class Candidate(ABC):
     @abstractmethod
     def predict(self, rows: pd.DataFrame) -> list[str]:
         """One summary per row of `rows` (fname, dialogue, ...), in order."""
+
+    def training_inputs(self) -> dict:
+        """What a trained model depends on beyond its params and rows (e.g. added tokens); part of
+        its training fingerprint, so a change retrains."""
+        return {}
 
     def needs_cuda(self) -> bool:
         """Whether this configured candidate can only run with CUDA (e.g. 4-bit QLoRA)."""

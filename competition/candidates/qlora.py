@@ -93,6 +93,7 @@ class QLoRACandidate(PromptCandidate):
 
     def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
         from datasets import Dataset
+        from transformers import set_seed
         from trl import SFTConfig, SFTTrainer
 
         from ..errors import DataError
@@ -122,6 +123,7 @@ class QLoRACandidate(PromptCandidate):
             max_length=params.max_length, packing=params.packing, completion_only_loss=True,
             report_to="none", dataloader_pin_memory=device == "cuda", disable_tqdm=False)
         last = checkpoint_to_resume(config, fingerprint)
+        set_seed(self.seed)  # LoRA's A matrices are drawn when the adapter is built, before the trainer seeds
         model = lora_model(load_causal_lm(params, device), params)
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                              processing_class=tokenizer, callbacks=list(self.callbacks))

@@ -72,9 +72,10 @@ class Params:
         check_generation(self)
 
 
-def found_tags(rows: pd.DataFrame) -> list[str]:
-    """Every #Tag# in dialogues and summaries, sorted."""
-    text = "\n".join(rows["dialogue"].tolist() + (rows["summary"].tolist() if "summary" in rows else []))
+def found_tags(rows: pd.DataFrame, more_texts: list[str] = ()) -> list[str]:
+    """Every #Tag# in dialogues and summaries (and `more_texts`), sorted."""
+    text = "\n".join(rows["dialogue"].tolist() + (rows["summary"].tolist() if "summary" in rows else [])
+                     + list(more_texts))
     return sorted(set(_TAG.findall(text)))
 
 
@@ -100,6 +101,14 @@ class Seq2SeqCandidate(Candidate):
         """The file a finished training saved (with train.json it marks the fold trained)."""
         return self.model_dir / MODEL_WEIGHTS
 
+    def tags(self, train_rows: pd.DataFrame) -> list[str]:
+        """Whole tokens to add: #Tags# of every split (a test-only #DateOfBirth# would otherwise be
+        split into pieces the model never learnt) and the configured special_tokens."""
+        return sorted(set(found_tags(train_rows, self.vocabulary_texts)) | set(self.params.special_tokens))
+
+    def training_inputs(self) -> dict:
+        return {"tags": sorted(set(_TAG.findall("\n".join(self.vocabulary_texts))))}
+
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         fingerprint, done = finished_fit(self, train_rows)
         if done is None:
@@ -117,7 +126,7 @@ class Seq2SeqCandidate(Candidate):
     def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
         from datasets import Dataset
         from transformers import (AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                                  Seq2SeqTrainingArguments)
+                                  Seq2SeqTrainingArguments, set_seed)
 
         from ..modeling import load_error, model_source, load_tokenizer, lora_config, resolve_device
 
@@ -125,7 +134,8 @@ class Seq2SeqCandidate(Candidate):
         device = resolve_device(params)
         check_not_a_stray_rank()
         tokenizer = load_tokenizer(params)
-        tags = sorted(set(found_tags(train_rows)) | set(params.special_tokens))
+        set_seed(self.seed)  # the new tags' embeddings (and LoRA matrices) start from the candidate's seed
+        tags = self.tags(train_rows)
         new_tags = [t for t in tags if t not in tokenizer.get_vocab()]
         added = tokenizer.add_tokens(new_tags)
         try:
