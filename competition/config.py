@@ -85,7 +85,7 @@ class CVConfig:
     seed: int = 42  # shuffling seed
     strategy: str = "length"  # length | random | group:COLUMN | stratify:COLUMN
     include_dev: bool = False  # put dev rows into the folds too (then dev is no hold-out)
-    bootstrap: int = 1000  # resamples for the OOF final's 95% interval
+    bootstrap: int = 1000  # resamples for the 95% intervals (at least 100; 0 = no intervals)
     test_strategy: str = "mbr"  # test/dev output: mbr (per row, the fold output closest to the others) or refit
     near_duplicates: float = 0.5  # dialogues with TF-IDF cosine >= this share a fold (clusters); 0 = off
     pick_by: str = "test_matched"  # history's final pick and submit's default source: test_matched or oof
@@ -96,6 +96,9 @@ class CVConfig:
         problems = []
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 2:
             problems.append(f"k = {self.k!r}: use at least 2 folds")
+        if not isinstance(self.bootstrap, int) or isinstance(self.bootstrap, bool) or \
+                not (self.bootstrap == 0 or self.bootstrap >= 100):
+            problems.append(f"bootstrap = {self.bootstrap!r}: use at least 100 resamples, or 0 for no intervals")
         if not 0 <= self.near_duplicates <= 1:
             problems.append(f"near_duplicates = {self.near_duplicates!r}: choose a cosine in (0, 1], or 0 for off")
         if self.pick_by not in PICK_BY:

@@ -57,9 +57,10 @@ def oof_scores(config: Config, name: str, data_dir=None) -> RougeResult:
 
 def bootstrap_interval(values: np.ndarray, resamples: int, seed: int, level: float = 0.95,
                        weights: np.ndarray | None = None) -> list[float]:
-    """Percentile interval of the (weighted) mean of `values` over row resamples (with replacement)."""
+    """Percentile interval of the (weighted) mean of `values` over row resamples (with replacement);
+    [None, None] without rows or resamples ([cv] bootstrap = 0)."""
     if len(values) == 0 or resamples < 1:
-        return [float("nan"), float("nan")]
+        return [None, None]
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     block = max(1, 2_000_000 // len(values))  # bounded memory on 12k+ rows
@@ -103,7 +104,7 @@ def test_matched(config: Config, result: RougeResult, fnames: pd.Series, profile
     """The OOF scores of rows `fnames` weighted to the test's similarity profile (shift.py)."""
     weights, info = matched_weights(profile.oof.reindex(fnames).fillna(0.0).to_numpy(), profile.test.to_numpy())
     if not len(weights):
-        return {**{metric: 0.0 for metric in METRICS}, "final": 0.0, "ci95": [float("nan")] * 2, **info}
+        return {**{metric: 0.0 for metric in METRICS}, "final": 0.0, "ci95": [None, None], **info}
     f1 = (result.per_row[:, :, 2] * weights[:, None]).sum(axis=0) / weights.sum()
     return {**dict(zip(METRICS, f1.tolist())), "final": float(f1.mean() * 100),
             "ci95": bootstrap_interval(result.row_finals, config.cv.bootstrap, config.cv.seed, weights=weights),

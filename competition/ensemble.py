@@ -98,7 +98,9 @@ def nested_choice(ensemble: EnsembleConfig, utilities: np.ndarray, quality: np.n
 
 
 def paired_bootstrap(differences: np.ndarray, resamples: int = 1000, seed: int = 42) -> list[float]:
-    """95% interval of the mean of per-row differences, resampling rows."""
+    """95% interval of the mean of per-row differences, resampling rows ([None, None] for no resamples)."""
+    if resamples < 1:
+        return [None, None]
     if len(differences) == 0:
         return [0.0, 0.0]
     rng = np.random.default_rng(seed)

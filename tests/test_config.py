@@ -44,10 +44,10 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
 
 def test_values_are_read_and_ints_widen_to_floats(tmp_path):
     path = write_config(tmp_path, '[data]\ndev = ""\n[metric]\nconvention = "rouge-score"\n[cv]\nk = 3\n'
-                                  'bootstrap = 50\n[ensembles.vote]\nmethod = "best"\nweights = [1, 2.5]\n')
+                                  'bootstrap = 100\n[ensembles.vote]\nmethod = "best"\nweights = [1, 2.5]\n')
     config = load_config(path)
     assert config.data.dev == "" and config.metric.convention == "rouge-score"
-    assert config.cv.k == 3 and config.cv.bootstrap == 50
+    assert config.cv.k == 3 and config.cv.bootstrap == 100
     assert config.root == tmp_path.resolve()
     assert config.ensembles["vote"].method == "best"
     assert config.ensembles["vote"].weights == [1, 2.5]
@@ -255,3 +255,33 @@ def test_bad_metric_value_reaches_the_cli_as_one_line(cli, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "[metric] tokenizer = 'mecab': choose english, kiwi or whitespace" in result.output
+
+
+def test_cv_values_are_checked_at_load_for_every_command(tmp_path, cli):
+    """Before, `run` with k = -3 exited 0 and ran 5 folds, and bootstrap = -5 showed [nan, nan]."""
+    message = config_error(tmp_path, "[cv]\nk = -3\nbootstrap = -5\nnear_duplicates = 1.5\npick_by = \"public\"\n")
+    assert "[cv] k = -3: use at least 2 folds" in message
+    assert "[cv] bootstrap = -5: use at least 100 resamples, or 0 for no intervals" in message
+    assert "[cv] near_duplicates = 1.5: choose a cosine in (0, 1], or 0 for off" in message
+    assert "[cv] pick_by = 'public': choose test_matched or oof" in message
+    assert "bootstrap = 50" in config_error(tmp_path, "[cv]\nbootstrap = 50\n")
+    (tmp_path / "competition.toml").write_text("[cv]\nk = 1\n", encoding="utf-8")
+    for command in (["run"], ["cv"], ["pipeline"], ["folds", "build"]):
+        result = cli(command, cwd=tmp_path)
+        assert result.exit_code == 2 and "[cv] k = 1: use at least 2 folds" in result.output, command
+    (tmp_path / "competition.toml").write_text("[cv]\nbootstrap = 0\n", encoding="utf-8")
+    assert load_config(tmp_path / "competition.toml").cv.bootstrap == 0
+
+
+def test_candidate_seed_is_a_whole_number(tmp_path):
+    message = config_error(tmp_path, '[candidates.a]\nkind = "lead"\nseed = -1\n[candidates.b]\nkind = "lead"\n'
+                                     'seed = "x"\n')
+    assert "[candidates.a] seed = -1 should be a whole number >= 0" in message
+    assert "[candidates.b] seed = 'x' should be a whole number >= 0" in message
+    (tmp_path / "competition.toml").write_text('[cv]\nseed = 5\n[candidates.a]\nkind = "lead"\n'
+                                               '[candidates.b]\nkind = "lead"\nseed = 9\n', encoding="utf-8")
+    from competition.provenance import candidate_hash, candidate_seed
+
+    config = load_config(tmp_path / "competition.toml")
+    assert candidate_seed(config, "a") == 5 and candidate_seed(config, "b") == 9
+    assert candidate_hash(config, "a")[0] != candidate_hash(config, "b")[0]  # the seed is part of the hash

@@ -21,7 +21,7 @@ NAMES = ("lead", "retrieval", "tiny")
 
 
 def config_text(model_dir) -> str:
-    return (f"[cv]\nk = {FOLDS}\nbootstrap = 20\n\n"
+    return (f"[cv]\nk = {FOLDS}\nbootstrap = 100\n\n"
             "[candidates.lead]\nkind = \"lead\"\nmax_turns = 4\n\n"
             "[candidates.retrieval]\nkind = \"retrieval\"\n\n"
             f"[candidates.tiny]\nkind = \"qlora\"\nmodel = \"{model_dir}\"\nmax_steps = 2\nbatch_size = 4\n"

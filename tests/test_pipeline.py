@@ -67,7 +67,7 @@ tokenizer = "whitespace"
 
 [cv]
 k = 3
-bootstrap = 50
+bootstrap = 100
 
 [submit]
 source = "lead"

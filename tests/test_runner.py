@@ -21,7 +21,7 @@ from competition.runner import run_candidates
 CONFIG = """
 [cv]
 k = 3
-bootstrap = 50
+bootstrap = 100
 
 [candidates.lead]
 kind = "lead"
@@ -141,7 +141,7 @@ def test_refit_fits_once_on_every_row(workspace):
     from competition.candidates.lead import lead_text
 
     (workspace / "competition.toml").write_text(
-        CONFIG.replace("bootstrap = 50", 'bootstrap = 50\ntest_strategy = "refit"').replace("max_turns = 4", "turns = 2"),
+        CONFIG.replace("bootstrap = 100", 'bootstrap = 100\ntest_strategy = "refit"').replace("max_turns = 4", "turns = 2"),
         encoding="utf-8")
     config = load_config(workspace / "competition.toml")
     report = run_candidates(config, ["lead"], progress=False)["lead"]
@@ -275,7 +275,7 @@ def test_no_fold_trains_on_a_row_derived_from_its_held_out_dialogues(tmp_path, k
 
     test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
     root = write_workspace(tmp_path, korean_rows, test, None, (
-        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 20\n\n[candidates.retrieval]\n'
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 100\n\n[candidates.retrieval]\n'
         'kind = "retrieval"\naugmentations = ["data/augmented/swap.csv", "data/augmented/synthetic.csv"]\n'))
     write_augmented(speaker_swap(korean_rows)[0], root / "data" / "augmented" / "swap.csv")
     write_augmented(pd.DataFrame([{"fname": "synthetic_0", "source_fname": "", "augmentation": "synthetic",
@@ -317,7 +317,7 @@ def test_an_augmented_fname_clash_is_refused_before_any_fold_runs(tmp_path, kore
 
     test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
     root = write_workspace(tmp_path, korean_rows, test, None, (
-        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 20\n\n[candidates.retrieval]\n'
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 100\n\n[candidates.retrieval]\n'
         'kind = "retrieval"\naugmentations = ["data/augmented/swap.csv"]\n'))
     config = load_config(root / "competition.toml")
     build_folds(config, load_from_config(config).train)

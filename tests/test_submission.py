@@ -70,7 +70,7 @@ def workspace(tmp_path, korean_rows):
 
     test = korean_rows.tail(len(TEST_SUMMARIES)).assign(fname=lambda f: "test_" + f["fname"])
     return write_workspace(tmp_path, korean_rows, test, None, config=(
-        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 50\n\n'
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 100\n\n'
         '[candidates.lead]\nkind = "lead"\n\n[candidates.other]\nkind = "lead"\n'))
 
 
@@ -131,7 +131,7 @@ def test_a_real_run_logs_its_config_hash_and_dev_final(tmp_path, korean_rows, cl
     dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
     test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
     root = write_workspace(tmp_path, korean_rows, test, dev, config=(
-        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 50\n\n'
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 100\n\n'
         '[candidates.lead]\nkind = "lead"\nmax_turns = 2\n'))
     for command in (["folds", "build"], ["run", "lead"], ["submit", "lead"]):
         result = cli(command, cwd=root)

@@ -17,7 +17,9 @@ def _number(value: float | None) -> str:
 def _with_interval(value: float | None, interval: list[float] | None) -> str:
     if value is None:
         return ""
-    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.2f}"
+    if not interval or interval[0] is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 def _footnote(config, board: list[dict]) -> str:

@@ -15,7 +15,8 @@ def _print_report(report: dict) -> None:
     low, high = diagnostics["gain_ci95"]
     click.echo(f"OOF final {report['oof_final']:.2f} (nested: chosen without the scored fold); "
                f"optimistic {report['optimistic_final']:.2f}; oracle {diagnostics['oracle_final']:.2f}")
-    click.echo(f"gain over {diagnostics['best_member']}: {diagnostics['gain']:+.2f} (95% CI {low:+.2f} .. {high:+.2f})"
+    interval = "" if low is None else f" (95% CI {low:+.2f} .. {high:+.2f})"
+    click.echo(f"gain over {diagnostics['best_member']}: {diagnostics['gain']:+.2f}{interval}"
                + (f"; dev final {report['dev_final']:.2f}" if report["dev_final"] is not None else ""))
 
 
