@@ -7,6 +7,7 @@ augmented copy of a held-out dialogue can never inflate CV.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -243,7 +244,7 @@ def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_cod
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from tqdm.auto import tqdm
 
-        from .generation import clean_output, generate
+        from .generation import generate
         from .prompts import render
 
         def key(prompt: str) -> str:
@@ -271,9 +272,7 @@ def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_cod
                 part = todo[start:start + chunk]
                 texts = [render(tokenizer, [{"role": "user", "content": prompt}]) for prompt in part]
                 raw = generate(model, tokenizer, texts, LocalGeneration(max_new_tokens=max_new_tokens), progress=False)
-                # Keep line breaks: a dialogue is one turn per line.
-                outputs = ["\n".join(clean_output(line) for line in text.splitlines() if clean_output(line))
-                           for text, _ in raw]
+                outputs = [clean_generated(text, cut) for text, cut in raw]
                 lines = []
                 for prompt, output in zip(part, outputs):
                     cache[key(prompt)] = output
@@ -287,17 +286,30 @@ def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_cod
     return complete
 
 
-def api_completer(endpoint, cache_path: Path, max_tokens: int = 1024,
-                  temperature: float = 0.7) -> Callable[[list[str]], list[str]]:
-    """A generator from an OpenAI-compatible endpoint; finished requests are cached (resumable)."""
+def clean_generated(text: str, cut: bool = False) -> str:
+    """The shared output cleaner, keeping one line per dialogue turn."""
+    from .generation import clean_output
+
+    return clean_output(text, cut, keep_lines=True)
+
+
+def api_completer(endpoint, cache_path: Path, max_tokens: int = 1024, temperature: float = 0.7,
+                  refresh: bool = False) -> Callable[[list[str]], list[str]]:
+    """A generator from an OpenAI-compatible endpoint: cleaned outputs ("" when answered empty
+    twice: counted on stderr, not cached, asked again next time); non-empty answers are cached, so a
+    killed or stopped run resumes. `refresh` re-sends cached prompts."""
     from .chat import ChatClient
 
-    client = ChatClient(endpoint, cache_path, label="augment")
+    client = ChatClient(endpoint, cache_path, label="augment", clean=clean_generated, refresh=refresh)
 
     def complete(prompts: list[str]) -> list[str]:
         bodies = [client.body([{"role": "user", "content": p}], max_tokens=max_tokens, temperature=temperature)
                   for p in prompts]
-        return client.complete_many(bodies)
+        outputs = client.complete_many(bodies)
+        if client.report.empty:
+            print(f"augment: {client.report.empty} of {client.report.requests} answers empty: those rows are "
+                  f"dropped, not cached, and asked again on the next run", file=sys.stderr)
+        return outputs
 
     return complete
 

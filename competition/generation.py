@@ -111,12 +111,15 @@ def generate(model, tokenizer, texts: list[str], params, *, encoder_decoder: boo
     return results  # type: ignore[return-value]
 
 
-def clean_output(text: str, cut: bool = False) -> str:
-    """Strip chat tokens and thinking blocks, collapse whitespace, drop a dangling last sentence."""
+def clean_output(text: str, cut: bool = False, keep_lines: bool = False) -> str:
+    """Strip chat tokens and thinking blocks, collapse whitespace, drop a dangling last sentence.
+    The one cleaner for every generator (local models, endpoints); keep_lines keeps one line per
+    turn (generated dialogues) instead of joining everything into one summary line."""
     text = _THINK.sub(" ", text)
     text = _CHAT_TOKEN.sub(" ", text)
     text = _ANSWER_PREFIX.sub("", text).replace("\ufffd", "")  # half a character cut by max_new_tokens
-    text = " ".join(text.split())
+    lines = text.splitlines() if keep_lines else [text]
+    text = "\n".join(filter(None, (" ".join(line.split()) for line in lines)))
     if cut:
         ends = [match.end() for match in _SENTENCE_END.finditer(text)]
         if ends and ends[-1] < len(text):

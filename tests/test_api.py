@@ -1,69 +1,34 @@
-"""The api kind against a real OpenAI-compatible HTTP server on 127.0.0.1 (started in the test)."""
+"""The api kind against a local OpenAI-compatible stub server (tests/stub_server.py), directly and
+through `competition run`: retries, resumption, empty answers, refusals, and the key."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import re
 
 import pytest
 
 from competition.candidates.api import ApiCandidate, Params
+from competition.chat import EndpointError
 from competition.errors import ConfigError
+from competition.generation import lead_fallback
+from stub_server import StubServer
 from tiny_models import run_through_cli
 
 KEY = "sk-test-secret-123"
 
 
-class FakeServer:
-    """/v1/chat/completions answering the dialogue's first line; fails the first `fail_first` calls."""
-
-    def __init__(self, fail_first: int = 0, empty: bool = False):
-        self.requests: list[dict] = []
-        self.fail_first = fail_first
-        self.empty = empty
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                    failing = len(server.requests) <= server.fail_first
-                if self.path != "/v1/chat/completions" or self.headers.get("Authorization") != f"Bearer {KEY}":
-                    return self._send(401, {"error": "bad key"})
-                if failing:
-                    return self._send(500, {"error": "try again"})
-                dialogue = body["messages"][-1]["content"].split("대화:\n", 1)[1]
-                content = "" if server.empty else f"<think>x</think>요약: {dialogue.splitlines()[0]}"
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
-
-            def _send(self, status, payload):
-                data = json.dumps(payload, ensure_ascii=False).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def summary_of_dialogue(body: dict) -> str:
+    """'요약: ' + the dialogue's first line, as a chatty model would put it."""
+    return "요약: " + body["messages"][-1]["content"].split("대화:\n", 1)[1].splitlines()[0]
 
 
 @pytest.fixture
-def server_factory():
+def stub():
     servers = []
 
-    def make(**kwargs):
-        servers.append(FakeServer(**kwargs))
+    def make(*script, **kwargs):
+        kwargs = {"key": KEY, "answer": summary_of_dialogue, "default": "think", **kwargs}
+        servers.append(StubServer(script, **kwargs))
         return servers[-1]
 
     yield make
@@ -81,58 +46,125 @@ def params(url, **overrides):
                      "backoff": 0.01, **overrides})
 
 
-def test_predicts_every_row_retrying_a_500(server_factory, korean_rows, tmp_path):
-    server = server_factory(fail_first=1)
+def cache_lines(workdir) -> list[str]:
+    path = workdir / "api_cache.jsonl"
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+def test_predicts_every_row_retrying_a_500(stub, korean_rows, tmp_path):
+    server = stub("500")
     candidate = ApiCandidate("api", params(server.url), tmp_path / "work")
     rows = korean_rows.head(4)
     summaries = candidate.predict(rows)
-    assert summaries == [d.splitlines()[0] for d in rows["dialogue"]]
-    assert len(server.requests) == 5  # 4 rows + 1 retry
-    cache = (tmp_path / "work" / "api_cache.jsonl").read_text(encoding="utf-8")
-    assert len(cache.splitlines()) == 4
-    assert KEY not in cache and KEY not in json.dumps(candidate.report)
+    assert summaries == [d.splitlines()[0] for d in rows["dialogue"]]  # thinking block and prefix cleaned
+    assert len(server.seen) == 5  # 4 rows + 1 retry
+    assert len(cache_lines(tmp_path / "work")) == 4
+    assert candidate.report["endpoint"]["retries"] == 1
 
 
-def test_resumes_from_cached_rows(server_factory, korean_rows, tmp_path):
-    server = server_factory()
+def test_resumes_from_cached_rows(stub, korean_rows, tmp_path):
+    server = stub()
     ApiCandidate("api", params(server.url), tmp_path / "work").predict(korean_rows.head(2))
-    assert len(server.requests) == 2
+    assert len(server.seen) == 2
     candidate = ApiCandidate("api", params(server.url), tmp_path / "work")  # a re-run after a kill
     summaries = candidate.predict(korean_rows.head(5))
-    assert len(server.requests) == 5  # only the 3 unfinished rows were sent
-    assert candidate.report["from_cache"] == 2 and len(summaries) == 5
+    assert len(server.seen) == 5  # only the 3 unfinished rows were sent
+    assert candidate.report["from_cache"] == 2 and candidate.report["requested"] == 3 and len(summaries) == 5
 
 
-def test_few_shot_examples_come_from_training_rows(server_factory, korean_rows, tmp_path):
-    server = server_factory()
+def test_few_shot_examples_come_from_training_rows(stub, korean_rows, tmp_path):
+    server = stub()
     candidate = ApiCandidate("api", params(server.url, few_shot=1), tmp_path / "work")
     candidate.fit(korean_rows.head(6), fold=0)
     candidate.predict(korean_rows.tail(2))
-    messages = server.requests[0]["messages"]
+    messages = server.seen[0].body["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[2]["content"] in set(korean_rows.head(6)["summary"])
 
 
-def test_empty_answer_falls_back_to_lead(server_factory, korean_rows, tmp_path):
-    server = server_factory(empty=True)
-    candidate = ApiCandidate("api", params(server.url), tmp_path / "work")
-    summaries = candidate.predict(korean_rows.head(1))
-    assert summaries[0].startswith("#Person1#:") and candidate.report["empty_to_lead"] == 1
+def test_empty_answers_fall_back_to_lead_are_reported_and_asked_again(stub, korean_rows, tmp_path, capsys):
+    server = stub("ok", default="empty")
+    candidate = ApiCandidate("api", params(server.url, concurrency=1), tmp_path / "work")
+    rows = korean_rows.head(3)
+    summaries = candidate.predict(rows)
+    leads = [lead_fallback(d) for d in rows["dialogue"]]
+    assert sum(s == lead for s, lead in zip(summaries, leads)) == 2 and candidate.report["empty_to_lead"] == 2
+    assert "api: 2 of 3 rows empty: lead fallback used" in capsys.readouterr().err
+    assert len(cache_lines(tmp_path / "work")) == 1 and len(server.seen) == 5  # 1 + 2 x (asked, asked again)
+    server.default = "ok"  # fixed: the next run asks for the 2 empty rows only
+    again = ApiCandidate("api", params(server.url), tmp_path / "work")
+    assert again.predict(rows) == [d.splitlines()[0] for d in rows["dialogue"]]
+    assert len(server.seen) == 7 and again.report["empty_to_lead"] == 0
 
 
-def test_bad_key_and_missing_key_are_user_errors(server_factory, korean_rows, tmp_path, monkeypatch):
-    server = server_factory()
+def test_bad_key_and_missing_key_name_the_key(stub, korean_rows, tmp_path, monkeypatch):
+    server = stub()
     monkeypatch.setenv("TEST_API_KEY", "wrong")
-    with pytest.raises(ConfigError, match="HTTP 401"):
+    with pytest.raises(EndpointError, match=r"answered HTTP 401 .*check the key in \$TEST_API_KEY; 0 of 1 done"):
         ApiCandidate("api", params(server.url), tmp_path / "work").predict(korean_rows.head(1))
     monkeypatch.delenv("TEST_API_KEY")
-    with pytest.raises(ConfigError, match="TEST_API_KEY is empty"):
+    with pytest.raises(EndpointError, match=r"no key was sent \(\$TEST_API_KEY is not set\)"):
         ApiCandidate("api", params(server.url), tmp_path / "work").predict(korean_rows.head(1))
+    assert [seen.authorization for seen in server.seen] == ["Bearer wrong", None]
 
 
-def test_api_kind_through_competition_run(cli, korean_workspace, server_factory):
-    server = server_factory(fail_first=1)
+def test_endpoint_settings_are_config_errors(korean_workspace):
+    from competition.config import load_config
+
+    path = korean_workspace / "competition.toml"
+    path.write_text('[candidates.remote]\nkind = "api"\nmodel = "m"\nconcurrency = 0\ntimeout = -1\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[candidates.remote\] concurrency = 0: need at least 1; timeout = -1"):
+        load_config(path)
+
+
+def add_candidate(cli, workspace, url, extra=""):
+    config = (workspace / "competition.toml").read_text(encoding="utf-8")
+    config += (f'[cv]\nk = 2\n\n[candidates.remote]\nkind = "api"\nbase_url = "{url}"\nmodel = "tiny"\n'
+               f'api_key_env = "TEST_API_KEY"\nbackoff = 0.01\nconcurrency = 2\n{extra}')
+    (workspace / "competition.toml").write_text(config, encoding="utf-8")
+    assert cli(["folds", "build"], cwd=workspace).exit_code == 0
+
+
+def files_containing(root, text: str) -> list[str]:
+    return [str(path) for path in root.rglob("*") if path.is_file() and text.encode() in path.read_bytes()]
+
+
+def test_api_kind_through_competition_run_writes_the_key_nowhere(cli, korean_workspace, stub):
+    server = stub("500")
     runs = run_through_cli(cli, korean_workspace, "remote", (
         f'kind = "api"\nbase_url = "{server.url}"\nmodel = "tiny"\napi_key_env = "TEST_API_KEY"\n'
         'backoff = 0.01\n'))
-    assert KEY not in (runs / "fold_0" / "meta.json").read_text() and KEY not in (runs / "meta.json").read_text()
+    assert (runs / "meta.json").exists() and {s.authorization for s in server.seen} == {f"Bearer {KEY}"}
+    assert files_containing(korean_workspace, KEY) == []
+
+
+@pytest.mark.parametrize("mode, hint", [("401", "check the key in $TEST_API_KEY"),
+                                        ("404", "check model = 'tiny'"),
+                                        ("html", "is base_url the API root")])
+def test_a_refusal_stops_competition_run_with_one_line_and_a_rerun_resumes(cli, korean_workspace, stub, mode, hint):
+    server = stub(*["think"] * 3, mode, "think")
+    add_candidate(cli, korean_workspace, server.url, "max_retries = 0\n")
+    result = cli(["run", "remote"], cwd=korean_workspace)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if "Error:" in line]
+    assert len(errors) == 1 and hint in errors[0] and server.url in errors[0]
+    done = int(re.search(r"(\d+) of 6 done, cached; re-run to resume$", errors[0]).group(1))
+    assert done == len(cache_lines(korean_workspace / "runs" / "remote" / "fold_0" / "work")) >= 3
+    assert files_containing(korean_workspace, KEY) == []
+    assert cli(["run", "remote"], cwd=korean_workspace).exit_code == 0
+    # Every answered request is one line of its fold's cache, none twice: no cached row was asked again.
+    caches = [[json.loads(line)["key"] for line in path.read_text(encoding="utf-8").splitlines()]
+              for path in korean_workspace.rglob("api_cache.jsonl")]
+    assert all(len(keys) == len(set(keys)) for keys in caches)
+    assert sum(map(len, caches)) == sum(seen.mode == "think" for seen in server.seen)
+
+
+def test_empty_rows_are_reported_by_competition_run(cli, korean_workspace, stub):
+    server = stub(default="empty")
+    add_candidate(cli, korean_workspace, server.url)
+    result = cli(["run", "remote"], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    assert "remote: 6 of 6 rows empty: lead fallback used" in result.stderr
+    assert "remote: 4 of 4 rows empty: lead fallback used" in result.stderr
+    assert not list(korean_workspace.rglob("api_cache.jsonl")) or all(
+        path.read_text() == "" for path in korean_workspace.rglob("api_cache.jsonl"))

@@ -1,25 +1,27 @@
 """kind = "api": an OpenAI-compatible chat endpoint (/v1/chat/completions: vLLM, OpenAI, ...).
 
-Requests go through `competition.chat.ChatClient`: a few threads, retries with backoff, and every
-finished row appended to workdir/api_cache.jsonl at once, so a killed run resumes where it stopped.
+Requests go through `competition.chat.ChatClient` (the openai SDK, `concurrency` in flight,
+transient failures retried, permanent ones stop the queue), and every non-empty answer is appended
+to workdir/api_cache.jsonl at once, so a killed or stopped run resumes where it left off. Rows
+answered empty become the lead output, are counted, and are asked again on the next run.
 The key is read from the environment variable named by `api_key_env` and never written anywhere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from ..chat import Endpoint
 from ..errors import ConfigError
 from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
 from .base import Candidate
 
 
 @dataclass
-class Params:
-    base_url: str = "http://127.0.0.1:8000/v1"  # endpoint root; /chat/completions is appended
-    model: str = ""  # model name the endpoint serves
-    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key ("" = send none)
+class Params(Endpoint):
+    # base_url, model, api_key_env, concurrency, max_retries, backoff, timeout: see chat.Endpoint
     system_prompt: str = DEFAULT_SYSTEM  # system message ("" = none)
     instruction: str = DEFAULT_INSTRUCTION  # instruction written before the dialogue
     include_topic: bool = False  # add the row's topic to the prompt (when the data has one)
@@ -28,10 +30,6 @@ class Params:
     few_shot: int = 0  # examples per prompt, nearest training dialogues (training folds only)
     max_tokens: int = 200  # summary length cap in tokens
     temperature: float = 0.0  # 0 = as deterministic as the endpoint allows
-    concurrency: int = 4  # requests in flight at once
-    max_retries: int = 5  # retries of a failed request (429, 5xx, timeouts)
-    backoff: float = 1.0  # seconds before the first retry; doubles each time
-    timeout: float = 120.0  # seconds per request
 
 
 class ApiCandidate(Candidate):
@@ -66,31 +64,29 @@ class ApiCandidate(Candidate):
         return [build_messages(template, d, t, e) for d, t, e in zip(cut, topics, examples)]
 
     def client(self):
-        from ..chat import ChatClient, Endpoint
+        from ..chat import ChatClient
 
-        params = self.params
-        endpoint = Endpoint(base_url=params.base_url, model=params.model, api_key_env=params.api_key_env,
-                            concurrency=params.concurrency, max_retries=params.max_retries, backoff=params.backoff,
-                            timeout=params.timeout)
-        return ChatClient(endpoint, self.cache_path, label=self.name)
+        return ChatClient(self.params, self.cache_path, label=self.name)  # Params is an Endpoint
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
-        from ..generation import clean_output, lead_fallback
+        from ..generation import lead_fallback
 
         if not self.params.model:
             raise ConfigError(f"[candidates.{self.name}] needs model = \"NAME\" (the model the endpoint serves)")
         client = self.client()
         bodies = [client.body(messages, max_tokens=self.params.max_tokens, temperature=self.params.temperature)
                   for messages in self._messages(rows)]
-        contents = client.complete_many(bodies)
-        summaries, empty = [], 0
-        for content, dialogue in zip(contents, rows["dialogue"]):
-            summary = clean_output(content)
-            if not summary:
-                summary, empty = lead_fallback(dialogue), empty + 1
-            summaries.append(summary)
-        self.report = {"rows": len(rows), "from_cache": client.stats["from_cache"], "requested": client.stats["sent"],
-                       "empty_to_lead": empty}
+        summaries = client.complete_many(bodies)  # cleaned; "" when answered empty twice
+        empty = [i for i, summary in enumerate(summaries) if not summary]
+        for i in empty:
+            summaries[i] = lead_fallback(rows["dialogue"].iloc[i])
+        if empty:
+            print(f"{self.name}: {len(empty)} of {len(rows)} rows empty: lead fallback used (not cached: "
+                  f"asked again on the next run of this fold, e.g. `competition run {self.name} --force`)",
+                  file=sys.stderr)
+        self.report = {"rows": len(rows), "from_cache": client.report.from_cache,
+                       "requested": client.report.requests - client.report.from_cache, "empty_to_lead": len(empty),
+                       "endpoint": asdict(client.report)}
         return summaries
 
 

@@ -12,6 +12,8 @@ from ..errors import CompetitionError
 from ..metric import get_scorer
 from .common import json_option, print_json, with_config
 
+_ENDPOINT = Endpoint()  # the defaults the api kind has too
+
 
 @click.command("augment")
 @click.argument("method", type=click.Choice(["speaker-swap", "paraphrase", "synthetic"]))
@@ -24,8 +26,15 @@ from .common import json_option, print_json, with_config
 @click.option("--max-new-tokens", default=512, show_default=True, help="Local generator: most tokens per output.")
 @click.option("--base-url", default=None, help="paraphrase/synthetic: OpenAI-compatible endpoint root, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--model", default="", help="Model name the endpoint serves.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Env var with the key (\"\" = none).")
-@click.option("--concurrency", default=4, show_default=True, help="Requests in flight at once.")
+@click.option("--api-key-env", default=_ENDPOINT.api_key_env, show_default=True,
+              help="Env var with the key (\"\" or unset: send none, for a local server).")
+@click.option("--concurrency", default=_ENDPOINT.concurrency, show_default=True, help="Requests in flight at once.")
+@click.option("--timeout", default=_ENDPOINT.timeout, show_default=True, help="Seconds per request.")
+@click.option("--max-retries", default=_ENDPOINT.max_retries, show_default=True,
+              help="Retries of a transient failure (429, 5xx, timeouts, resets).")
+@click.option("--backoff", default=_ENDPOINT.backoff, show_default=True,
+              help="Seconds before the first retry, doubling each time (a Retry-After wins).")
+@click.option("--refresh", is_flag=True, help="Re-send prompts whose answers are cached.")
 @click.option("--limit", type=int, default=None, help="Augment only the first N training rows.")
 @click.option("--topics", default=None, help="synthetic: comma-separated topics (default: the rarest).")
 @click.option("--rarest", default=10, show_default=True, help="synthetic: how many of the rarest topics.")
@@ -36,12 +45,16 @@ from .common import json_option, print_json, with_config
 @click.option("--rouge-max", default=0.95, show_default=True, help="paraphrase: drop rows nearer than this (no real rewrite).")
 @json_option
 @with_config
-def augment(config, method, out_path, data_dir, permutation, local_model, max_new_tokens, base_url, model, api_key_env, concurrency,
-            limit, topics, rarest, per_topic, min_ratio, max_ratio, rouge_min, rouge_max, as_json) -> None:
+def augment(config, method, out_path, data_dir, permutation, local_model, max_new_tokens, base_url, model, api_key_env,
+            concurrency, timeout, max_retries, backoff, refresh, limit, topics, rarest, per_topic, min_ratio, max_ratio,
+            rouge_min, rouge_max, as_json) -> None:
     """Make augmented training rows that remember their source row (fold-safe).
 
     A candidate uses them with `augmentations = ["data/augmented/speaker-swap.csv"]`; a fold then
     trains on an augmented row only when its source row is in that fold's training set.
+
+    An endpoint's answers are cached beside the output (only non-empty ones), so a killed or
+    stopped run resumes; a refused request (bad key, unknown model) stops the run at once.
 
     Examples: competition augment speaker-swap;
     competition augment paraphrase --base-url http://127.0.0.1:8000/v1 --model qwen --limit 2500
@@ -54,8 +67,12 @@ def augment(config, method, out_path, data_dir, permutation, local_model, max_ne
         if local_model:
             complete = aug.local_completer(local_model, max_new_tokens, cache_path=target.with_suffix(".cache.jsonl"))
         elif base_url:
-            endpoint = Endpoint(base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency)
-            complete = aug.api_completer(endpoint, target.with_suffix(".cache.jsonl"))
+            try:
+                endpoint = Endpoint(base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency,
+                                    max_retries=max_retries, backoff=backoff, timeout=timeout)
+            except ValueError as error:
+                raise CompetitionError(f"augment: {error}") from None
+            complete = aug.api_completer(endpoint, target.with_suffix(".cache.jsonl"), refresh=refresh)
         else:
             raise CompetitionError(f"{method} needs a generator: --local-model PATH or --base-url URL --model NAME")
     rouge_bounds, scorer = None, None
