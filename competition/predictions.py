@@ -27,24 +27,73 @@ from .errors import DataError, UnknownCandidate
 
 RUNS_DIR = "runs"
 _FOLD_DIR = re.compile(r"^fold_(\d+)$")
+TEMP_SUFFIX = ".tmp"
+# A temp file this old was left by a killed writer (live writers finish in seconds): removed.
+STALE_TEMP_SECONDS = 600
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (another thread may be
+    creating files at this moment), else by the classic set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8, line ends as given) to a temp file beside `path`, fsync it, then rename
     it over `path`: readers, and a machine that loses power, see the old file or the new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = write_temp(path, text)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_temp(path: Path, text: str) -> Path:
+    """`text` in a fsynced temp file beside `path` (.NAME.XXXX.tmp), with the permissions a plain
+    open() would give (mkstemp's 0600 would hide it from teammates on a shared filesystem)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_umask())
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return Path(temp)
+
+
+def remove_stale_temps(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the temp files a killed writer left in `folder` and its sub-folders up to two levels
+    down (runs/NAME/fold_K), never a recent one (a writer may still be renaming it)."""
+    import time
+
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for pattern in (f".*{TEMP_SUFFIX}", f"*/.*{TEMP_SUFFIX}", f"*/*/.*{TEMP_SUFFIX}"):
+        for temp in folder.glob(pattern):
+            try:
+                if now - temp.stat().st_mtime > older_than:
+                    temp.unlink()
+                    removed.append(temp)
+            except OSError:  # renamed or removed by its writer meanwhile
+                continue
+    return removed
 
 
 def _csv_field(value: str) -> str:

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import io
 import math
+import os
 import re
 import subprocess
 from collections import Counter
@@ -25,11 +26,13 @@ import pandas as pd
 
 from .config import Config
 from .errors import SubmissionError, UnknownCandidate
-from .predictions import atomic_write_text, csv_text
+from .predictions import atomic_write_text, csv_text, write_temp
 
 LOG_FILE = "log.csv"
 LB_HISTORY_FILE = "lb_history.csv"
 LOCK_FILE = ".log.lock"
+# A submission CSV waits under this suffix until its log row is written, then takes its name.
+PENDING_SUFFIX = ".pending"
 LOG_COLUMNS = [
     "id", "created_at", "file", "sha256", "source", "config_hash", "git_commit", "git_dirty",
     "oof_rouge1", "oof_rouge2", "oof_rougeL", "oof_final", "oof_ci95_low", "oof_ci95_high",
@@ -237,15 +240,44 @@ def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = 
     folder = submissions_dir(config)
     with log_lock(folder):
         log = read_log(config)
+        _finish_pending(folder, log)
         if not allow_duplicate:
             _refuse_duplicate(log, digest, source)
         number = max((int(value) for value in log["id"] if value.isdigit()), default=0) + 1
         name = f"{number:04d}-{_SAFE_NAME.sub('_', source)}.csv"
-        atomic_write_text(folder / name, content.decode("utf-8"))  # the exact bytes hashed above
+        # The file takes its name only once its log row is written: a kill in between never leaves
+        # a submission that the log does not know (the next start finishes or drops it).
+        pending = _pending_path(folder, name)
+        os.replace(write_temp(folder / name, content.decode("utf-8")), pending)  # the exact bytes hashed above
         row.update({"id": f"{number:04d}", "created_at": now_utc(), "file": name})
         log = pd.concat([log, pd.DataFrame([row])[LOG_COLUMNS]], ignore_index=True)
         _write_table(folder / LOG_FILE, log, LOG_COLUMNS)
+        os.replace(pending, folder / name)
     return {column: row[column] for column in LOG_COLUMNS}
+
+
+def _pending_path(folder: Path, name: str) -> Path:
+    return folder / f".{name}{PENDING_SUFFIX}"
+
+
+def _finish_pending(folder: Path, log: pd.DataFrame) -> None:
+    """Under the log lock: a pending submission whose row reached the log takes its name; one
+    whose row never did (killed before) is removed."""
+    logged = set(log["file"])
+    for pending in folder.glob(f".*{PENDING_SUFFIX}"):
+        name = pending.name[1:-len(PENDING_SUFFIX)]
+        if name in logged:
+            os.replace(pending, folder / name)
+        else:
+            pending.unlink(missing_ok=True)
+
+
+def tidy_submissions(config: Config) -> None:
+    """What a killed submit left behind: finish or drop pending submissions (takes the lock)."""
+    folder = submissions_dir(config)
+    if folder.is_dir() and any(folder.glob(f".*{PENDING_SUFFIX}")):
+        with log_lock(folder):
+            _finish_pending(folder, read_log(config))
 
 
 # --- leaderboard scores ---------------------------------------------------------------------------

@@ -136,3 +136,65 @@ def test_local_model_folders_are_fingerprinted(tmp_path):
     (model / "model.safetensors").write_bytes(b"9876543210")
     assert candidate_hash(config, "p")[0] != before
     assert model_fingerprint("Qwen/Qwen3-0.6B") is None  # a hub id: its name is the identity
+
+
+def test_written_files_follow_the_umask(tmp_path, workspace, cli):
+    """Before, every file the tool wrote had mode 0600 whatever the umask."""
+    import os
+    import stat
+
+    from competition.predictions import atomic_write_text
+
+    old = os.umask(0o002)
+    try:
+        atomic_write_text(tmp_path / "shared.txt", "x")
+        assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o664
+        os.umask(0o022)
+        assert cli(["folds", "build", "--force"], cwd=workspace).exit_code == 0
+        assert cli(["run", "lead", "--force"], cwd=workspace).exit_code == 0
+        assert cli(["submit", "lead"], cwd=workspace).exit_code == 0
+    finally:
+        os.umask(old)
+    for path in (workspace / "folds" / "folds.csv", workspace / "runs" / "lead" / "fold_0" / "meta.json",
+                 workspace / "submissions" / "log.csv", workspace / "submissions" / "0001-lead.csv"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_leftovers_of_a_kill_are_removed_by_the_next_command(workspace, cli):
+    """Temp files of interrupted writes go (once old enough that no writer can still be renaming
+    them) and git ignores them; a submission whose log row was written is finished, one whose row
+    never was is dropped."""
+    import os
+    import shutil
+    import subprocess
+    import time
+    from pathlib import Path
+
+    runs, submissions = workspace / "runs", workspace / "submissions"
+    submissions.mkdir(exist_ok=True)
+    old = [runs / "lead" / "fold_0" / ".meta.json.k1ll3d.tmp", submissions / ".log.csv.k1ll3d.tmp",
+           runs / "lead" / ".test.csv.k1ll3d.tmp"]
+    recent = runs / "lead" / "fold_1" / ".oof.csv.wr1t1ng.tmp"
+    for path in [*old, recent]:
+        path.write_text("half", encoding="utf-8")
+    for path in old:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert cli(["submit", "lead"], cwd=workspace).exit_code == 0  # log row 0001
+    # Killed after the log row of 0002 was written, before the rename; and a 0003 never logged.
+    log = pd.read_csv(submissions / "log.csv", dtype=str, keep_default_na=False)
+    log = pd.concat([log, log.assign(id="0002", file="0002-lead.csv", sha256="x")], ignore_index=True)
+    log.to_csv(submissions / "log.csv", index=False)
+    (submissions / ".0002-lead.csv.pending").write_text("fname,summary\n", encoding="utf-8")
+    (submissions / ".0003-mix.csv.pending").write_text("fname,summary\n", encoding="utf-8")
+
+    assert cli(["history"], cwd=workspace).exit_code == 0
+    assert not any(path.exists() for path in old) and recent.exists()
+    assert (submissions / "0002-lead.csv").read_text(encoding="utf-8") == "fname,summary\n"
+    assert sorted(p.name for p in submissions.iterdir() if p.name.startswith(".") and p.name != ".log.lock") == []
+    # The project's .gitignore hides such leftovers from `git status` in a workspace.
+    shutil.copy(Path(__file__).resolve().parents[1] / ".gitignore", workspace / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    paths = [str(recent.relative_to(workspace)), "submissions/.log.csv.x1.tmp", "submissions/.0004-a.csv.pending",
+             "folds/.folds.csv.x1.tmp"]
+    ignored = subprocess.run(["git", "-C", str(workspace), "check-ignore", *paths], capture_output=True, text=True)
+    assert ignored.stdout.split() == paths

@@ -19,9 +19,22 @@ def with_config(command):
                   help="competition.toml to use (default: ./competition.toml, or built-in defaults).")
     @functools.wraps(command)
     def wrapper(*args, config_path: str | None = None, **kwargs):
-        return command(*args, config=load_config(config_path), **kwargs)
+        config = load_config(config_path)
+        tidy_workspace(config)
+        return command(*args, config=config, **kwargs)
 
     return wrapper
+
+
+def tidy_workspace(config: Config) -> None:
+    """What a killed command left: temp files of interrupted writes (old enough that no writer is
+    still at work) and pending submissions (finished when their log row exists, else dropped)."""
+    from ..predictions import RUNS_DIR, remove_stale_temps
+    from ..submission import submissions_dir, tidy_submissions
+
+    for folder in (config.resolve(RUNS_DIR), submissions_dir(config), config.resolve(config.cv.folds_file).parent):
+        remove_stale_temps(folder)
+    tidy_submissions(config)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
