@@ -221,7 +221,6 @@ def plot_history(rows: Sequence[dict], path: str | Path) -> Path:
     timeline.legend()
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=100)
     plt.close(figure)
     return path

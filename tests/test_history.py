@@ -173,6 +173,12 @@ def test_cli_record_history_and_plot(logged, cli):
     assert row["private_minus_cv"] == pytest.approx(35.8 - 36.0)
     assert row["public_minus_dev"] == pytest.approx(34.7 - 35.4)
 
+    for bad, message in ((logged / "history.txt", "does not end in .png"),
+                         (logged / "missing" / "history.png", "missing' does not exist")):
+        refused = cli(["history", "--plot", bad], cwd=logged)  # before: a PNG under .txt, folders made silently
+        assert refused.exit_code == 2 and message in refused.output and not bad.exists()
+        assert len(refused.output.strip().splitlines()) == 1
+    (logged / "plots").mkdir()
     plot = logged / "plots" / "history.png"
     result = cli(["history", "--plot", plot], cwd=logged)
     assert result.exit_code == 0, result.output

@@ -67,12 +67,15 @@ def png_option(help_text: str):
             return None
         from pathlib import Path
 
+        from ..errors import ConfigError
+
         path = Path(value)
         if path.suffix.lower() != ".png":
-            raise click.BadParameter(f"{value!r} does not end in .png: the plot is a PNG image", context, parameter)
+            raise ConfigError(f"--plot {value}: the name does not end in .png, and the plot is a PNG image: "
+                              f"use e.g. {path.with_suffix('.png').name}")
         if not path.parent.resolve().is_dir():
-            raise click.BadParameter(f"folder {str(path.parent)!r} does not exist: create it or choose another path",
-                                     context, parameter)
+            raise ConfigError(f"--plot {value}: folder {str(path.parent)!r} does not exist: create it or choose "
+                              f"another path")
         return path
 
     return click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, callback=check,

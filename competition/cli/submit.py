@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import json_option, print_json, table, with_config
+from .common import json_option, png_option, print_json, table, with_config
 
 
 def _score(value) -> str:
@@ -99,8 +99,7 @@ def _correlation_line(name: str, result: dict) -> str:
 @click.command("history")
 @click.option("--sort", "sort_key", type=click.Choice(["id", "cv", "public", "private"]), default="id",
               help="Order: id (oldest first) or best first by cv, public or private.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write a PNG: CV vs leaderboard scatter and scores over time.")
+@png_option("Also write a PNG: CV vs leaderboard scatter and scores over time.")
 @click.option("--cv-tolerance", type=float, default=1.0, show_default=True,
               help="How far below the best CV a pick may be when the log has no 95%% interval.")
 @json_option
