@@ -125,6 +125,9 @@ def read_split(path: str | Path, split: str) -> pd.DataFrame:
         if column not in frame.columns:
             raise DataError(f"{path}: missing column {column!r} (has {', '.join(frame.columns) or 'none'}); "
                             f"{split} needs {', '.join(REQUIRED_COLUMNS[split])}")
+    if not len(frame) and split in SPLITS:
+        fix = 'or set dev = "" in [data] when there is no dev set' if split == "dev" else "check it is the right file"
+        raise DataError(f"{path}: only a header, no rows: the {split} file needs at least one row; {fix}")
     frame = frame.map(normalise_text) if len(frame) else frame
     fnames = frame["fname"]
     empty = np.flatnonzero(fnames.to_numpy() == "")

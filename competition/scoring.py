@@ -32,6 +32,7 @@ def score_frame(joined: pd.DataFrame, tokenizer: str, convention: str, multi_ref
     scorer = get_scorer(tokenizer, convention, multi_ref)
     result = scorer.score(list(joined["prediction"]), references(joined))
     report = result.as_dict()
+    report["empty_predictions"] = int((joined["prediction"].str.strip() == "").sum())
     if by_column:
         if by_column not in joined.columns:
             raise DataError(f"--by {by_column}: no such column in the references (has {', '.join(joined.columns)})")
@@ -43,9 +44,16 @@ def score_frame(joined: pd.DataFrame, tokenizer: str, convention: str, multi_ref
 
 
 def score_files(predictions_path: str | Path, references_path: str | Path, tokenizer: str = "kiwi",
-                convention: str = "official", multi_ref: str = "mean", by_column: str | None = None) -> dict:
-    """ROUGE of a fname,summary CSV against a reference file (CSV or JSONL)."""
+                convention: str = "official", multi_ref: str = "mean", by_column: str | None = None,
+                strict: bool = False) -> dict:
+    """ROUGE of a fname,summary CSV against a reference file (CSV or JSONL); "empty_predictions"
+    counts empty (or NaN) summaries, which score 0, and `strict` refuses them."""
     predictions = read_split(predictions_path, "predictions")
     refs = read_split(references_path, "references")
     joined = join_by_fname(predictions, refs, str(predictions_path), str(references_path))
-    return score_frame(joined, tokenizer, convention, multi_ref, by_column)
+    report = score_frame(joined, tokenizer, convention, multi_ref, by_column)
+    if strict and report["empty_predictions"]:
+        empty = joined.loc[joined["prediction"].str.strip() == "", "fname"].tolist()
+        raise DataError(f"{predictions_path}: {len(empty)} of {len(joined)} predictions are empty (e.g. "
+                        f"{', '.join(empty[:3])}); fill them, or drop --strict to score them as 0")
+    return report

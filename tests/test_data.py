@@ -246,3 +246,15 @@ def test_no_tokens_skips_morpheme_counts(cli, korean_workspace):
 def test_library_errors_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         read_split(tmp_path / "train.csv", "train")
+
+
+@pytest.mark.parametrize("name", ["train.csv", "dev.csv", "test.csv"])
+def test_a_header_only_file_is_refused(cli, workspace, name):
+    """Before, a header-only train.csv gave `Data OK: train 0 rows` and pipeline said "lower k"."""
+    path = workspace / "data" / name
+    write_text(path, path.read_text(encoding="utf-8").splitlines()[0] + "\n")
+    message = refused(cli, workspace)
+    assert f"{name}: only a header, no rows" in message
+    assert ('dev = ""' in message) == (name == "dev.csv")
+    result = cli(["pipeline"], cwd=workspace)
+    assert result.exit_code == 2 and f"{name}: only a header, no rows" in result.output

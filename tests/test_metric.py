@@ -368,3 +368,20 @@ def test_lcs_words_follow_rouge_101_tie_break():
         expected = set(_recon_lcs(list(ref), list(hyp))._ngrams)
         assert _lcs_words(ref, hyp) == expected
         assert _lcs_words(ref, hyp, shared=len(set(ref) & set(hyp))) == expected
+
+
+def test_score_cli_counts_empty_predictions_and_strict_refuses_them(cli, tmp_path, korean_rows):
+    """Before, empty and NaN summaries scored silently."""
+    refs = tmp_path / "refs.csv"
+    korean_rows.to_csv(refs, index=False)
+    predictions = tmp_path / "preds.csv"
+    frame = korean_rows[["fname", "summary"]].copy()
+    frame.loc[[1, 4], "summary"] = ""
+    frame.loc[6, "summary"] = None  # written as an empty field, read back as "" (a NaN in pandas)
+    frame.to_csv(predictions, index=False)
+    result = cli(["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--json"], cwd=tmp_path)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["empty_predictions"] == 3
+    assert "warning: 3 of 12 predictions in" in result.stderr and "--strict" in result.stderr
+    strict = cli(["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--strict"], cwd=tmp_path)
+    assert strict.exit_code == 2 and "3 of 12 predictions are empty (e.g. f_1, f_4, f_6)" in strict.output

@@ -17,16 +17,22 @@ from .common import json_option, print_json, table, with_config
 @click.option("--multi-ref", type=click.Choice(["mean", "max"]), default=None,
               help="How several references per row combine (default: [metric] multi_ref, mean).")
 @click.option("--by", "by_column", default=None, help="Break the score down by a reference column, e.g. topic.")
+@click.option("--strict", is_flag=True, help="Refuse empty (or NaN) predictions instead of scoring them as 0.")
 @json_option
 @with_config
-def score(config, predictions, references, tokenizer, convention, multi_ref, by_column, as_json) -> None:
+def score(config, predictions, references, tokenizer, convention, multi_ref, by_column, strict, as_json) -> None:
     """Score a predictions CSV (fname,summary) against references: ROUGE-1/2/L F1 and final.
+
+    Empty predictions score 0 and are counted in a warning on stderr (--strict refuses them).
 
     Example: competition score runs/lead/fold_0/oof.csv --refs data/train.csv --by topic
     """
     metric = config.metric
     report = score_files(predictions, references, tokenizer or metric.tokenizer,
-                         convention or metric.convention, multi_ref or metric.multi_ref, by_column)
+                         convention or metric.convention, multi_ref or metric.multi_ref, by_column, strict)
+    if report["empty_predictions"]:
+        click.echo(f"warning: {report['empty_predictions']} of {report['rows']} predictions in {predictions} are "
+                   f"empty and score 0 (--strict refuses them)", err=True)
     if as_json:
         print_json(report)
         return
