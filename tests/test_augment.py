@@ -120,7 +120,8 @@ def _light_rewrite(text: str) -> str:
 
 
 class _FakeLLM(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint: paraphrases by `rewrite`; drops tags when asked to."""
+    """An OpenAI-compatible endpoint: paraphrases by `rewrite`; drops tags when asked to. Like a
+    reasoning model, it thinks aloud first (a <think> block over several lines)."""
 
     calls = 0
     lose_tags_for = "잃어버렸어요"
@@ -138,6 +139,7 @@ class _FakeLLM(BaseHTTPRequestHandler):
             content = type(self).rewrite(text)
             if self.lose_tags_for in text:
                 content = content.replace("#Person2#", "손님")
+        content = f"<think>\n#Person1#: 생각 중...\nSUMMARY: 아직\n</think>\n{content}"
         payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -167,6 +169,8 @@ def test_paraphrase_through_http_rejects_lost_tags_and_resumes(korean_rows, fake
     assert report.dropped == {"lost a speaker or mask tag": 1}  # f_0's rewrite lost #Person2#
     assert list(made["source_fname"]) == ["f_1", "f_2", "f_3"]
     assert all("#Person1#" in d for d in made["dialogue"])
+    assert not made[["dialogue", "summary"]].apply(lambda column: column.str.contains("think|생각 중")).any().any()
+    assert made["dialogue"].tolist() == [_light_rewrite(d) for d in rows["dialogue"][1:]]  # one turn per line
     assert _FakeLLM.calls == 8
     again, _ = aug.paraphrase(rows, aug.api_completer(endpoint, cache))
     assert _FakeLLM.calls == 8  # every request came from the cache
@@ -180,6 +184,8 @@ def test_synthetic_through_http_has_no_source_and_takes_rarest_topics(korean_row
     complete = aug.api_completer(Endpoint(base_url=fake_llm, model="fake", api_key_env=""), tmp_path / "c.jsonl")
     made, report = aug.synthetic(topics, 2, complete)
     assert report.made == 4 and set(made["source_fname"]) == {""}
+    assert all(d.startswith("#Person1#: ") and "생각" not in d and "아직" not in s
+               for d, s in zip(made["dialogue"], made["summary"]))
     assert set(made["topic"]) == set(topics) and made["fname"].is_unique
 
 
@@ -210,6 +216,7 @@ def test_augment_cli_paraphrase_through_base_url_filters_by_rouge_to_source(kore
     assert report["dropped"] == {"lost a speaker or mask tag": 1, "ROUGE to source out of bounds": 2}
     written = aug.read_augmented(out)
     assert written[["fname", "source_fname", "augmentation"]].values.tolist() == [["f_3__para_a", "f_3", "paraphrase"]]
+    assert "think" not in out.read_text(encoding="utf-8")
     assert written["dialogue"][0].startswith("#Person1#: 요즘 잠을 잘 못 자요. 음, 그러니까")
     assert _FakeLLM.calls == 8
     again = cli(command, cwd=korean_workspace)
@@ -256,3 +263,88 @@ def test_paraphrase_and_synthetic_with_a_tiny_local_model(korean_workspace, cli,
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["dropped"] == {"not a tagged dialogue with a SUMMARY: part": 1}
+
+
+def test_generated_text_loses_thinking_and_chat_tokens_but_keeps_one_turn_per_line():
+    text = "<think>\n#Person1#: 이건 생각\n</think>\n\n#Person1#:  안녕하세요.<|im_end|>\n\n#Person2#: 네, 반가워요. 그런"
+    assert aug.clean_generated(text) == "#Person1#: 안녕하세요.\n#Person2#: 네, 반가워요. 그런"
+    assert aug.clean_generated(text, cut=True) == "#Person1#: 안녕하세요.\n#Person2#: 네, 반가워요."
+
+
+def test_augment_endpoint_options_have_the_api_kinds_defaults():
+    from competition.candidates.api import Params
+    from competition.cli.augment import augment
+
+    defaults = {option.name: option.default for option in augment.params}
+    for name in ("api_key_env", "concurrency", "timeout", "max_retries", "backoff"):
+        assert defaults[name] == getattr(Endpoint(), name) == getattr(Params(), name), name
+
+
+@pytest.fixture
+def stub():
+    from stub_server import StubServer
+
+    servers = []
+
+    def make(*script, **kwargs):
+        # Answers a paraphrase prompt with its text, a thinking block first.
+        kwargs = {"answer": lambda body: body["messages"][-1]["content"].split("\n\n", 1)[1], **kwargs}
+        servers.append(StubServer(script, **kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def paraphrase_command(url, out, *options):
+    return ["augment", "paraphrase", "--base-url", url, "--model", "m", "--limit", "4", "--backoff", "0.01",
+            "--rouge-max", "1.0", "--out", out, *options]
+
+
+def test_augment_cli_refusal_stops_with_one_line_and_writes_the_key_nowhere(korean_workspace, cli, stub, monkeypatch):
+    key = "sk-augment-secret-7"
+    monkeypatch.setenv("AUGMENT_TEST_KEY", "sk-wrong-augment-key")
+    server = stub(key=key)
+    out = korean_workspace / "data" / "augmented" / "para.csv"
+    result = cli(paraphrase_command(server.url, out, "--api-key-env", "AUGMENT_TEST_KEY"), cwd=korean_workspace)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if "Error:" in line]
+    assert len(errors) == 1 and "answered HTTP 401" in errors[0] and "check the key in $AUGMENT_TEST_KEY" in errors[0]
+    assert errors[0].endswith("0 of 8 done, cached; re-run to resume") and "sk-wrong-augment-key" not in result.output
+    assert len(server.seen) <= 1 + 4  # the refused request and at most `concurrency` more
+    monkeypatch.setenv("AUGMENT_TEST_KEY", key)
+    result = cli(paraphrase_command(server.url, out, "--api-key-env", "AUGMENT_TEST_KEY"), cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    written = [path for path in korean_workspace.rglob("*") if path.is_file()]
+    assert out.with_suffix(".cache.jsonl") in written and not [p for p in written if key.encode() in p.read_bytes()]
+
+
+def test_augment_cli_empty_answers_are_reported_not_cached_and_asked_again(korean_workspace, cli, stub):
+    server = stub(default="empty")
+    out = korean_workspace / "data" / "augmented" / "para.csv"
+    result = cli(paraphrase_command(server.url, out, "--json"), cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    assert "augment: 8 of 8 answers empty: those rows are dropped, not cached" in result.stderr
+    assert json.loads(result.stdout)["dropped"] == {"empty generation": 4}
+    assert not out.with_suffix(".cache.jsonl").exists() and len(server.seen) == 16  # each asked twice
+    server.default = "think"
+    result = cli(paraphrase_command(server.url, out, "--json"), cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["made"] == 4 and len(server.seen) == 24  # all 8 asked again
+    assert len(out.with_suffix(".cache.jsonl").read_text(encoding="utf-8").splitlines()) == 8
+
+
+def test_augment_cli_timeout_retries_and_refresh(korean_workspace, cli, stub):
+    server = stub("hang", default="think")
+    out = korean_workspace / "data" / "augmented" / "para.csv"
+    result = cli(paraphrase_command(server.url, out, "--timeout", "0.3", "--concurrency", "1"), cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    assert server.modes() == ["hang"] + ["think"] * 8  # the hung request timed out and was retried
+    result = cli(paraphrase_command(server.url, out, "--refresh"), cwd=korean_workspace)
+    assert result.exit_code == 0 and len(server.seen) == 17  # every cached prompt sent again
+    server.default = "503"
+    result = cli(paraphrase_command(server.url, out, "--refresh", "--max-retries", "0", "--concurrency", "1"),
+                 cwd=korean_workspace)
+    assert result.exit_code == 2 and "answered HTTP 503" in result.stderr and "the last 2 requests all failed" in result.stderr
+    assert len(server.seen) == 19  # two requests, no retries, then the queue stopped
