@@ -1,6 +1,6 @@
 """`competition.toml` -> dataclasses. Every field has a default; problems are all reported at once.
 
-Sections: [data], [metric], [cv], [submit], [candidates.NAME] (kind + that kind's parameters,
+Sections: [data], [metric], [cv], [submit], [tracking], [candidates.NAME] (kind + that kind's parameters,
 whose dataclass lives in the kind's module), [ensembles.NAME].
 """
 from __future__ import annotations
@@ -119,6 +119,18 @@ class SubmitConfig:
 
 
 @dataclass
+class TrackingConfig:
+    mlflow: str = ""  # MLflow tracking URI, e.g. "sqlite:///mlruns.db" (a file in the workspace); "" = off
+    experiment: str = ""  # MLflow experiment of this workspace; "" = the workspace folder's name
+
+    def __post_init__(self) -> None:
+        # A bare path would make MLflow create a file store (a folder) under that name.
+        if self.mlflow and "://" not in self.mlflow and self.mlflow != "databricks":
+            raise InvalidValues([f"mlflow = {self.mlflow!r}: give a tracking URI such as \"sqlite:///mlruns.db\" "
+                                 f"(a file in the workspace) or \"http://host:5000\", or \"\" for off"])
+
+
+@dataclass
 class CandidateConfig:
     name: str
     kind: str
@@ -159,6 +171,7 @@ class Config:
     metric: MetricConfig = field(default_factory=MetricConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     candidates: dict[str, CandidateConfig] = field(default_factory=dict)
     ensembles: dict[str, EnsembleConfig] = field(default_factory=dict)
 
@@ -262,7 +275,8 @@ def _candidate(name: str, table: dict, problems: list[str]) -> CandidateConfig |
                            augmentations=list(augmentations), seed=seed)
 
 
-_SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig}
+_SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig,
+             "tracking": TrackingConfig}
 
 
 def parse_config(raw: dict, path: Path | None = None) -> Config:
