@@ -348,3 +348,9 @@ def test_augment_cli_timeout_retries_and_refresh(korean_workspace, cli, stub):
                  cwd=korean_workspace)
     assert result.exit_code == 2 and "answered HTTP 503" in result.stderr and "the last 2 requests all failed" in result.stderr
     assert len(server.seen) == 19  # two requests, no retries, then the queue stopped
+
+
+def test_augment_cli_bad_endpoint_settings_are_one_line(korean_workspace, cli):
+    result = cli(["augment", "paraphrase", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                  "--concurrency", "0"], cwd=korean_workspace)
+    assert result.exit_code == 2 and "augment: concurrency = 0: need at least 1" in result.output
