@@ -1,8 +1,12 @@
 """`competition run [NAME...]`: out-of-fold, test and dev predictions per candidate and fold."""
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import click
 
+from ..executors import DEFAULT_RAY_TIMEOUT, ExecutorError, RayConnection
 from .common import json_option, print_json, table, with_config
 
 
@@ -25,10 +29,17 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: folds one after another here; ray: each (candidate, fold) is a Ray task.")
 @click.option("--ray-address", default=None,
-              help="With --executor ray: 'auto' (cluster on this node) or HOST:PORT (default: start Ray here).")
+              help="With --executor ray: join 'auto' (the cluster `ray start` runs on this node) or HOST:PORT "
+                   "(default: a private local cluster for this run; RAY_ADDRESS is ignored).")
+@click.option("--ray-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"With --ray-address: seconds the cluster has to answer (default {DEFAULT_RAY_TIMEOUT:g}).")
+@click.option("--verbose", is_flag=True,
+              help="With --executor ray: show Ray's own messages while connecting (default: kept in a log file "
+                   "that an error names).")
 @json_option
 @with_config
-def run_command(config, names, folds_text, force, data_dir, require_all, executor, ray_address, as_json) -> None:
+def run_command(config, names, folds_text, force, data_dir, require_all, executor, ray_address, ray_timeout,
+                verbose, as_json) -> None:
     """Fit each candidate per fold and write runs/NAME/fold_K/{oof,test,dev}.csv + meta.json.
 
     Without NAME, every enabled candidate runs. Finished folds whose config, data and folds are
@@ -36,12 +47,34 @@ def run_command(config, names, folds_text, force, data_dir, require_all, executo
     pending (candidate, fold) runs at once as a Ray task (the workspace must be on a filesystem
     all nodes share); a failed task is reported and the others finish (exit code 1).
 
+    The first line of a Ray run names the cluster (private, joined) and --json records it per
+    candidate under "cluster"; then each candidate's resources per fold are printed before submitting.
+
     Example: competition run lead retrieval --folds 0,2 --executor ray --ray-address auto
     """
-    from ..runner import run_candidates
+    from ..runner import resolve_names, run_candidates
 
-    results = run_candidates(config, list(names) or None, folds=_parse_folds(folds_text), force=force,
-                             data_dir=data_dir, require_all=require_all, executor=executor, ray_address=ray_address)
+    folds = _parse_folds(folds_text)
+    if executor == "local" and (ray_address or ray_timeout is not None):
+        raise ExecutorError(f"{'--ray-address' if ray_address else '--ray-timeout'} only applies with --executor ray")
+    if ray_timeout is not None and not ray_address:
+        raise ExecutorError("--ray-timeout bounds joining a cluster: add --ray-address auto or HOST:PORT "
+                            "(a private local cluster is started, not joined)")
+    resolve_names(config, list(names) or None)  # a typo fails before a cluster starts
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if executor == "ray":
+            # Ray's driver prints worker messages on stdout; stdout is for the results (--json).
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+            connection = RayConnection(ray_address, ray_timeout or DEFAULT_RAY_TIMEOUT, verbose)
+            stack.callback(connection.close)
+            cluster = connection.cluster
+            click.echo(cluster.describe(), err=True)
+        results = run_candidates(config, list(names) or None, folds=folds, force=force, data_dir=data_dir,
+                                 require_all=require_all, executor=executor, ray_address=ray_address)
+    if cluster is not None:
+        for report in results.values():
+            report["cluster"] = cluster.as_json()
     failed = {name: report["failed"] for name, report in results.items() if report.get("failed")}
     if as_json:
         print_json(results)
