@@ -25,6 +25,7 @@ from .config import Config
 from .errors import CudaRequired, FoldMismatch, UnknownCandidate
 from .predictions import (done_folds, fold_dir, read_meta, run_dir, write_fold, write_source_outputs)
 from .provenance import candidate_hash, candidate_seed, candidate_settings, fold_is_current, input_hashes
+from .tracking import log_candidate
 
 _VERSIONED = ("competition", "numpy", "pandas", "scikit-learn", "kiwipiepy", "torch", "transformers", "peft", "trl")
 
@@ -266,6 +267,7 @@ def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dic
     existing = read_meta(run_dir(config, name) / "meta.json") or {}
     if not force and existing.get("inputs") == source_inputs and (run_dir(config, name) / "test.csv").exists():
         report["test_output"] = "unchanged"
+        log_candidate(config, name, context.data_dir)  # logged once: a no-op when MLflow has this result
         return report
     start = time.perf_counter()
     if strategy == "refit":
@@ -278,6 +280,7 @@ def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dic
             "seconds": time.perf_counter() - start, "finished_at": _now(), "versions": versions()}
     write_source_outputs(config, name, test, dev, meta)
     report["test_output"] = strategy
+    log_candidate(config, name, context.data_dir)
     return report
 
 
