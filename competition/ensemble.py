@@ -27,6 +27,7 @@ from .errors import ConfigError, FoldMismatch, UnknownCandidate
 from .mbr import TIE, mbr_choose, pairwise_utilities
 from .metric import METRICS, RougeScorer, get_scorer
 from .provenance import require_current, rerun_command
+from .tracking import log_ensemble
 
 METHODS = ("best", "mbr", "hill-climb")
 def ensemble_final(utilities: np.ndarray, quality: np.ndarray, weights: Sequence[float]) -> float:
@@ -285,6 +286,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
     write_source_outputs(config, name, test_frame, dev_frame,
                          {**meta, "weights": dict(zip(members, all_weights.tolist()))})
     test_chosen = dict(zip(members, np.bincount(test_choice, minlength=len(members)).tolist()))
+    log_ensemble(config, name)
 
     return {
         "name": name,

@@ -24,6 +24,7 @@ import pandas as pd
 from .errors import CompetitionError
 from .provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
 from .search import LENGTH_KEYS, Trial, TrialStore, canonical, check_method, load_space, make_search, setting_key
+from .tracking import log_tune
 
 # Why the nested score is optimistic when TPE proposed the settings (reported beside the score).
 TPE_NESTED_NOTE = ("optimistic under TPE: which settings were tried was steered by scores that include "
@@ -313,6 +314,7 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
     nested = nested_score(choices, {m.fold: len(m.rows) for m in folds})
 
     write_tuned(context, name, best, models, full_outputs.get(setting_key(best.setting)), base_hash, scorer, progress)
+    log_tune(config, name, done, best, nested, untuned_trial.full_final, data_dir)
     return TuneResult(done, best, nested, choices, untuned_trial.full_final,
                       {"subsample_rows": int(sum(len(p) for p in sub_positions.values())),
                        "oof_rows": int(sum(len(m.rows) for m in folds)), "trials_file": str(store.path)},
