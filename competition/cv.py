@@ -2,6 +2,7 @@
 
 A source (candidate or ensemble) ranks only when its OOF covers every fold row exactly once with
 the current folds; otherwise it is listed as incomplete, after the complete ones, with the reason.
+Every score here is on one scale: ROUGE F1 x 100, like the final (the mean of R1/R2/RL).
 Beside the OOF final, each source gets a test-matched final (OOF rows weighted so that their
 similarity to their training folds is distributed as the test's similarity to train, shift.py)
 and, for the dev hold-out, the final on all dev rows and on those with no near-duplicate in train.
@@ -105,8 +106,8 @@ def test_matched(config: Config, result: RougeResult, fnames: pd.Series, profile
     weights, info = matched_weights(profile.oof.reindex(fnames).fillna(0.0).to_numpy(), profile.test.to_numpy())
     if not len(weights):
         return {**{metric: 0.0 for metric in METRICS}, "final": 0.0, "ci95": [None, None], **info}
-    f1 = (result.per_row[:, :, 2] * weights[:, None]).sum(axis=0) / weights.sum()
-    return {**dict(zip(METRICS, f1.tolist())), "final": float(f1.mean() * 100),
+    f1 = (result.per_row[:, :, 2] * weights[:, None]).sum(axis=0) / weights.sum() * 100
+    return {**dict(zip(METRICS, f1.tolist())), "final": float(f1.mean()),
             "ci95": bootstrap_interval(result.row_finals, config.cv.bootstrap, config.cv.seed, weights=weights),
             **info}
 
@@ -168,10 +169,11 @@ def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFram
         "problems": problems,
         "coverage": covered,
         "rows": int(len(usable)),
-        "oof": {**result.f1, "final": result.final},
-        "fold_mean": {**dict(zip(METRICS, per_fold.mean(axis=0).tolist() if len(per_fold) else [0.0] * 3)),
+        "oof": {**{metric: value * 100 for metric, value in result.f1.items()}, "final": result.final},
+        "fold_mean": {**dict(zip(METRICS, (per_fold.mean(axis=0) * 100).tolist() if len(per_fold) else [0.0] * 3)),
                       "final": float(fold_finals.mean()) if len(fold_finals) else 0.0},
-        "fold_std": {**dict(zip(METRICS, per_fold.std(axis=0, ddof=ddof).tolist() if len(per_fold) else [0.0] * 3)),
+        "fold_std": {**dict(zip(METRICS, (per_fold.std(axis=0, ddof=ddof) * 100).tolist() if len(per_fold)
+                                else [0.0] * 3)),
                      "final": float(fold_finals.std(ddof=ddof)) if len(fold_finals) else 0.0},
         "fold_final_mean": float(fold_finals.mean()) if len(fold_finals) else 0.0,
         "fold_final_std": float(fold_finals.std(ddof=ddof)) if len(fold_finals) else 0.0,

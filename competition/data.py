@@ -6,10 +6,12 @@ normalised here, and every other problem is one DataError naming the file, the r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -193,11 +195,32 @@ def load_data(data_dir: str | Path, train: str = "train.csv", dev: str = "dev.cs
     return CompetitionData(train=train_rows, dev=dev_rows, test=test_rows, sample_submission=sample)
 
 
+_noted_sample: set[str] = set()
+
+
+def data_folder(config, data_dir: str | Path | None = None) -> Path:
+    """The folder the competition files are read from: `data_dir`, else [data] dir; when that is
+    the untouched default `data/` and absent, the bundled sample (a fresh clone runs end to end),
+    said once per process on stderr."""
+    if data_dir:
+        return Path(data_dir)
+    folder = config.resolve(config.data.dir)
+    if folder.exists() or dataclasses.asdict(config.data) != dataclasses.asdict(type(config.data)()):
+        return folder
+    from .workspace import SAMPLE_DIR
+
+    if str(folder) not in _noted_sample:
+        _noted_sample.add(str(folder))
+        print(f"note: no {folder}/ folder: using the bundled sample (400 train, 99 dev, 200 test rows of the Korean "
+              f"data); put the competition files in {folder}/ (or pass --data DIR, make submit DATA=DIR)",
+              file=sys.stderr, flush=True)
+    return SAMPLE_DIR
+
+
 def load_from_config(config, data_dir: str | Path | None = None) -> CompetitionData:
-    """load_data with the [data] section of a Config; `data_dir` overrides its folder."""
+    """load_data with the [data] section of a Config; `data_dir` overrides its folder (see data_folder)."""
     files = config.data
-    folder = Path(data_dir) if data_dir else config.resolve(files.dir)
-    return load_data(folder, files.train, files.dev, files.test, files.sample_submission)
+    return load_data(data_folder(config, data_dir), files.train, files.dev, files.test, files.sample_submission)
 
 
 def rows_sha256(frame: pd.DataFrame) -> str:

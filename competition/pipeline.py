@@ -48,13 +48,16 @@ def run_pipeline(config: Config, data_dir: str | Path | None = None, require_all
     """Run every stage and submit; returns {"data", "folds", "runs", "ensembles", "leaderboard",
     "source", "submission", "new"} where new is False when the same file was already logged."""
     from . import cv, folds, runner
-    from .data import describe, load_from_config
+    from .data import data_folder, describe, load_from_config
     from .submission import DuplicateSubmission, submit
+    from .workspace import SAMPLE_DIR
 
     config = with_data_dir(config, data_dir)
     data = load_from_config(config)
     summary = describe(data)
-    echo("[1/6] data check: " + ", ".join(f"{split} {rows} rows" for split, rows in summary["rows"].items()))
+    sample = " (the bundled sample: put the real files in data/)" if data_folder(config) == SAMPLE_DIR else ""
+    echo("[1/6] data check: " + ", ".join(f"{split} {rows} rows" for split, rows in summary["rows"].items())
+         + sample)
 
     folds_path = config.resolve(config.cv.folds_file)
     if folds_path.exists():

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .data import read_split, references
 from .errors import DataError
-from .metric import get_scorer
+from .metric import METRICS, get_scorer
 
 
 def join_by_fname(predictions: pd.DataFrame, refs: pd.DataFrame, pred_name: str, ref_name: str) -> pd.DataFrame:
@@ -26,12 +26,21 @@ def join_by_fname(predictions: pd.DataFrame, refs: pd.DataFrame, pred_name: str,
                       on="fname", how="left", validate="one_to_one")
 
 
+def percent_report(result) -> dict:
+    """RougeResult.as_dict with precision, recall and F1 x 100: every score a person or a script
+    reads is on the final's scale (0-100)."""
+    report = result.as_dict()
+    for metric in METRICS:
+        report[metric] = {stat: value * 100 for stat, value in report[metric].items()}
+    return report
+
+
 def score_frame(joined: pd.DataFrame, tokenizer: str, convention: str, multi_ref: str,
                 by_column: str | None = None) -> dict:
-    """Corpus scores of a joined frame (prediction + reference columns), optionally per group."""
+    """Corpus scores (0-100) of a joined frame (prediction + reference columns), optionally per group."""
     scorer = get_scorer(tokenizer, convention, multi_ref)
     result = scorer.score(list(joined["prediction"]), references(joined))
-    report = result.as_dict()
+    report = percent_report(result)
     report["empty_predictions"] = int((joined["prediction"].str.strip() == "").sum())
     if by_column:
         if by_column not in joined.columns:
@@ -39,7 +48,7 @@ def score_frame(joined: pd.DataFrame, tokenizer: str, convention: str, multi_ref
         report["by"] = {}
         for group, positions in joined.groupby(by_column, sort=True).indices.items():
             part = type(result)(result.per_row[positions])
-            report["by"][str(group)] = part.as_dict()
+            report["by"][str(group)] = percent_report(part)
     return report
 
 

@@ -221,10 +221,10 @@ def _refuse_duplicate(log: pd.DataFrame, digest: str, source: str) -> None:
 def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = False) -> dict:
     """Write `submissions/NNNN-SOURCE.csv` from SOURCE's test predictions and log it; returns the
     new log row. Refuses a malformed file, and a file already logged unless `allow_duplicate`."""
-    from .data import read_split
+    from .data import data_folder, read_split
     from .provenance import require_current, workspace_inputs
 
-    sample_path = config.resolve(config.data.dir) / config.data.sample_submission
+    sample_path = data_folder(config) / config.data.sample_submission
     sample_ids = read_split(sample_path, "sample_submission")["fname"].tolist()
     content = leaderboard_csv(sample_ids, _source_predictions(config, source), source)
     hashes, k = workspace_inputs(config)
@@ -373,5 +373,5 @@ def diff_submissions(config: Config, first: str, second: str, examples: int = 3)
               "a": joined["summary_a"][i], "b": joined["summary_b"][i]} for i in order if differ[i]][:examples]
     means = f1.mean(axis=0) if len(joined) else [0.0, 0.0, 0.0]
     return {"a": str(path_a), "b": str(path_b), "rows": int(len(joined)), "differing": int(differ.sum()),
-            "rouge1": float(means[0]), "rouge2": float(means[1]), "rougeL": float(means[2]),
+            "rouge1": float(means[0] * 100), "rouge2": float(means[1] * 100), "rougeL": float(means[2] * 100),
             "final": float(sum(means) / 3 * 100), "examples": shown}

@@ -62,8 +62,8 @@ def rouge_score_oracle(predictions: list[str], references: list[str]) -> dict:
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
-    f1 = {metric: float(np.mean([s[metric].fmeasure for s in scores])) for metric in ("rouge1", "rouge2", "rougeL")}
-    return {**f1, "final": float(np.mean(list(f1.values())) * 100)}
+    f1 = {metric: float(np.mean([s[metric].fmeasure for s in scores])) * 100 for metric in ("rouge1", "rouge2", "rougeL")}
+    return {**f1, "final": float(np.mean(list(f1.values())))}
 
 
 def test_cv_json_ranks_the_baselines_with_numbers_rouge_score_agrees_with(workspace, cli):

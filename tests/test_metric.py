@@ -246,7 +246,9 @@ def test_score_cli_json_gives_the_official_final(cli, tmp_path, dev_predictions)
     assert report["rows"] == 499
     assert report["final"] == pytest.approx(expected.final, abs=1e-9)
     assert report["final"] == pytest.approx(15.78, abs=0.005)
-    assert report["rouge1"]["f1"] == pytest.approx(expected.f1["rouge1"], abs=1e-12)
+    # One unit everywhere: R1/R2/RL F1 x 100, like the final (before, 0.2x next to a final of 15.78).
+    assert report["rouge1"]["f1"] == pytest.approx(expected.f1["rouge1"] * 100, abs=1e-10)
+    assert report["final"] == pytest.approx(np.mean([report[m]["f1"] for m in METRICS]), abs=1e-9)
 
 
 def test_score_cli_rouge_score_convention_and_table(cli, tmp_path, dev_predictions):
@@ -310,7 +312,7 @@ def test_score_cli_multi_reference_jsonl(cli, tmp_path):
             "--json"]
     mean = json.loads(cli(args, cwd=tmp_path).output)
     # Row a: F1 vs its three references 1, 0, 2/3 (R1) -> mean 5/9; row b: 1.
-    assert mean["rouge1"]["f1"] == pytest.approx((5 / 9 + 1) / 2, abs=1e-12)
+    assert mean["rouge1"]["f1"] == pytest.approx((5 / 9 + 1) / 2 * 100, abs=1e-10)
     best = json.loads(cli(args + ["--multi-ref", "max"], cwd=tmp_path).output)
     assert best["final"] == pytest.approx(100.0, abs=1e-12)
 

@@ -241,7 +241,8 @@ def test_diff_counts_rows_and_scores_a_against_b(workspace, cli):
     # A is scored as the hypothesis against B as the reference (score, not score_pairs, as the oracle).
     expected = get_scorer("whitespace", "official", "mean").score(TEST_SUMMARIES, [[s] for s in changed])
     per_metric = expected.per_row[:, :, 2].mean(axis=0)
-    assert [report["rouge1"], report["rouge2"], report["rougeL"]] == pytest.approx(per_metric.tolist(), abs=1e-9)
+    assert [report["rouge1"], report["rouge2"], report["rougeL"]] == pytest.approx((per_metric * 100).tolist(),
+                                                                                  abs=1e-9)
     assert report["final"] == pytest.approx(per_metric.mean() * 100, abs=1e-9)
     assert 0 < report["final"] < 100
     assert {example["b"] for example in report["examples"]} == set(changed[-2:])

@@ -6,8 +6,8 @@ import click
 from .common import json_option, print_json, table, with_config
 
 
-def _mean_std(entry: dict, metric: str, scale: float) -> str:
-    return f"{entry['fold_mean'][metric] * scale:.2f}±{entry['fold_std'][metric] * scale:.2f}"
+def _mean_std(entry: dict, metric: str) -> str:
+    return f"{entry['fold_mean'][metric]:.2f}±{entry['fold_std'][metric]:.2f}"
 
 
 def _number(value: float | None) -> str:
@@ -25,7 +25,7 @@ def _with_interval(value: float | None, interval: list[float] | None) -> str:
 def _footnote(config, board: list[dict]) -> str:
     """How to read the test-matched and dev novel columns, with the figures they rest on."""
     entry = next((e for e in board if e.get("test_matched")), None)
-    lines = ["Finals are ROUGE x 100 (mean of R1/R2/RL F1)."]
+    lines = ["Scores are ROUGE F1 x 100; a final is the mean of R1, R2 and RL."]
     if entry is not None:
         matched = entry["test_matched"]
         lines.append(f"test-matched: OOF rows weighted to the test's similarity to train (effective sample "
@@ -70,8 +70,8 @@ def cv_command(config, names, data_dir, as_json) -> None:
     for rank, entry in enumerate(board, start=1):
         matched = entry.get("test_matched") or {}
         rows.append([rank if entry["complete"] else "-", entry["name"], entry["kind"],
-                     f"{entry['folds_done']}/{entry['k']}", _mean_std(entry, "rouge1", 100),
-                     _mean_std(entry, "rouge2", 100), _mean_std(entry, "rougeL", 100), _mean_std(entry, "final", 1),
+                     f"{entry['folds_done']}/{entry['k']}", _mean_std(entry, "rouge1"),
+                     _mean_std(entry, "rouge2"), _mean_std(entry, "rougeL"), _mean_std(entry, "final"),
                      _with_interval(entry["oof"]["final"], entry["ci95"]),
                      _with_interval(matched.get("final"), matched.get("ci95")),
                      _number(entry["dev_final"]), _number(entry.get("dev_novel_final")),

@@ -21,7 +21,8 @@ from .common import json_option, print_json, table, with_config
 @json_option
 @with_config
 def score(config, predictions, references, tokenizer, convention, multi_ref, by_column, strict, as_json) -> None:
-    """Score a predictions CSV (fname,summary) against references: ROUGE-1/2/L F1 and final.
+    """Score a predictions CSV (fname,summary) against references: ROUGE-1/2/L F1 and final, all
+    x 100 (0-100, the leaderboard's scale; --json too).
 
     Empty predictions score 0 and are counted in a warning on stderr (--strict refuses them).
 
@@ -36,11 +37,11 @@ def score(config, predictions, references, tokenizer, convention, multi_ref, by_
     if as_json:
         print_json(report)
         return
-    rows = [["all", report["rows"], f"{report['rouge1']['f1']:.4f}", f"{report['rouge2']['f1']:.4f}",
-             f"{report['rougeL']['f1']:.4f}", f"{report['final']:.2f}"]]
+    rows = [["all", report["rows"], f"{report['rouge1']['f1']:.2f}", f"{report['rouge2']['f1']:.2f}",
+             f"{report['rougeL']['f1']:.2f}", f"{report['final']:.2f}"]]
     for group, part in report.get("by", {}).items():
-        rows.append([group, part["rows"], f"{part['rouge1']['f1']:.4f}", f"{part['rouge2']['f1']:.4f}",
-                     f"{part['rougeL']['f1']:.4f}", f"{part['final']:.2f}"])
+        rows.append([group, part["rows"], f"{part['rouge1']['f1']:.2f}", f"{part['rouge2']['f1']:.2f}",
+                     f"{part['rougeL']['f1']:.2f}", f"{part['final']:.2f}"])
     click.echo(table(rows, [by_column or "rows", "n", "R1 F1", "R2 F1", "RL F1", "final"]))
 
 

@@ -7,6 +7,7 @@ from .common import json_option, png_option, print_json, table, with_config
 
 
 def _score(value) -> str:
+    """A score (0-100, like every ROUGE the tool shows) with two decimals, "" when unknown."""
     if value is None or value == "":
         return ""
     return f"{float(value):.4f}"
@@ -160,7 +161,7 @@ def diff_command(config, first, second, examples, as_json) -> None:
         return
     click.echo(f"A = {report['a']}\nB = {report['b']}")
     click.echo(f"{report['differing']} of {report['rows']} rows differ; ROUGE of A against B: "
-               f"R1 {report['rouge1']:.4f}, R2 {report['rouge2']:.4f}, RL {report['rougeL']:.4f}, "
+               f"R1 {report['rouge1']:.2f}, R2 {report['rouge2']:.2f}, RL {report['rougeL']:.2f}, "
                f"final {report['final']:.2f}")
     for example in report["examples"]:
         click.echo(f"\n{example['fname']} (final {example['final']:.2f})\n  A: {example['a']}\n  B: {example['b']}")
