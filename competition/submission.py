@@ -27,6 +27,7 @@ import pandas as pd
 from .config import Config
 from .errors import SubmissionError, UnknownCandidate
 from .predictions import atomic_write_text, csv_text, write_temp
+from .tracking import log_submission, record_leaderboard
 
 LOG_FILE = "log.csv"
 LB_HISTORY_FILE = "lb_history.csv"
@@ -253,6 +254,7 @@ def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = 
         log = pd.concat([log, pd.DataFrame([row])[LOG_COLUMNS]], ignore_index=True)
         _write_table(folder / LOG_FILE, log, LOG_COLUMNS)
         os.replace(pending, folder / name)
+    log_submission(config, row, folder / name)  # after the lock: MLflow is a view, never in the log's way
     return {column: row[column] for column in LOG_COLUMNS}
 
 
@@ -328,6 +330,7 @@ def record_scores(config: Config, key: str, public: float | None = None, private
         history = pd.concat([history, pd.DataFrame([entry])], ignore_index=True)
         _write_table(folder / LB_HISTORY_FILE, history, LB_HISTORY_COLUMNS)
         _write_table(folder / LOG_FILE, log, LOG_COLUMNS)
+    record_leaderboard(config, log.iloc[position].to_dict(), folder)
     return log.iloc[position].to_dict()
 
 
