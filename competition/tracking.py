@@ -214,7 +214,7 @@ def _result_key(*parts: Any) -> str:
 # --- sources: candidates, ensembles, tuned variants -------------------------------------------------
 
 def _fold_values(config: Config, name: str, values: _Values, data_dir) -> list[tuple[Path, str | None]]:
-    """Per-fold ROUGE (scored like the leaderboard's OOF), timings and training curves; returns the
+    """Per-fold ROUGE (F1 x 100, the leaderboard's scale), timings and training curves; returns the
     train.json files to keep as artifacts."""
     from .cv import oof_scores
     from .metric import RougeResult
@@ -225,7 +225,7 @@ def _fold_values(config: Config, name: str, values: _Values, data_dir) -> list[t
     for fold in sorted(set(oof["fold"].astype(int))):
         part = RougeResult(result.per_row[(oof["fold"].astype(int) == fold).to_numpy()])
         for metric, value in part.f1.items():
-            values.metric(f"fold_{fold}/{metric}", value)
+            values.metric(f"fold_{fold}/{metric}", value * 100)
         values.metric(f"fold_{fold}/final", part.final)
     artifacts = []
     totals: dict[str, float] = {}
