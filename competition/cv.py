@@ -16,6 +16,7 @@ import pandas as pd
 from .config import Config
 from .errors import FoldMismatch, UnknownCandidate
 from .metric import METRICS, RougeResult, get_scorer
+from .progress import progress as show_progress
 from .provenance import input_hashes, source_problems
 from .shift import matched_weights, workspace_profile
 
@@ -196,8 +197,6 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
     (best first), then incomplete ones, never silently ranked among them."""
     import difflib
 
-    from tqdm import tqdm
-
     from .predictions import list_sources
 
     sources = list_sources(config)
@@ -215,5 +214,5 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
     hashes = input_hashes(config, labelled.reset_index(), test, dev)
     profile = workspace_profile(config, folds, labelled.reset_index(), dev, test)
     board = [_entry(config, name, folds, labelled, dev, hashes, profile)
-             for name in tqdm(sources, desc="cv", disable=not progress, leave=False)]
+             for name in show_progress(sources, desc="cv", unit="sources", enabled=progress)]
     return sorted(board, key=lambda entry: (not entry["complete"], -entry["oof"]["final"], entry["name"]))

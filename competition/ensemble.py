@@ -16,7 +16,6 @@ weights chosen on all OOF rows.
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from .config import Config, EnsembleConfig, config_hash
 from .errors import ConfigError, FoldMismatch, UnknownCandidate
 from .mbr import TIE, mbr_choose, pairwise_utilities
 from .metric import METRICS, RougeScorer, get_scorer
+from .progress import progress as show_progress
 from .provenance import require_current, rerun_command
 from .tracking import log_ensemble
 
@@ -202,8 +202,6 @@ def _combine(frames: list[pd.DataFrame | None], members: list[str], fnames: list
 
 def run_ensemble(config: Config, name: str, workers: int | None = None, progress: bool = False) -> dict:
     """Build ensemble `name` from its members' files, write runs/NAME/ like a candidate, report."""
-    from tqdm import tqdm
-
     from .data import references
     from .predictions import (load_dev, load_fold_dev, load_fold_test, load_meta, load_oof, load_test,
                               write_fold, write_source_outputs)
@@ -237,7 +235,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
     refs = references(context.rows)
 
     member_scores = [scorer.score(outputs, refs).per_row[:, :, 2] for outputs in
-                     tqdm(oof_outputs, desc="score members", disable=not progress, leave=False)]
+                     show_progress(oof_outputs, desc="score members", unit="members", enabled=progress)]
     f1 = np.stack(member_scores, axis=1)  # (rows, members, metrics)
     quality = f1.mean(axis=2) * 100
     if ensemble.method == "best":
@@ -260,7 +258,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
     dev_fnames = context.dev["fname"].tolist() if context.dev is not None else None
     fold_tests = [load_fold_test(config, member) for member in members]
     fold_devs = [load_fold_dev(config, member) for member in members]
-    for fold in tqdm(sorted(fold_weights), desc="write folds", disable=not progress, leave=False):
+    for fold in show_progress(sorted(fold_weights), desc="write folds", unit="folds", enabled=progress):
         weights = fold_weights[fold]
         held_out = fold_of == fold
         oof_frame = pd.DataFrame({"fname": [fnames[i] for i in np.flatnonzero(held_out)],

@@ -4,9 +4,9 @@ clean-up (chat tokens, whitespace, a sentence cut off by max_new_tokens, empty -
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 
+from .progress import progress as show_progress
 from .prompts import DEFAULT_MARKER
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
@@ -78,7 +78,6 @@ def generate(model, tokenizer, texts: list[str], params, *, encoder_decoder: boo
     lengths), padded per batch on the left for decoder-only models.
     """
     import torch
-    from tqdm.auto import tqdm
 
     report = report if report is not None else GenerationReport()
     batch_size = batch_size or params.eval_batch_size
@@ -95,7 +94,7 @@ def generate(model, tokenizer, texts: list[str], params, *, encoder_decoder: boo
     results: list[tuple[str, bool] | None] = [None] * len(texts)
     model.eval()
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="generate", unit="batch", file=sys.stderr, disable=not progress, leave=False):
+    for batch in show_progress(batches, desc="generate", unit="batches", enabled=progress):
         padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
         padded = {key: value.to(device) for key, value in padded.items()}
         with torch.inference_mode():

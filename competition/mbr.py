@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .metric import METRICS, RougeScorer
+from .progress import progress as show_progress
 
 UTILITIES = ("final",) + METRICS
 # Below this many pairs a process pool costs more than it saves.
@@ -45,21 +46,27 @@ def _score_range(bounds: tuple[int, int]) -> np.ndarray:
 def _pair_utilities(scorer: RougeScorer, hyps: list[str], refs: list[str], utility: str,
                     workers: int, progress: bool = False) -> np.ndarray:
     """Utility of hyps[i] against refs[i], over a forked pool when there are many pairs."""
-    from tqdm import tqdm
-
     scorer.prepare(hyps + refs)  # tokenise in the parent, once: workers inherit the cache
     parallel = workers > 1 and len(hyps) >= _POOL_MIN_PAIRS
     step = max(1, -(-len(hyps) // (workers * 8 if parallel else 20)))
     chunks = [(start, min(start + step, len(hyps))) for start in range(0, len(hyps), step)]
-    bar = dict(total=len(chunks), desc="mbr pairs", unit="chunk", disable=not progress, leave=False)
+    bar = dict(total=len(hyps), desc="mbr pairs", unit="pairs", enabled=progress)
     _pool_state.update(scorer=scorer, hyps=hyps, refs=refs, utility=utility)
     try:
-        if not parallel:
-            return np.concatenate([_score_range(chunk) for chunk in tqdm(chunks, **bar)])
-        import multiprocessing
+        scored = []
+        with show_progress(**bar) as reporter:
+            if not parallel:
+                for chunk in chunks:
+                    scored.append(_score_range(chunk))
+                    reporter.update(chunk[1] - chunk[0])
+            else:
+                import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return np.concatenate(list(tqdm(pool.imap(_score_range, chunks), **bar)))
+                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                    for chunk, part in zip(chunks, pool.imap(_score_range, chunks)):
+                        scored.append(part)
+                        reporter.update(chunk[1] - chunk[0])
+        return np.concatenate(scored)
     finally:
         _pool_state.clear()
 

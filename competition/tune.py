@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CompetitionError
+from .progress import progress as show_progress
 from .provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
 from .search import LENGTH_KEYS, Trial, TrialStore, canonical, check_method, load_space, make_search, setting_key
 from .tracking import log_tune
@@ -209,8 +210,6 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
                    subsample: int = 200, confirm: int = 3, seed: int = 42, data_dir=None, restart: bool = False,
                    progress: bool = True, echo: Callable[[str], None] = print) -> TuneResult:
     """Search generation settings of a trained candidate by OOF final; write NAME@tuned."""
-    from tqdm.auto import tqdm
-
     from . import runner
     from .data import references
     from .metric import get_scorer
@@ -290,8 +289,8 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
     if done:
         echo(f"{name}: resuming the search, {len(done)} trial(s) already stored in {store.path}")
     has_untuned = any(setting_key(t.setting) == setting_key(untuned) for t in done)
-    with tqdm(total=max(trials - len(done), 0 if has_untuned else 1), desc=f"tune {name}", unit="trial",
-              disable=not progress) as bar:
+    with show_progress(total=max(trials - len(done), 0 if has_untuned else 1), desc=f"tune {name}", unit="trials",
+                       enabled=progress) as bar:
         # The untuned setting is the first of the --trials: the bar to beat. A resumed search over a
         # changed space may lack it; it is scored then even if the stored trials fill the budget.
         if not has_untuned:
@@ -308,7 +307,7 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
     # Nested: each held-out fold's choice (made on the other folds) is scored on its full OOF rows.
     choices = nested_choices(done, sorted(models.folds))
     to_score = {setting_key(t.setting): t for t in confirmed + list(choices.values()) if t.full_fold_finals is None}
-    for trial in tqdm(to_score.values(), desc=f"confirm {name}", unit="trial", disable=not progress):
+    for trial in show_progress(list(to_score.values()), desc=f"confirm {name}", unit="trials", enabled=progress):
         score_in_full(trial)
     best = max(confirmed, key=lambda t: (t.full_final, -t.number))
     nested = nested_score(choices, {m.fold: len(m.rows) for m in folds})
@@ -327,8 +326,6 @@ def write_tuned(context, name: str, best: Trial, models: FoldModels, oof: dict[i
     over folds. Everything is generated first; then the old metas go (so a kill never leaves the
     new setting's folds beside an old meta that cv, ensemble and submit accept), the folds are
     written (meta last in each) and the top-level meta last."""
-    from tqdm.auto import tqdm
-
     from . import runner
     from .config import config_hash
     from .predictions import run_dir, write_fold, write_source_outputs
@@ -340,7 +337,7 @@ def write_tuned(context, name: str, best: Trial, models: FoldModels, oof: dict[i
         return pd.DataFrame({"fname": rows["fname"], "summary": summaries})
 
     outputs = {}
-    for fold in tqdm(models.order(), desc=f"generate {tuned}", unit="fold", disable=not progress):
+    for fold in show_progress(list(models.order()), desc=f"generate {tuned}", unit="folds", enabled=progress):
         model = models.get(fold)
         held_out = oof[fold] if oof is not None else model.predict(model.rows, best.setting)
         outputs[fold] = {"oof": frame(model.rows, held_out),

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import MetricConfig
+from ..progress import progress as show_progress
 from ..tokenizers import cached_tokens
 from .base import Candidate
 
@@ -86,16 +87,24 @@ class RetrievalCandidate(Candidate):
         top_k = min(self.params.top_k, self._matrix.shape[0])
         queries = self._vectorizer.transform(cached_tokens(list(rows["dialogue"]), self.metric.tokenizer))
         found = np.zeros((len(rows), top_k), dtype=np.int64)
-        for start in range(0, len(rows), self.params.batch_rows):
-            # Rows are L2-normalised: the dot product is the cosine similarity.
-            similarity = (queries[start:start + self.params.batch_rows] @ self._matrix.T).toarray()
-            if top_k == 1:
-                found[start:start + len(similarity), 0] = similarity.argmax(axis=1)
-            else:
-                best = np.argpartition(-similarity, top_k - 1, axis=1)[:, :top_k]
-                order = np.argsort(-np.take_along_axis(similarity, best, axis=1), axis=1, kind="stable")
-                found[start:start + len(similarity)] = np.take_along_axis(best, order, axis=1)
+        blocks = range(0, len(rows), self.params.batch_rows)
+        # A bar (or a closing line) only where there is more than one block to wait for.
+        with show_progress(total=len(rows), desc=f"{self.name} retrieval", enabled=len(blocks) > 1) as bar:
+            for start in blocks:
+                self._search_block(queries, start, top_k, found)
+                bar.update(min(self.params.batch_rows, len(rows) - start))
         return found
+
+    def _search_block(self, queries, start: int, top_k: int, found: np.ndarray) -> None:
+        """The top_k nearest training rows of query rows start .. start + batch_rows, into `found`."""
+        # Rows are L2-normalised: the dot product is the cosine similarity.
+        similarity = (queries[start:start + self.params.batch_rows] @ self._matrix.T).toarray()
+        if top_k == 1:
+            found[start:start + len(similarity), 0] = similarity.argmax(axis=1)
+        else:
+            best = np.argpartition(-similarity, top_k - 1, axis=1)[:, :top_k]
+            order = np.argsort(-np.take_along_axis(similarity, best, axis=1), axis=1, kind="stable")
+            found[start:start + len(similarity)] = np.take_along_axis(best, order, axis=1)
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
         neighbours = self.neighbours(rows)
