@@ -178,9 +178,33 @@ def history_report(config: Config, sort: str = "id", tolerance: float = DEFAULT_
     }
 
 
+# One colour per score kind, the same in both panels.
+SCORE_COLOURS = {"cv": "tab:blue", "matched": "tab:cyan", "dev": "tab:green", "public": "tab:orange",
+                 "private": "tab:red"}
+SCORE_LABELS = {"cv": "CV (OOF final)", "matched": "test-matched CV", "dev": "dev final", "public": "public",
+                "private": "private"}
+
+
+def _spread_labels(points: list[tuple[float, float]], height: float) -> list[float]:
+    """Label heights for points sorted by x: a label moves up until it is `height` clear of every
+    earlier label whose x is within a small distance (so ids never print over each other)."""
+    placed: list[tuple[float, float]] = []
+    heights = []
+    xs = [x for x, _ in points]
+    near = (max(xs) - min(xs)) * 0.04 if len(xs) > 1 else 1.0
+    for x, y in points:
+        level = y
+        while any(abs(x - px) <= near and abs(level - py) < height for px, py in placed):
+            level += height
+        placed.append((x, level))
+        heights.append(level)
+    return heights
+
+
 def plot_history(rows: Sequence[dict], path: str | Path) -> Path:
-    """A PNG: CV against public and private scores with the y = x diagonal, and every score over
-    the submissions in order."""
+    """A PNG: CV against public and private scores with the y = x diagonal (each point labelled with
+    its submission id, labels kept apart), and every score over the submissions in order; each
+    score kind has one colour in both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,36 +213,42 @@ def plot_history(rows: Sequence[dict], path: str | Path) -> Path:
     rows = sort_rows(list(rows), "id")
     if not rows:
         raise SubmissionError("no submissions in the log yet: nothing to plot")
-    figure, (scatter, timeline) = plt.subplots(1, 2, figsize=(12, 5))
+    figure, (scatter, timeline) = plt.subplots(1, 2, figsize=(13, 5.5))
     values = []
     for key, marker in (("public", "o"), ("private", "s")):
-        points = [(row["cv"], row[key], row["id"]) for row in rows if row["cv"] is not None and row[key] is not None]
-        if points:
-            scatter.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=key)
-            for x, y, label in points:
-                scatter.annotate(label.lstrip("0") or "0", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            values += [v for p in points for v in p[:2]]
+        points = sorted((row["cv"], row[key], row["id"]) for row in rows if row["cv"] is not None and row[key] is not None)
+        if not points:
+            continue
+        scatter.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, color=SCORE_COLOURS[key],
+                        label=f"{SCORE_LABELS[key]} vs CV", zorder=3)
+        values += [v for p in points for v in p[:2]]
+        span = (max(p[1] for p in points) - min(p[1] for p in points)) or 1.0
+        shift = ((max(p[0] for p in points) - min(p[0] for p in points)) or 1.0) * 0.01
+        for (x, y, label), level in zip(points, _spread_labels([(p[0], p[1]) for p in points], span * 0.045)):
+            scatter.annotate(label.lstrip("0") or "0", (x, y), xytext=(x + shift, level), textcoords="data", fontsize=7,
+                             color=SCORE_COLOURS[key], ha="left", va="bottom",
+                             arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5} if level != y else None)
     if values:
         low, high = min(values), max(values)
         margin = (high - low) * 0.05 or 1.0
         scatter.plot([low - margin, high + margin], [low - margin, high + margin], "k--", linewidth=1, label="y = x")
-        scatter.legend()
+        scatter.legend(loc="upper left", fontsize=8)
     else:
         scatter.text(0.5, 0.5, "no leaderboard scores recorded yet", ha="center", transform=scatter.transAxes)
-    scatter.set_xlabel("CV (OOF final)")
-    scatter.set_ylabel("leaderboard final")
-    scatter.set_title("CV vs leaderboard")
+    scatter.set_xlabel("CV (OOF final, ROUGE x 100)")
+    scatter.set_ylabel("leaderboard final (ROUGE x 100)")
+    scatter.set_title("CV vs leaderboard (labels: submission id)")
     positions = list(range(len(rows)))
-    for key in ("cv", "dev", "public", "private"):
-        series = [np.nan if row[key] is None else row[key] for row in rows]
+    for key in ("cv", "matched", "dev", "public", "private"):
+        series = [np.nan if row.get(key) is None else row[key] for row in rows]
         if not all(np.isnan(series)):
-            timeline.plot(positions, series, marker="o", label=key)
+            timeline.plot(positions, series, marker="o", color=SCORE_COLOURS[key], label=SCORE_LABELS[key])
     timeline.set_xticks(positions)
     timeline.set_xticklabels([row["id"] for row in rows], rotation=90, fontsize=7)
-    timeline.set_xlabel("submission")
-    timeline.set_ylabel("final")
+    timeline.set_xlabel("submission id")
+    timeline.set_ylabel("final (ROUGE x 100)")
     timeline.set_title("scores over time")
-    timeline.legend()
+    timeline.legend(loc="best", fontsize=8)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, format="png", dpi=100)
