@@ -185,7 +185,7 @@ SCORE_LABELS = {"cv": "CV (OOF final)", "matched": "test-matched CV", "dev": "de
                 "private": "private"}
 
 
-def _spread_labels(points: list[tuple[float, float]], height: float) -> list[float]:
+def label_heights(points: list[tuple[float, float]], height: float) -> list[float]:
     """Label heights for points sorted by x: a label moves up until it is `height` clear of every
     earlier label whose x is within a small distance (so ids never print over each other)."""
     placed: list[tuple[float, float]] = []
@@ -224,7 +224,7 @@ def plot_history(rows: Sequence[dict], path: str | Path) -> Path:
         values += [v for p in points for v in p[:2]]
         span = (max(p[1] for p in points) - min(p[1] for p in points)) or 1.0
         shift = ((max(p[0] for p in points) - min(p[0] for p in points)) or 1.0) * 0.01
-        for (x, y, label), level in zip(points, _spread_labels([(p[0], p[1]) for p in points], span * 0.045)):
+        for (x, y, label), level in zip(points, label_heights([(p[0], p[1]) for p in points], span * 0.045)):
             scatter.annotate(label.lstrip("0") or "0", (x, y), xytext=(x + shift, level), textcoords="data", fontsize=7,
                              color=SCORE_COLOURS[key], ha="left", va="bottom",
                              arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5} if level != y else None)

@@ -10,7 +10,7 @@ from scipy import stats
 
 from competition.config import load_config
 from competition.errors import SubmissionError
-from competition.history import (SCORE_COLOURS, _spread_labels, correlation, final_picks, history_report,
+from competition.history import (SCORE_COLOURS, label_heights, correlation, final_picks, history_report,
                                  history_rows, noise_warnings)
 from competition.submission import LOG_COLUMNS, read_lb_history, read_log, record_scores
 
@@ -205,7 +205,7 @@ def test_history_of_an_empty_workspace(tmp_path, cli):
 def test_plot_labels_do_not_overlap_and_colours_are_one_per_score():
     """Before, two submissions with nearly the same scores printed their ids over each other, and
     orange meant private in one panel and dev in the other."""
-    heights = _spread_labels([(30.0, 31.0), (30.01, 31.002), (30.02, 31.001), (33.0, 31.0)], height=0.1)
+    heights = label_heights([(30.0, 31.0), (30.01, 31.002), (30.02, 31.001), (33.0, 31.0)], height=0.1)
     assert heights[0] == 31.0 and heights[3] == 31.0  # alone: at the point
     assert heights[1] >= 31.1 and heights[2] >= heights[1] + 0.1 - 1e-9  # stacked clear of each other
     assert len(set(SCORE_COLOURS.values())) == len(SCORE_COLOURS)
