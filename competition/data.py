@@ -119,8 +119,11 @@ def read_split(path: str | Path, split: str) -> pd.DataFrame:
     (fname,summary; summaries may be empty) or references (fname + summary or summary1..N)."""
     path = Path(path)
     if not path.exists():
+        if split not in SPLITS:  # a file named on the command line (score's predictions or --refs)
+            raise DataError(f"{path} not found: check the path of the {split} file you named")
+        also = ' (or set dev = "" in [data] when there is no dev set)' if split == "dev" else ""
         raise DataError(f"{path} not found: put the competition's {split} file there "
-                        f"or point [data] in competition.toml (or --data) at its folder")
+                        f"or point [data] in competition.toml (or --data) at its folder{also}")
     frame = _read_table(path)
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in REQUIRED_COLUMNS[split]:

@@ -258,3 +258,13 @@ def test_a_header_only_file_is_refused(cli, workspace, name):
     assert ('dev = ""' in message) == (name == "dev.csv")
     result = cli(["pipeline"], cwd=workspace)
     assert result.exit_code == 2 and f"{name}: only a header, no rows" in result.output
+
+
+def test_not_found_messages_fit_the_file(cli, workspace, korean_rows):
+    """Before, a missing predictions CSV given to `score` pointed at [data] in competition.toml, and a
+    missing dev.csv did not say that dev can be turned off."""
+    (workspace / "data" / "dev.csv").unlink()
+    assert 'set dev = "" in [data]' in refused(cli, workspace)
+    result = cli(["score", workspace / "preds.csv", "--refs", workspace / "data" / "train.csv"], cwd=workspace)
+    assert result.exit_code == 2 and "preds.csv not found: check the path of the predictions file" in result.output
+    assert "[data]" not in result.output
