@@ -59,6 +59,7 @@ class MetricConfig:
     tokenizer: str = "kiwi"  # kiwi (Korean morphemes), whitespace or english
     convention: str = "official"  # official (rouge 1.0.1, as the organisers) or rouge-score
     multi_ref: str = "mean"  # mean over references (the competition's rule) or max
+    cache_mb: int = 1024  # token cache runs/.cache/tokens.sqlite, least recently used evicted; 0 = off
 
     def __post_init__(self) -> None:
         # The registries the scorer uses, imported here: metric.py pulls in numpy and rapidfuzz.
@@ -72,7 +73,13 @@ class MetricConfig:
             problems.append(f"convention = {self.convention!r}: choose {_choices(CONVENTIONS)}")
         if self.multi_ref not in MULTI_REF_RULES:
             problems.append(f"multi_ref = {self.multi_ref!r}: choose {_choices(MULTI_REF_RULES)}")
+        if not isinstance(self.cache_mb, int) or isinstance(self.cache_mb, bool) or self.cache_mb < 0:
+            problems.append(f"cache_mb = {self.cache_mb!r}: choose a size in MB (e.g. 1024), or 0 for no token cache")
         _raise_if(problems)
+
+    def scoring(self) -> dict:
+        """The settings scores depend on (cache_mb only changes speed): what results are hashed with."""
+        return {"tokenizer": self.tokenizer, "convention": self.convention, "multi_ref": self.multi_ref}
 
 
 PICK_BY = ("test_matched", "oof")  # which CV score chooses: the test-matched final or the plain OOF final

@@ -6,10 +6,11 @@ Two conventions:
   ROUGE-L as summary-level union LCS, F = 2PR / (P + R + 1e-8).
 - ``rouge-score``: Google's rouge-score semantics (n-gram counts, one LCS over the whole text).
 
-Each distinct text is tokenized once (Kiwi's batch API) and kept in the scorer's cache, so
-re-scoring the same outputs (CV, ensembles, decoding search) costs only the counting: n-gram
-overlaps of all pairs at once in numpy, ROUGE-L by rapidfuzz (rouge-score) or a bit-parallel LCS
-that keeps rouge 1.0.1's tie-break (official). bench/metric.py measures it against the packages.
+Each distinct text is tokenized once (Kiwi's batch API; tokens of earlier commands come from the
+persistent token cache, token_cache.py) and kept in the scorer's tables, so re-scoring the same
+outputs (CV, ensembles, decoding search) costs only the counting: n-gram overlaps of all pairs
+at once in numpy, ROUGE-L by rapidfuzz (rouge-score) or a bit-parallel LCS that keeps rouge
+1.0.1's tie-break (official). bench/metric.py measures it against the packages.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cpdist
 
 from .errors import ConfigError
-from .tokenizers import Tokenizer, get_tokenizer
+from .tokenizers import Tokenizer, get_tokenizer, tokenize
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 STATS = ("precision", "recall", "f1")
@@ -198,17 +199,18 @@ class RougeScorer:
 
     # -- tokens ---------------------------------------------------------------------------
     def tokens(self, texts: Sequence[str]) -> list[list[str]]:
-        """Tokens of each text (uncached; for reports such as length statistics)."""
-        return self.tokenizer.tokenize_many(list(texts))
+        """Tokens of each text (for reports such as length statistics)."""
+        return tokenize(list(texts), self.tokenizer)
 
     def prepare(self, texts: Sequence[str]) -> None:
-        """Tokenize, in one batch, every text not yet in the cache."""
+        """Tokenize, in one batch, every text not yet in the tables (the persistent token cache
+        answers the texts earlier commands tokenised)."""
         missing = list(dict.fromkeys(text for text in texts if text not in self._index))
         if not missing:
             return
         vocabulary, bigram_vocabulary = self._vocabulary, self._bigram_vocabulary
         unigram_rows, bigram_rows = [], []
-        for text, tokens in zip(missing, self.tokenizer.tokenize_many(missing)):
+        for text, tokens in zip(missing, tokenize(missing, self.tokenizer)):
             if self.convention == "official":
                 # Exactly what rouge 1.0.1 does to "tok tok tok": split on ".", fold spaces; an
                 # all-space piece stays as the one-word sentence "".

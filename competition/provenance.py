@@ -91,7 +91,7 @@ def candidate_settings(config, name: str) -> dict:
         settings["models"] = models
     if candidate_class(candidate.kind).uses_metric:
         # Kinds that tune on ROUGE (lead, retrieval) change with the metric's settings.
-        settings["metric"] = dataclasses.asdict(config.metric)
+        settings["metric"] = config.metric.scoring()
     return settings
 
 

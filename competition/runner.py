@@ -263,7 +263,7 @@ def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dic
     strategy = config.cv.test_strategy
     fold_finished = [read_meta(fold_dir(config, name, fold) / "meta.json").get("finished_at") for fold in range(context.k)]
     source_inputs = {**wanted, "test_strategy": strategy, "fold_finished_at": fold_finished,
-                     "metric": dataclasses.asdict(config.metric)}
+                     "metric": config.metric.scoring()}
     existing = read_meta(run_dir(config, name) / "meta.json") or {}
     if not force and existing.get("inputs") == source_inputs and (run_dir(config, name) / "test.csv").exists():
         report["test_output"] = "unchanged"

@@ -1,34 +1,65 @@
-"""Tokenizers for ROUGE: objects with `tokenize_many(texts) -> list[list[str]]`.
+"""Tokenizers for ROUGE: objects with `tokenize_many(texts) -> list[list[str]]` and an `identity`.
 
 Google's rouge-score default tokenizer keeps only [a-z0-9] and so scores every Korean pair 0.0;
 these are the ones to use instead. A new analyser (e.g. mecab) is one class and one registry entry.
+Every command reads tokens through `tokenize` / `cached_tokens`, which ask the persistent token
+cache (token_cache.py) first: a tokenizer's `identity` (name, version, options) keys its entries.
 """
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
+from functools import cached_property
 from typing import Callable, Protocol, Sequence
+
+from . import token_cache
 
 
 class Tokenizer(Protocol):
     name: str
+    # Everything its tokens depend on (package and model versions, options): the persistent
+    # cache's key. "" keeps its tokens out of the persistent cache.
+    identity: str
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]: ...
 
 
 class KiwiTokenizer:
-    """Korean morphemes from kiwipiepy, the surface form of each token."""
+    """Korean morphemes from kiwipiepy, the surface form of each token. `options` go to `Kiwi()`
+    (e.g. model_type, typos, integrate_allomorph); the model loads on the first text to tokenise."""
 
     name = "kiwi"
 
-    def __init__(self) -> None:
+    def __init__(self, **options) -> None:
+        self.options = options
+
+    @cached_property
+    def identity(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "none"
+
+        # num_workers changes the speed, never the tokens.
+        options = {key: value for key, value in self.options.items() if key != "num_workers"}
+        return json.dumps({"tokenizer": "kiwi", "kiwipiepy": installed("kiwipiepy"),
+                           "model": installed("kiwipiepy_model"), "options": options},
+                          sort_keys=True, default=repr)
+
+    @cached_property
+    def _kiwi(self):
         from kiwipiepy import Kiwi
 
-        # The batch API is ~5x faster than one call per text even on one worker.
-        self._kiwi = Kiwi()
+        return Kiwi(**self.options)
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         if not texts:
             return []
+        # The batch API is ~5x faster than one call per text even on one worker.
         return [[token.form for token in tokens] for tokens in self._kiwi.tokenize(list(texts))]
 
 
@@ -36,6 +67,7 @@ class WhitespaceTokenizer:
     """Split on white space, nothing else."""
 
     name = "whitespace"
+    identity = f"whitespace: str.split(), unicode {unicodedata.unidata_version}"
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         return [text.split() for text in texts]
@@ -48,6 +80,7 @@ class EnglishTokenizer:
     """Lower-case alphanumeric words, as rouge-score's default tokenizer (without stemming)."""
 
     name = "english"
+    identity = f"english: lower, {_NON_ALNUM.pattern!r} -> space, split, unicode {unicodedata.unidata_version}"
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         return [_NON_ALNUM.sub(" ", text.lower()).split() for text in texts]
@@ -60,13 +93,13 @@ TOKENIZERS: dict[str, Callable[[], Tokenizer]] = {
 }
 
 _instances: dict[str, Tokenizer] = {}
-# Tokens of every text seen, per tokenizer: retrieval's k folds and the near-duplicate search
-# tokenise the same dialogues again and again in one process.
+# Tokens of every text seen, per tokenizer identity: retrieval's k folds and the near-duplicate
+# search tokenise the same dialogues again and again in one process.
 _token_cache: dict[str, dict[str, list[str]]] = {}
 
 
 def get_tokenizer(name: str) -> Tokenizer:
-    """The shared instance of a tokenizer by name (Kiwi takes a second to load)."""
+    """The shared instance of a tokenizer by name (Kiwi loads its model on first use)."""
     from .errors import ConfigError
 
     if name not in TOKENIZERS:
@@ -76,12 +109,29 @@ def get_tokenizer(name: str) -> Tokenizer:
     return _instances[name]
 
 
-def cached_tokens(texts: Sequence[str], tokenizer: str) -> list[list[str]]:
-    """Tokens of each text by the named tokenizer, each distinct text tokenised once per process
-    (and the tokenizer loaded only when a text misses)."""
-    cache = _token_cache.setdefault(tokenizer, {})
+def tokenize(texts: Sequence[str], tokenizer: str | Tokenizer) -> list[list[str]]:
+    """Tokens of each text: from the persistent cache where it has them, the rest tokenised in one
+    batch (the only time Kiwi's model loads) and stored for the next command."""
+    tokenizer = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    store = token_cache.active_store() if tokenizer.identity else None
+    if store is None:
+        return tokenizer.tokenize_many(list(texts))
+    distinct = list(dict.fromkeys(texts))
+    found = dict(zip(distinct, store.get(tokenizer.identity, distinct)))
+    missing = [text for text, tokens in found.items() if tokens is None]
+    if missing:
+        fresh = tokenizer.tokenize_many(missing)
+        store.put(tokenizer.identity, missing, fresh)
+        found.update(zip(missing, fresh))
+    return [found[text] for text in texts]
+
+
+def cached_tokens(texts: Sequence[str], tokenizer: str | Tokenizer) -> list[list[str]]:
+    """`tokenize`, with each distinct text's tokens also kept in this process (the lists are
+    shared: do not change them)."""
+    tokenizer = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    cache = _token_cache.setdefault(tokenizer.identity or f"{tokenizer.name}@{id(tokenizer)}", {})
     missing = list(dict.fromkeys(t for t in texts if t not in cache))
     if missing:
-        for text, tokens in zip(missing, get_tokenizer(tokenizer).tokenize_many(missing)):
-            cache[text] = tokens
+        cache.update(zip(missing, tokenize(missing, tokenizer)))
     return [cache[t] for t in texts]

@@ -229,7 +229,7 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
     store = TrialStore(run_dir(config, name + TUNED_SUFFIX) / "trials.jsonl", {
         "candidate": name, "config_hash": base_hash, **context.hashes, "k": context.k,
         "fold_trained_at": [metas[fold].get("finished_at") for fold in range(context.k)],
-        "subsample": subsample, "seed": seed, "metric": dataclasses.asdict(config.metric)})
+        "subsample": subsample, "seed": seed, "metric": config.metric.scoring()})
     if restart and (aside := store.restart()) is not None:
         echo(f"{name}: moved the earlier trials to {aside}; searching again")
     done = store.load()  # refuses trials scored on other inputs

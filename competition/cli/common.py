@@ -21,7 +21,8 @@ def with_config(command):
     def wrapper(*args, config_path: str | None = None, **kwargs):
         config = load_config(config_path)
         tidy_workspace(config)
-        return command(*args, config=config, **kwargs)
+        with token_cache(config):
+            return command(*args, config=config, **kwargs)
 
     return wrapper
 
@@ -35,6 +36,17 @@ def tidy_workspace(config: Config) -> None:
     for folder in (config.resolve(RUNS_DIR), submissions_dir(config), config.resolve(config.cv.folds_file).parent):
         remove_stale_temps(folder)
     tidy_submissions(config)
+
+
+def token_cache(config: Config):
+    """Every tokenising command (and the processes it starts) shares the workspace's token cache,
+    runs/.cache/tokens.sqlite, bounded by [metric] cache_mb (0 = off). A folder with neither
+    competition.toml nor runs/ is no workspace: nothing is written there."""
+    from ..predictions import RUNS_DIR
+    from ..token_cache import workspace
+
+    runs = config.resolve(RUNS_DIR)
+    return workspace(runs if config.path is not None or runs.is_dir() else None, config.metric.cache_mb)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
