@@ -295,7 +295,8 @@ def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, da
     values.metric("time/test_output_s", meta.get("seconds"))
     artifacts = _fold_values(config, name, values, data_dir)
     values.metrics += extra.metrics
-    hashes = {what: meta[what] for what in ("data_sha256", "folds_sha256", "test_sha256", "dev_sha256") if meta.get(what)}
+    hashes = {what: meta[what] for what in ("data_sha256", "folds_sha256", "test_sha256", "dev_sha256")
+              if meta.get(what)}
     values.tags.update({"kind": kind, "source": name, "candidate_kind": meta.get("kind", ""),
                         "config_hash": entry.get("config_hash") or meta.get("config_hash", ""),
                         "complete": str(bool(entry.get("complete"))).lower(),
@@ -307,7 +308,8 @@ def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, da
 def log_candidate(config: Config, name: str, data_dir=None) -> str | None:
     """Log candidate `name` (params, config hash, OOF, per-fold and test-matched scores, timings,
     training curves); returns the run id, or None when tracking is off or failed (warned)."""
-    return _attempt(config, f"candidate {name!r}", lambda store: _log_source(store, config, name, "candidate", data_dir))
+    return _attempt(config, f"candidate {name!r}",
+                    lambda store: _log_source(store, config, name, "candidate", data_dir))
 
 
 def log_ensemble(config: Config, name: str) -> str | None:
