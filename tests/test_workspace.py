@@ -69,3 +69,47 @@ def test_pipeline_runs_on_the_bundled_sample_without_data(tmp_path, cli):
     # An explicit folder that is absent is still an error, never silently the sample.
     missing = cli(["data", "check", "--data", tmp_path / "nowhere"], cwd=tmp_path)
     assert missing.exit_code == 2 and "nowhere" in missing.output
+
+
+ROUGE_KEYS = {"rouge1", "rouge2", "rougeL", "final", "precision", "recall", "f1", "dev_final", "dev_novel_final",
+              "fold_final_mean", "ci95", "cv", "matched", "dev", "public", "private", "matched_ci95"}
+
+
+def _rouge_numbers(value, key: str = "") -> list[tuple[str, float]]:
+    """(key, number) for every ROUGE-valued number in a JSON document."""
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _rouge_numbers(v, k if k in ROUGE_KEYS else key)]
+    if isinstance(value, list):
+        return [found for v in value for found in _rouge_numbers(v, key)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key:
+        return [(key, float(value))]
+    return []
+
+
+def test_every_score_is_on_the_0_100_scale(tmp_path, cli, korean_rows):
+    """One unit: before, cv showed R1 as 30.96 while score, the pipeline table and the log said 0.3096."""
+    from conftest import write_workspace
+
+    dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    root = write_workspace(tmp_path, korean_rows, test, dev, (
+        '[metric]\ntokenizer = "whitespace"\n[cv]\nk = 3\nbootstrap = 100\n[candidates.lead]\nkind = "lead"\n'))
+    for command in (["folds", "build"], ["run"], ["submit", "lead"], ["lb", "record", "1", "--public", "31.25"]):
+        assert cli(command, cwd=root).exit_code == 0, command
+    documents = {
+        "cv": json.loads(cli(["cv", "--json"], cwd=root).stdout),
+        "score": json.loads(cli(["score", root / "runs" / "lead" / "dev.csv", "--refs", root / "data" / "dev.csv",
+                                 "--tokenizer", "whitespace", "--json"], cwd=root).stdout),
+        "history": json.loads(cli(["history", "--json"], cwd=root).stdout)["submissions"],
+    }
+    log = pd.read_csv(root / "submissions" / "log.csv", dtype=str, keep_default_na=False).iloc[0]
+    documents["log"] = {column.replace("oof_", "").replace("_ci95_low", "").replace("_ci95_high", "")
+                        .replace("_final", "") or column: float(log[column])
+                        for column in log.index if column.startswith(("oof_", "matched_", "dev_")) and log[column]}
+    for name, document in documents.items():
+        numbers = _rouge_numbers(document)
+        assert len(numbers) >= 4, name
+        for key, number in numbers:
+            # A fraction (0 < x < 1) is the old unit; real scores of these outputs are well above 1.
+            assert number == 0 or 1 <= number <= 100, (name, key, number)
+    assert documents["score"]["rouge1"]["f1"] > 1 and documents["cv"][0]["oof"]["rouge2"] > 1
