@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from ..executors import DEFAULT_RAY_TIMEOUT, ExecutorError, RayConnection
+from ..executors import ExecutorError
+from ..ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection
 from .common import json_option, print_json, table, with_config
 
 
