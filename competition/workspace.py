@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent
 SAMPLE_DIR = PACKAGE / "sample"  # 400 train, 99 dev, 200 test rows of the Korean data (see its README)
 TEMPLATE = PACKAGE / "templates" / "competition.toml"  # the documented defaults, as in the repository
 SAMPLE_FILES = ("train.csv", "dev.csv", "test.csv", "sample_submission.csv", "README.md", "LICENSE")
-GITIGNORE = "data/\nruns/\n.venv/\n__pycache__/\nsubmissions/.log.lock\n.*.tmp\n.*.pending\nmlruns.db\n"
+GITIGNORE = "data/\nruns/\n.venv/\n__pycache__/\nsubmissions/.log.lock\n.*.tmp\n.*.pending\nmlruns.db\nmlartifacts/\n"
 DATA_README = """# Competition files go here
 
 Put the four files of the competition here (download them from the competition page after joining it):

@@ -119,9 +119,13 @@ def test_config_option_overrides_the_workspace_file(cli, korean_workspace, tmp_p
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rows"]["train"] == 12
     # A relative dir is resolved against the folder of the file given with --config.
-    (elsewhere / "rel.toml").write_text('[data]\ndir = "data"\n', encoding="utf-8")
+    (elsewhere / "rel.toml").write_text('[data]\ndir = "files"\n', encoding="utf-8")
     relative = cli(["data", "check", "--no-tokens", "--config", elsewhere / "rel.toml"], cwd=korean_workspace)
-    assert relative.exit_code == 2 and str(elsewhere / "data") in relative.output
+    assert relative.exit_code == 2 and str(elsewhere / "files") in relative.output
+    # The default data/ folder, absent there: the bundled sample, said in one line naming that folder.
+    (elsewhere / "default.toml").write_text('[data]\ndir = "data"\n', encoding="utf-8")
+    sample = cli(["data", "check", "--no-tokens", "--config", elsewhere / "default.toml"], cwd=korean_workspace)
+    assert sample.exit_code == 0 and f"note: no {elsewhere / 'data'}/ folder: using the bundled sample" in sample.stderr
 
 
 def test_config_errors_reach_the_cli_as_one_line(cli, tmp_path):
