@@ -415,15 +415,18 @@ class ChatClient:
             raw = await client.post("/chat/completions", cast_to=httpx2.Response, body=body,
                                     options={"headers": headers} if headers else {})
         except openai.APITimeoutError:
-            return Failure(f"timed out after {endpoint.timeout:g} s", f"{overload}; or raise timeout", True, False)
+            return Failure(f"timed out after {endpoint.timeout:g} s", f"{overload}; or raise timeout",
+                           retry=True, stops=False)
         except openai.APIConnectionError as error:
             cause = " ".join(str(error.__cause__ or error).split())[:160]
-            return Failure(f"connection failed ({cause})", "is the server up and reachable at base_url?", True, False)
+            return Failure(f"connection failed ({cause})", "is the server up and reachable at base_url?",
+                           retry=True, stops=False)
         except openai.APIStatusError as error:
             status = error.status_code
             what = f"answered HTTP {status} ({_detail(error.response.text, key)})"
             if status in _TRANSIENT_STATUS or status >= 500:
-                return Failure(what, overload, True, False, retry_after_seconds(error.response.headers))
+                return Failure(what, overload, retry=True, stops=False,
+                               retry_after=retry_after_seconds(error.response.headers))
             if status in (401, 403):
                 hint = self._key_hint(key)
             elif status == 404:
@@ -431,13 +434,13 @@ class ChatClient:
                         f"served ones) and base_url (the API root, usually ending in /v1)")
             else:
                 hint = "the server refused the request: check model, max_tokens and temperature against what it accepts"
-            return Failure(what, hint, False, True)
+            return Failure(what, hint, retry=False, stops=True)
         parsed = parse_completion(raw.text)
         if parsed is None:
             kind = raw.headers.get("content-type", "no content type").split(";")[0]
             return Failure(f"answered HTTP {raw.status_code} with a body that is not a chat completion "
                            f"({kind}: {_detail(raw.text, key)})",
                            "is base_url the API root of an OpenAI-compatible server (usually ending in /v1)?",
-                           True, True)
+                           retry=True, stops=True)
         content, finish_reason = parsed
         return Answer(content, finish_reason, self.clean(content, finish_reason == "length"))
