@@ -191,7 +191,11 @@ class ResponseCache:
     def append(self, entry: dict) -> None:
         line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as handle, _locked(handle):
+        with open(self.path, "a+b") as handle, _locked(handle):
+            if handle.seek(0, os.SEEK_END):
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # another writer was killed mid-line: keep ours whole
+                    line = b"\n" + line
             handle.write(line)  # one write: a kill leaves at most this line cut
 
 

@@ -184,6 +184,18 @@ def test_a_cut_last_line_is_dropped_and_the_file_rewritten(tmp_path):
     assert sorted(ResponseCache(path).load()) == ["k0", "k1", "k2"]
 
 
+def test_an_append_after_a_writer_killed_mid_line_stays_whole(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    cache = ResponseCache(path)
+    cache.append({"key": "k0", "content": "a"})
+    with open(path, "ab") as other:  # another process, killed mid-write, after this one loaded the file
+        other.write(b'{"key": "k1", "cont')
+    cache.append({"key": "k2", "content": "c"})
+    assert sorted(ResponseCache(path).load()) == ["k0", "k2"]
+    assert path.read_text(encoding="utf-8").splitlines() == ['{"key": "k0", "content": "a"}',
+                                                             '{"key": "k2", "content": "c"}']
+
+
 def test_a_valid_last_line_without_newline_is_kept_and_completed(tmp_path):
     path = tmp_path / "cache.jsonl"
     path.write_text('{"key": "k0", "content": "a"}', encoding="utf-8")
