@@ -354,3 +354,17 @@ def test_augment_cli_bad_endpoint_settings_are_one_line(korean_workspace, cli):
     result = cli(["augment", "paraphrase", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
                   "--concurrency", "0"], cwd=korean_workspace)
     assert result.exit_code == 2 and "augment: concurrency = 0: need at least 1" in result.output
+
+
+@pytest.mark.parametrize("mode", ["400", "401", "403", "404", "422", "html", "badjson", "nochoices"])
+def test_augment_cli_each_permanent_mode_is_one_line_exit_2(korean_workspace, cli, stub, mode):
+    server = stub("think", "think", mode, default="think")
+    out = korean_workspace / "data" / "augmented" / "para.csv"
+    result = cli(paraphrase_command(server.url, out, "--max-retries", "0", "--concurrency", "2"), cwd=korean_workspace)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if "Error:" in line]
+    assert len(errors) == 1 and server.url in errors[0] and errors[0].endswith("of 8 done, cached; re-run to resume")
+    assert (f"HTTP {mode}" if mode.isdigit() else "not a chat completion") in errors[0]
+    failed_at = next(seen.answered for seen in server.seen if seen.mode == mode)
+    assert sum(seen.arrived > failed_at for seen in server.seen) <= 2
+    assert not out.exists()
