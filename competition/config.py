@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .choices import ENSEMBLE_METHODS, PICK_BY, STRATEGIES, parse_strategy
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "competition.toml"
@@ -82,9 +83,6 @@ class MetricConfig:
         return {"tokenizer": self.tokenizer, "convention": self.convention, "multi_ref": self.multi_ref}
 
 
-PICK_BY = ("test_matched", "oof")  # which CV score chooses: the test-matched final or the plain OOF final
-
-
 @dataclass
 class CVConfig:
     folds_file: str = "folds/folds.csv"  # fname,fold; folds.json is written beside it
@@ -98,7 +96,6 @@ class CVConfig:
     pick_by: str = "test_matched"  # history's final pick and submit's default source: test_matched or oof
 
     def __post_init__(self) -> None:
-        from .folds import STRATEGIES, parse_strategy  # folds.py does not import config: no cycle
 
         problems = []
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 2:
@@ -160,12 +157,11 @@ class EnsembleConfig:
 
     def __post_init__(self) -> None:
         # Raised as ValueError so build_dataclass reports it with every other config problem.
-        from .ensemble import METHODS  # here, not at the top: ensemble.py imports this module
         from .mbr import UTILITIES
 
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"method = {self.method!r}: choose {_choices(METHODS)}")
+        if self.method not in ENSEMBLE_METHODS:
+            problems.append(f"method = {self.method!r}: choose {_choices(ENSEMBLE_METHODS)}")
         if self.utility not in UTILITIES:
             problems.append(f"utility = {self.utility!r}: choose {_choices(UTILITIES)}")
         _raise_if(problems)

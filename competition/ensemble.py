@@ -29,7 +29,6 @@ from .progress import progress as show_progress
 from .provenance import require_current, rerun_command
 from .tracking import log_ensemble
 
-METHODS = ("best", "mbr", "hill-climb")
 def ensemble_final(utilities: np.ndarray, quality: np.ndarray, weights: Sequence[float]) -> float:
     """OOF final of the MBR ensemble with `weights`; quality is (rows, members) row finals."""
     chosen = mbr_choose(utilities, weights)
@@ -205,7 +204,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
     from .data import references
     from .predictions import (load_dev, load_fold_dev, load_fold_test, load_meta, load_oof, load_test,
                               write_fold, write_source_outputs)
-    from .runner import prepare
+    from .fold_run import prepare
 
     if name not in config.ensembles:
         import difflib

@@ -1,6 +1,6 @@
 """Where (candidate, fold) jobs run: here one after another (`local`) or as Ray tasks (`ray`).
 
-A job is one fold's fit + predict through `runner.run_fold`, so both executors write the same
+A job is one fold's fit + predict through `fold_run.run_fold`, so both executors write the same
 runs/NAME/fold_K/ files; with Ray the workspace must be on a filesystem every node sees at the
 same path. Caching is decided before submission (finished folds never become jobs), so resume
 rules are the runner's. The local executor stops at the first error (as `competition run`
@@ -15,6 +15,7 @@ import sys
 from typing import Callable, Iterator, Sequence
 
 from .errors import CompetitionError
+from .fold_run import run_fold
 from .launch import launcher_of
 from .ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection, counted
 
@@ -33,7 +34,7 @@ class FoldJob:
 
     name: str
     fold: int
-    wanted: dict  # the hashes the fold's meta.json must record (runner.fold_is_current)
+    wanted: dict  # the hashes the fold's meta.json must record (provenance.fold_is_current)
     settings: dict  # candidate_settings(config, name), stored in meta.json
     num_cpus: float = 1
     num_gpus: float = 0
@@ -82,8 +83,6 @@ class LocalExecutor:
         return []
 
     def run(self, context, jobs: Sequence[FoldJob]) -> Iterator[JobResult]:
-        from .runner import run_fold
-
         for job in jobs:
             yield JobResult(job, meta=run_fold(context, job.name, job.fold, job.wanted, job.settings))
 
@@ -93,8 +92,6 @@ class LocalExecutor:
 
 def _run_fold_task(context, name: str, fold: int, wanted: dict, settings: dict) -> dict:
     """Body of a Ray task (module level so workers import it by name)."""
-    from .runner import run_fold
-
     return run_fold(context, name, fold, wanted, settings)
 
 

@@ -21,39 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .choices import parse_strategy
 from .data import rows_sha256
 from .errors import ConfigError, FoldMismatch, MissingFolds
 
-STRATEGIES = ("length", "random", "stratify:COLUMN", "group:COLUMN")
 _LENGTH_BINS = 10
-
-
-@dataclass
-class FoldPlan:
-    """A parsed strategy: kind is length, random, stratify or group; column for the last two."""
-
-    kind: str
-    column: str = ""
-
-    @property
-    def text(self) -> str:
-        return f"{self.kind}:{self.column}" if self.column else self.kind
-
-
-def parse_strategy(strategy: str) -> FoldPlan:
-    kind, _, column = strategy.partition(":")
-    if kind in ("length", "random") and not column:
-        return FoldPlan(kind)
-    if kind in ("stratify", "group") and column:
-        return FoldPlan(kind, column)
-    raise ConfigError(f"fold strategy {strategy!r} is not one of {', '.join(STRATEGIES)} "
-                      f"(e.g. group:topic); fix [cv] strategy or --strategy")
 
 
 def labelled_rows(config, data) -> pd.DataFrame:

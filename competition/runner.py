@@ -9,9 +9,7 @@ over the k fold models' outputs, or comes from a model refit on all rows ([cv] t
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import platform
 import shutil
 import sys
 import time
@@ -23,155 +21,18 @@ import pandas as pd
 
 from .config import Config
 from .errors import CudaRequired, FoldMismatch, UnknownCandidate
-from .predictions import (done_folds, fold_dir, read_meta, run_dir, write_fold, write_source_outputs)
-from .provenance import candidate_hash, candidate_seed, candidate_settings, fold_is_current, input_hashes
+from .predictions import done_folds, fold_dir, read_meta, run_dir, write_source_outputs
+from .fold_run import (RunContext, check_augmentations, fit_candidate, make_candidate, now, predict_rows, prepare,
+                       training_rows, versions)
+from .provenance import candidate_hash, candidate_settings, fold_is_current
 from .tracking import log_candidate
-
-_VERSIONED = ("competition", "numpy", "pandas", "scikit-learn", "kiwipiepy", "torch", "transformers", "peft", "trl")
 
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def versions() -> dict:
-    """Python and package versions, for meta.json."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in _VERSIONED:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-@dataclasses.dataclass
-class RunContext:
-    """Everything shared by the candidates of one run: rows, folds and their hashes."""
-
-    config: Config
-    rows: pd.DataFrame
-    fold_of: np.ndarray
-    k: int
-    test: pd.DataFrame
-    dev: pd.DataFrame | None  # None unless dev is a hold-out (not inside the folds)
-    hashes: dict
-    data_dir: str | None = None  # the --data override, passed on to launched training processes
-
-
-def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
-    """Load the data and the folds, check they match (FoldMismatch) and hash the inputs."""
-    from .data import load_from_config
-    from .folds import check_folds, labelled_rows
-
-    data = load_from_config(config, data_dir)
-    rows = labelled_rows(config, data).reset_index(drop=True)
-    folds = check_folds(config, rows)
-    fold_of = folds.set_index("fname")["fold"].loc[rows["fname"]].to_numpy()
-    k = int(folds["fold"].max()) + 1
-    empty = [fold for fold in range(k) if not (fold_of == fold).any()]
-    if empty:
-        raise FoldMismatch(f"{config.cv.folds_file}: fold(s) {', '.join(map(str, empty))} have no rows: "
-                           f"rebuild with `competition folds build --force`")
-    dev = data.dev if data.dev is not None and not config.cv.include_dev else None
-    hashes = input_hashes(config, rows, data.test, dev)
-    return RunContext(config, rows, fold_of, k, data.test, dev, hashes, None if data_dir is None else str(data_dir))
-
-
-def _augmented(context: RunContext, name: str) -> list[pd.DataFrame]:
-    """The candidate's augmentation files, read and validated."""
-    from .augment import read_augmented
-
-    return [read_augmented(context.config.resolve(path)) for path in context.config.candidate(name).augmentations]
-
-
-def check_augmentations(context: RunContext, names: Sequence[str]) -> None:
-    """Refuse (DataError) augmentation files whose fnames repeat each other's or a labelled, test or
-    dev row's, before any fold of any candidate runs: a fold's own check would let some folds train
-    before another fold meets the clash (a held-out row's fname is not among that fold's training rows)."""
-    from .augment import check_unique_fnames
-
-    reserved = {"the labelled data": context.rows["fname"], "the test data": context.test["fname"]}
-    if context.dev is not None:
-        reserved["the dev data"] = context.dev["fname"]
-    for name in names:
-        if context.config.candidate(name).augmentations:
-            check_unique_fnames(reserved, _augmented(context, name))
-
-
-def _training_rows(context: RunContext, name: str, mask: np.ndarray) -> pd.DataFrame:
-    """Rows a model of this fold learns from, plus the augmented rows it may see."""
-    train = context.rows[mask].reset_index(drop=True)
-    if not context.config.candidate(name).augmentations:
-        return train
-    from .augment import fold_training_rows
-
-    return fold_training_rows(train, _augmented(context, name))
-
-
-def _make(context: RunContext, name: str, workdir: Path):
-    from .candidates import candidate_class
-
-    candidate_config = context.config.candidate(name)
-    instance = candidate_class(candidate_config.kind)(name, candidate_config.params, workdir,
-                                                       candidate_seed(context.config, name))
-    instance.metric = context.config.metric
-    texts = [*context.rows["dialogue"], *context.rows["summary"], *context.test["dialogue"]]
-    if context.dev is not None:
-        texts += [*context.dev["dialogue"], *context.dev["summary"]]
-    instance.vocabulary_texts = texts
-    return instance
-
-
-def _predict(instance, rows: pd.DataFrame, what: str) -> tuple[pd.DataFrame, float]:
-    start = time.perf_counter()
-    summaries = list(instance.predict(rows)) if len(rows) else []
-    if len(summaries) != len(rows):
-        raise RuntimeError(f"candidate {instance.name!r} returned {len(summaries)} summaries for {len(rows)} {what} rows")
-    frame = pd.DataFrame({"fname": rows["fname"].to_numpy(), "summary": ["" if s is None else str(s) for s in summaries]})
-    return frame, time.perf_counter() - start
-
-
-def _fit(context: RunContext, name: str, instance, train: pd.DataFrame, fold: int | None) -> None:
-    """instance.fit, after training under `accelerate launch` when the candidate asks for it
-    (the fit here then finds the saved training and only loads it; see competition.launch)."""
-    from .launch import command_for, launcher_of, run_launcher
-
-    if launcher_of(instance.params) == "accelerate":
-        run_launcher(command_for(context.config, name, fold, context.data_dir), cwd=context.config.root)
-    instance.fit(train, fold)
-
-
-def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: dict) -> dict:
-    """Fit on the other folds, predict the held-out fold, test and dev; write fold_K/ (meta last)."""
-    started_at, start = _now(), time.perf_counter()
-    held_out = context.fold_of == fold
-    train = _training_rows(context, name, ~held_out)
-    instance = _make(context, name, fold_dir(context.config, name, fold) / "work")
-    fit_start = time.perf_counter()
-    _fit(context, name, instance, train, fold)
-    timings = {"fit_s": time.perf_counter() - fit_start}
-    oof, timings["predict_oof_s"] = _predict(instance, context.rows[held_out], "held-out")
-    test, timings["predict_test_s"] = _predict(instance, context.test, "test")
-    dev = None
-    if context.dev is not None:
-        dev, timings["predict_dev_s"] = _predict(instance, context.dev, "dev")
-    timings["total_s"] = time.perf_counter() - start
-    meta = {**wanted, "name": name, "kind": settings["kind"], "config": settings, "fold": fold,
-            "rows": {"train": int(len(train)), "oof": int(held_out.sum()), "test": int(len(context.test)),
-                     "dev": None if context.dev is None else int(len(context.dev))},
-            "timings": timings, "started_at": started_at, "finished_at": _now(), "versions": versions()}
-    write_fold(context.config, name, fold, oof, test, dev, meta)
-    return meta
-
-
-def _choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+def choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """MBR over the k fold models' test (and dev) outputs, row by row."""
     from .mbr import mbr_select
     from .predictions import load_fold_dev, load_fold_test
@@ -202,14 +63,14 @@ def _choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFram
 
 def _refit_outputs(context: RunContext, name: str) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """A model fit on every labelled row (fold None) predicts test and dev."""
-    instance = _make(context, name, run_dir(context.config, name) / "refit" / "work")
+    instance = make_candidate(context, name, run_dir(context.config, name) / "refit" / "work")
     start = time.perf_counter()
-    _fit(context, name, instance, _training_rows(context, name, np.ones(len(context.rows), dtype=bool)), None)
+    fit_candidate(context, name, instance, training_rows(context, name, np.ones(len(context.rows), dtype=bool)), None)
     timings = {"fit_s": time.perf_counter() - start}
-    test, timings["predict_test_s"] = _predict(instance, context.test, "test")
+    test, timings["predict_test_s"] = predict_rows(instance, context.test, "test")
     dev = None
     if context.dev is not None:
-        dev, timings["predict_dev_s"] = _predict(instance, context.dev, "dev")
+        dev, timings["predict_dev_s"] = predict_rows(instance, context.dev, "dev")
     return test, dev, {"refit_timings": timings}
 
 
@@ -274,10 +135,10 @@ def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dic
         test, dev, extra = _refit_outputs(context, name)
     else:
         scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
-        test, dev, extra = _choose_outputs(context, name, scorer)
+        test, dev, extra = choose_outputs(context, name, scorer)
     meta = {"name": name, "kind": settings["kind"], "config_hash": digest, "config": settings, "inputs": source_inputs,
             **context.hashes, "k": context.k, "test_strategy": strategy, **extra,
-            "seconds": time.perf_counter() - start, "finished_at": _now(), "versions": versions()}
+            "seconds": time.perf_counter() - start, "finished_at": now(), "versions": versions()}
     write_source_outputs(config, name, test, dev, meta)
     report["test_output"] = strategy
     log_candidate(config, name, context.data_dir)
@@ -298,7 +159,7 @@ def run_candidate(context: RunContext, name: str, folds: Sequence[int], force: b
 
 
 def _needs_cuda(context: RunContext, name: str) -> bool:
-    return _make(context, name, run_dir(context.config, name) / "fold_0" / "work").needs_cuda()
+    return make_candidate(context, name, run_dir(context.config, name) / "fold_0" / "work").needs_cuda()
 
 
 def _needs_cuda_missing(context: RunContext, name: str) -> bool:

@@ -19,7 +19,7 @@ def train_fold(config_path: str | Path, name: str, fold: int | None, data_dir: s
 
     from .config import load_config
     from .predictions import fold_dir, run_dir
-    from .runner import _make, _training_rows, prepare
+    from .fold_run import make_candidate, prepare, training_rows
 
     config = load_config(config_path)
     context = prepare(config, data_dir)
@@ -27,8 +27,8 @@ def train_fold(config_path: str | Path, name: str, fold: int | None, data_dir: s
         mask, workdir = np.ones(len(context.rows), dtype=bool), run_dir(config, name) / "refit" / "work"
     else:
         mask, workdir = context.fold_of != fold, fold_dir(config, name, fold) / "work"
-    instance = _make(context, name, workdir)
-    instance.fit(_training_rows(context, name, mask), fold)
+    instance = make_candidate(context, name, workdir)
+    instance.fit(training_rows(context, name, mask), fold)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,8 +22,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import CompetitionError
+from .fold_run import make_candidate, prepare, training_rows
 from .progress import progress as show_progress
 from .provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
+from .runner import choose_outputs
 from .search import LENGTH_KEYS, Trial, TrialStore, canonical, check_method, load_space, make_search, setting_key
 from .tracking import log_tune
 
@@ -172,7 +174,6 @@ def nested_score(choices: dict[int, Trial], fold_rows: dict[int, int]) -> float:
 def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.DataFrame]) -> dict[int, dict]:
     """Each fold's meta.json, refusing (CompetitionError) unless every fold of `name` ran on the
     current config, data and folds (`wanted`) and left its trained model: tuning only loads models."""
-    from . import runner
     from .predictions import fold_dir, read_meta
     from .training import finished_fit
 
@@ -180,7 +181,7 @@ def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.Dat
     for fold in range(context.k):
         folder = fold_dir(context.config, name, fold)
         meta = read_meta(folder / "meta.json")
-        instance = runner._make(context, name, folder / "work")
+        instance = make_candidate(context, name, folder / "work")
         trains = hasattr(instance, "trained_weights")  # qlora, seq2seq; prompt kinds only load a model
         if meta is None or not (folder / "oof.csv").exists():
             problem = "has not run"
@@ -210,7 +211,6 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
                    subsample: int = 200, confirm: int = 3, seed: int = 42, data_dir=None, restart: bool = False,
                    progress: bool = True, echo: Callable[[str], None] = print) -> TuneResult:
     """Search generation settings of a trained candidate by OOF final; write NAME@tuned."""
-    from . import runner
     from .data import references
     from .metric import get_scorer
     from .predictions import fold_dir, run_dir
@@ -222,9 +222,9 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
                                "tune a qlora, seq2seq or prompt candidate")
     space = load_space(space_path, base_params)
     check_method(method)  # a missing optuna fails before the data and models load
-    context = runner.prepare(config, data_dir)
+    context = prepare(config, data_dir)
     base_hash = candidate_hash(context.config, name)[0]
-    train_rows = {fold: runner._training_rows(context, name, context.fold_of != fold) for fold in range(context.k)}
+    train_rows = {fold: training_rows(context, name, context.fold_of != fold) for fold in range(context.k)}
     metas = check_trained(context, name, {"config_hash": base_hash, **context.hashes}, train_rows)
     store = TrialStore(run_dir(config, name + TUNED_SUFFIX) / "trials.jsonl", {
         "candidate": name, "config_hash": base_hash, **context.hashes, "k": context.k,
@@ -245,7 +245,7 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
         folds.append(FoldModel(fold, None, base_params, context.rows[context.fold_of == fold].reset_index(drop=True),
                                targets, count_tokens))
     # Only prediction: a candidate loads the trained model `check_trained` found; fit is never called.
-    models = FoldModels(folds, lambda fold: runner._make(context, name, fold_dir(config, name, fold) / "work"))
+    models = FoldModels(folds, lambda fold: make_candidate(context, name, fold_dir(config, name, fold) / "work"))
 
     rng = np.random.default_rng(seed)
     sub_positions = {m.fold: np.sort(rng.permutation(len(m.rows))[: max(1, subsample // context.k)]) for m in folds}
@@ -326,7 +326,6 @@ def write_tuned(context, name: str, best: Trial, models: FoldModels, oof: dict[i
     over folds. Everything is generated first; then the old metas go (so a kill never leaves the
     new setting's folds beside an old meta that cv, ensemble and submit accept), the folds are
     written (meta last in each) and the top-level meta last."""
-    from . import runner
     from .config import config_hash
     from .predictions import run_dir, write_fold, write_source_outputs
 
@@ -358,5 +357,5 @@ def write_tuned(context, name: str, best: Trial, models: FoldModels, oof: dict[i
     for fold, split in sorted(outputs.items()):
         write_fold(config, tuned, fold, split["oof"], split["test"], split["dev"],
                    {**about, "length_budgets": models.folds[fold].length_budgets(best.setting)})
-    test, dev, chosen = runner._choose_outputs(context, tuned, scorer)
+    test, dev, chosen = choose_outputs(context, tuned, scorer)
     write_source_outputs(config, tuned, test, dev, {**about, "k": context.k, **chosen})

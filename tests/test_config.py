@@ -205,7 +205,7 @@ def test_malformed_sections_reach_the_cli_as_one_line(cli, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["bogus", "length:topic", "group:", "stratify", "random:x"])
 def test_bad_fold_strategy_is_refused_at_load(tmp_path, strategy):
-    from competition.folds import STRATEGIES
+    from competition.choices import STRATEGIES
 
     message = config_error(tmp_path, f'[cv]\nstrategy = "{strategy}"\n')
     assert f"[cv] strategy = {strategy!r}: choose " in message

@@ -194,7 +194,7 @@ MEMBERS = {
 def _write_member(config, name: str, rows: pd.DataFrame, fold_of: dict, test: pd.DataFrame,
                   dev: pd.DataFrame | None, summarise) -> None:
     from competition.predictions import write_fold, write_source_outputs
-    from competition.runner import prepare
+    from competition.fold_run import prepare
 
     def predict(frame):
         return pd.DataFrame({"fname": frame["fname"], "summary": [summarise(r) for _, r in frame.iterrows()]})

@@ -161,7 +161,8 @@ class KillsItsWorker:
 def test_killed_worker_is_reported_and_rerun_runs_only_that_fold(ray_cluster, cli, tmp_path, korean_rows):
     from competition.config import load_config
     from competition.executors import RayExecutor, jobs_for, run_jobs
-    from competition.runner import finish_candidate, plan_candidate, prepare
+    from competition.fold_run import prepare
+    from competition.runner import finish_candidate, plan_candidate
 
     root = workspace(tmp_path, korean_rows, "unused", cli)
     context = prepare(load_config(root / "competition.toml"))

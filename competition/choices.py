@@ -1,0 +1,33 @@
+"""The names a setting may take, for the stages that act on them and for config.py, which checks
+them at load: a leaf (errors only), so checking a value never imports the stage itself."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+STRATEGIES = ("length", "random", "stratify:COLUMN", "group:COLUMN")  # [cv] strategy (folds.py)
+ENSEMBLE_METHODS = ("best", "mbr", "hill-climb")  # [ensembles.NAME] method (ensemble.py)
+PICK_BY = ("test_matched", "oof")  # [cv] pick_by: the test-matched final or the plain OOF final
+
+
+@dataclass
+class FoldPlan:
+    """A parsed strategy: kind is length, random, stratify or group; column for the last two."""
+
+    kind: str
+    column: str = ""
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind}:{self.column}" if self.column else self.kind
+
+
+def parse_strategy(strategy: str) -> FoldPlan:
+    kind, _, column = strategy.partition(":")
+    if kind in ("length", "random") and not column:
+        return FoldPlan(kind)
+    if kind in ("stratify", "group") and column:
+        return FoldPlan(kind, column)
+    raise ConfigError(f"fold strategy {strategy!r} is not one of {', '.join(STRATEGIES)} "
+                      f"(e.g. group:topic); fix [cv] strategy or --strategy")
