@@ -148,15 +148,20 @@ def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: 
     fit_start = time.perf_counter()
     fit_candidate(context, name, instance, train, fold)
     timings = {"fit_s": time.perf_counter() - fit_start}
+    reports = {}
     oof, timings["predict_oof_s"] = predict_rows(instance, context.rows[held_out], "held-out")
+    reports["oof"] = dict(instance.report)
     test, timings["predict_test_s"] = predict_rows(instance, context.test, "test")
+    reports["test"] = dict(instance.report)
     dev = None
     if context.dev is not None:
         dev, timings["predict_dev_s"] = predict_rows(instance, context.dev, "dev")
+        reports["dev"] = dict(instance.report)
     timings["total_s"] = time.perf_counter() - start
     meta = {**wanted, "name": name, "kind": settings["kind"], "config": settings, "fold": fold,
             "rows": {"train": int(len(train)), "oof": int(held_out.sum()), "test": int(len(context.test)),
                      "dev": None if context.dev is None else int(len(context.dev))},
+            "reports": {split: report for split, report in reports.items() if report},
             "timings": timings, "started_at": started_at, "finished_at": now(), "versions": versions()}
     write_fold(context.config, name, fold, oof, test, dev, meta)
     return meta

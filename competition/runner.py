@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .candidates import candidate_class
 from .config import Config
 from .errors import CudaRequired, FoldMismatch, UnknownCandidate
 from .predictions import done_folds, fold_dir, read_meta, run_dir, write_source_outputs
@@ -90,13 +91,16 @@ def plan_candidate(context: RunContext, name: str, folds: Sequence[int], force: 
     wanted = {"config_hash": digest, **context.hashes}
     _drop_extra_folds(context, name, echo)
     to_run, skipped = [], []
+    kind = candidate_class(config.candidate(name).kind)
     for fold in folds:
         meta = read_meta(fold_dir(config, name, fold) / "meta.json")
-        if not force and fold_is_current(meta, wanted) and (fold_dir(config, name, fold) / "oof.csv").exists():
+        retry = kind.retry_reason((meta or {}).get("reports") or {})
+        if not force and not retry and fold_is_current(meta, wanted) and (fold_dir(config, name, fold) / "oof.csv").exists():
             skipped.append(fold)
             continue
         if meta is not None and not force:
-            echo(f"{name}: fold {fold} is stale (config, data or folds changed): re-running")
+            echo(f"{name}: fold {fold}: {retry}" if retry and fold_is_current(meta, wanted) else
+                 f"{name}: fold {fold} is stale (config, data or folds changed): re-running")
         to_run.append(fold)
     return wanted, settings, to_run, skipped
 

@@ -168,3 +168,16 @@ def test_empty_rows_are_reported_by_competition_run(cli, korean_workspace, stub)
     assert "remote: 4 of 4 rows empty: lead fallback used" in result.stderr
     assert not list(korean_workspace.rglob("api_cache.jsonl")) or all(
         path.read_text() == "" for path in korean_workspace.rglob("api_cache.jsonl"))
+    # The count is in each fold's meta.json, and a plain re-run (no --force) asks again once the
+    # server answers (before, the folds counted as done and the lead fallbacks stayed for good).
+    meta = json.loads((korean_workspace / "runs" / "remote" / "fold_0" / "meta.json").read_text(encoding="utf-8"))
+    assert [meta["reports"][split]["empty_to_lead"] for split in ("oof", "test", "dev")] == [6, 4, 4]
+    server.default = "ok"
+    again = cli(["run", "remote"], cwd=korean_workspace)
+    assert again.exit_code == 0, again.output
+    assert "remote: fold 0: 14 row(s) were answered empty (lead fallback): asking again" in again.stderr  # 6 + 4 + 4
+    meta = json.loads((korean_workspace / "runs" / "remote" / "fold_0" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["reports"]["oof"]["empty_to_lead"] == 0
+    asked = len(server.seen)
+    third = cli(["run", "remote"], cwd=korean_workspace)
+    assert "asking again" not in third.stderr and len(server.seen) == asked  # every answer cached: nothing sent

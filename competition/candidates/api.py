@@ -35,9 +35,11 @@ class Params(Endpoint):
 class ApiCandidate(Candidate):
     kind = "api"
 
-    def __init__(self, name, params, workdir, seed=42):
-        super().__init__(name, params, workdir, seed)
-        self.report: dict = {}
+    @classmethod
+    def retry_reason(cls, reports: dict) -> str | None:
+        """Rows the endpoint answered empty were never cached: the next run asks for them again."""
+        empty = sum(int((report or {}).get("empty_to_lead", 0)) for report in reports.values())
+        return f"{empty} row(s) were answered empty (lead fallback): asking again" if empty else None
 
     @property
     def cache_path(self):

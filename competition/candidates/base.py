@@ -28,6 +28,8 @@ class Candidate(ABC):
         # Texts of every split of the workspace (labelled, test, dev), set by the runner: a kind that
         # grows its vocabulary (seq2seq's #Tag# tokens) must know the tags test rows will bring.
         self.vocabulary_texts: list[str] = []
+        # What the last predict did (fallbacks, truncations): recorded per split in the fold's meta.json.
+        self.report: dict = {}
 
     @abstractmethod
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
@@ -36,6 +38,12 @@ class Candidate(ABC):
     @abstractmethod
     def predict(self, rows: pd.DataFrame) -> list[str]:
         """One summary per row of `rows` (fname, dialogue, ...), in order."""
+
+    @classmethod
+    def retry_reason(cls, reports: dict) -> str | None:
+        """Why a finished fold must predict again although nothing changed (e.g. answers an endpoint
+        left empty), from the reports its meta.json recorded; None keeps it."""
+        return None
 
     def training_inputs(self) -> dict:
         """What a trained model depends on beyond its params and rows (e.g. added tokens); part of
