@@ -54,6 +54,7 @@ class RunContext:
     dev: pd.DataFrame | None  # None unless dev is a hold-out (not inside the folds)
     hashes: dict
     data_dir: str | None = None  # the --data override, passed on to launched training processes
+    refresh: bool = False  # `run --refresh`: candidates re-send what they cached from an endpoint
 
 
 def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
@@ -117,6 +118,7 @@ def make_candidate(context: RunContext, name: str, workdir: Path):
     if context.dev is not None:
         texts += [*context.dev["dialogue"], *context.dev["summary"]]
     instance.vocabulary_texts = texts
+    instance.refresh = context.refresh
     return instance
 
 

@@ -193,23 +193,25 @@ def resolve_names(config: Config, names: Sequence[str] | None) -> list[str]:
 def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Sequence[int] | None = None,
                    force: bool = False, data_dir: str | Path | None = None, require_all: bool = False,
                    progress: bool = True, echo: Callable[[str], None] = _stderr, executor: str = "local",
-                   ray_address: str | None = None) -> dict:
+                   ray_address: str | None = None, refresh: bool = False) -> dict:
     """Run candidates (default: every enabled one) on the selected folds (default: all).
 
     Returns {name: {"kind", "config_hash", "ran", "skipped", "folds_done", "k", "complete",
     "test_output", "failed" (ray only: {fold: error})}} or {"skipped": "needs CUDA"} for a
     CUDA-only candidate on a CPU machine (CudaRequired instead with require_all).
     executor "ray" runs every (candidate, fold) as one Ray task (see competition.executors).
+    `refresh` re-runs the folds (as force) with endpoint answers asked again, not read from cache.
     """
+    force = force or refresh
     if executor != "local" or ray_address:
         import contextlib
 
         # Ray's driver prints worker and raylet messages on stdout; keep stdout for results (--json).
         with contextlib.redirect_stdout(sys.stderr):
             return _run_distributed(config, names, folds, force, data_dir, require_all, progress, echo,
-                                    executor, ray_address)
+                                    executor, ray_address, refresh)
     names = resolve_names(config, names)
-    context = prepare(config, data_dir)
+    context = dataclasses.replace(prepare(config, data_dir), refresh=refresh)
     selected = _selected_folds(context, folds)
     check_augmentations(context, names)
     echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows, "
@@ -242,14 +244,14 @@ def _selected_folds(context: RunContext, folds: Sequence[int] | None) -> list[in
 
 
 def _run_distributed(config: Config, names, folds, force, data_dir, require_all, progress, echo,
-                     executor_name: str, ray_address: str | None) -> dict:
+                     executor_name: str, ray_address: str | None, refresh: bool = False) -> dict:
     """Plan every candidate's pending folds, run them all at once on the executor, then finish each."""
     from .executors import jobs_for, make_executor, run_jobs
 
     names = resolve_names(config, names)
     executor = make_executor(executor_name, ray_address)
     try:
-        context = prepare(config, data_dir)
+        context = dataclasses.replace(prepare(config, data_dir), refresh=refresh)
         selected = _selected_folds(context, folds)
         check_augmentations(context, names)
         echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows "

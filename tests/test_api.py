@@ -181,3 +181,5 @@ def test_empty_rows_are_reported_by_competition_run(cli, korean_workspace, stub)
     asked = len(server.seen)
     third = cli(["run", "remote"], cwd=korean_workspace)
     assert "asking again" not in third.stderr and len(server.seen) == asked  # every answer cached: nothing sent
+    refreshed = cli(["run", "remote", "--refresh"], cwd=korean_workspace)  # on purpose: every row sent again
+    assert refreshed.exit_code == 0 and len(server.seen) == asked + 2 * (6 + 4 + 4)

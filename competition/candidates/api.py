@@ -68,7 +68,7 @@ class ApiCandidate(Candidate):
     def client(self):
         from ..chat import ChatClient
 
-        return ChatClient(self.params, self.cache_path, label=self.name)  # Params is an Endpoint
+        return ChatClient(self.params, self.cache_path, label=self.name, refresh=self.refresh)  # Params is an Endpoint
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
         from ..generation import lead_fallback

@@ -30,6 +30,7 @@ class Candidate(ABC):
         self.vocabulary_texts: list[str] = []
         # What the last predict did (fallbacks, truncations): recorded per split in the fold's meta.json.
         self.report: dict = {}
+        self.refresh = False  # set by `run --refresh`: ask again what a cache of answers holds (api)
 
     @abstractmethod
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:

@@ -24,6 +24,9 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @click.argument("names", nargs=-1)
 @click.option("--folds", "folds_text", default=None, help="Only these folds, e.g. 0,2 (default: all).")
 @click.option("--force", is_flag=True, help="Re-run folds even when their stored predictions are current.")
+@click.option("--refresh", is_flag=True,
+              help="Re-run the folds (as --force) asking an endpoint (api kind) again for every row it answered "
+                   "before, instead of reading its cache.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the competition files (default: [data] dir).")
 @click.option("--require-all", is_flag=True, help="Fail instead of skipping a CUDA-only candidate on a CPU machine.")
@@ -39,7 +42,7 @@ def _parse_folds(text: str | None) -> list[int] | None:
                    "that an error names).")
 @json_option
 @with_config
-def run_command(config, names, folds_text, force, data_dir, require_all, executor, ray_address, ray_timeout,
+def run_command(config, names, folds_text, force, refresh, data_dir, require_all, executor, ray_address, ray_timeout,
                 verbose, as_json) -> None:
     """Fit each candidate per fold and write runs/NAME/fold_K/{oof,test,dev}.csv + meta.json.
 
@@ -72,7 +75,8 @@ def run_command(config, names, folds_text, force, data_dir, require_all, executo
             cluster = connection.cluster
             click.echo(cluster.describe(), err=True)
         results = run_candidates(config, list(names) or None, folds=folds, force=force, data_dir=data_dir,
-                                 require_all=require_all, executor=executor, ray_address=ray_address)
+                                 require_all=require_all, executor=executor, ray_address=ray_address,
+                                 refresh=refresh)
     if cluster is not None:
         for report in results.values():
             report["cluster"] = cluster.as_json()
