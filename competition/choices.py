@@ -9,6 +9,12 @@ from .errors import ConfigError
 STRATEGIES = ("length", "random", "stratify:COLUMN", "group:COLUMN")  # [cv] strategy (folds.py)
 ENSEMBLE_METHODS = ("best", "mbr", "hill-climb")  # [ensembles.NAME] method (ensemble.py)
 PICK_BY = ("test_matched", "oof")  # [cv] pick_by: the test-matched final or the plain OOF final
+CONVENTIONS = ("official", "rouge-score")  # [metric] convention (metric.py)
+MULTI_REF_RULES = ("mean", "max")  # [metric] multi_ref (metric.py)
+EXECUTORS = ("local", "ray")  # run --executor (executors.py)
+HISTORY_SORT_KEYS = ("id", "cv", "public", "private")  # history --sort (history.py)
+SEARCH_METHODS = ("grid", "tpe")  # tune --method (search.py)
+AUGMENTATIONS = ("speaker-swap", "paraphrase", "synthetic")  # augment METHOD (augment.py)
 
 
 @dataclass

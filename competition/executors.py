@@ -14,6 +14,7 @@ import dataclasses
 import sys
 from typing import Callable, Iterator, Sequence
 
+from .choices import EXECUTORS
 from .errors import CompetitionError
 from .fold_run import run_fold
 from .launch import launcher_of
@@ -21,7 +22,6 @@ from .ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection, counted
 
 # Kinds that run a neural model here; they ask Ray for a GPU when they will use CUDA.
 _MODEL_KINDS = {"qlora", "seq2seq", "prompt"}
-EXECUTORS = ("local", "ray")
 
 
 class ExecutorError(CompetitionError):

@@ -16,10 +16,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .choices import HISTORY_SORT_KEYS
 from .config import Config
 from .errors import SubmissionError
 
-SORT_KEYS = ("id", "cv", "public", "private")
+SORT_KEYS = HISTORY_SORT_KEYS
 # Used for "CV agrees" when the best-CV submission has no 95% interval in the log.
 DEFAULT_CV_TOLERANCE = 1.0
 # Fewer points than this and a correlation says nothing.

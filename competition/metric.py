@@ -21,13 +21,12 @@ import numpy as np
 from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cpdist
 
+from .choices import CONVENTIONS, MULTI_REF_RULES
 from .errors import ConfigError
 from .tokenizers import Tokenizer, get_tokenizer, tokenize
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 STATS = ("precision", "recall", "f1")
-CONVENTIONS = ("official", "rouge-score")
-MULTI_REF_RULES = ("mean", "max")
 # Sentence pairs whose LCS words are remembered (MBR and CV compare the same outputs again).
 _LCS_CACHE_LIMIT = 1_000_000
 

@@ -80,3 +80,25 @@ def test_no_import_cycles_and_no_private_imports():
     assert len(graph) > 30 and graph["competition.runner"]  # the walk found the package
     assert cycles(graph) == []
     assert private == []
+
+
+def test_cli_choices_come_from_the_registries():
+    """The CLI's fixed choices are the registries' names (one list each, in choices.py), and the
+    stages' own tables hold exactly those names."""
+    import click
+
+    from competition import choices
+    from competition.cli import main
+    from competition.search import SEARCHES
+
+    def option(command, name):
+        return next(p for p in command.params if p.name == name)
+
+    commands = main.commands
+    expected = {("score", "convention"): choices.CONVENTIONS, ("score", "multi_ref"): choices.MULTI_REF_RULES,
+                ("run", "executor"): choices.EXECUTORS, ("history", "sort_key"): choices.HISTORY_SORT_KEYS,
+                ("tune", "method"): choices.SEARCH_METHODS, ("augment", "method"): choices.AUGMENTATIONS}
+    for (command, name), names in expected.items():
+        param = option(commands[command], name)
+        assert isinstance(param.type, click.Choice) and tuple(param.type.choices) == names, (command, name)
+    assert tuple(SEARCHES) == choices.SEARCH_METHODS

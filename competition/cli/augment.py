@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from .. import augment as aug
+from ..choices import AUGMENTATIONS
 from ..chat import Endpoint
 from ..data import load_from_config
 from ..errors import CompetitionError
@@ -16,7 +17,7 @@ _ENDPOINT = Endpoint()  # the defaults the api kind has too
 
 
 @click.command("augment")
-@click.argument("method", type=click.Choice(["speaker-swap", "paraphrase", "synthetic"]))
+@click.argument("method", type=click.Choice(AUGMENTATIONS))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Output CSV (default: data/augmented/METHOD.csv); its stem names the new rows (SOURCE__STEM).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None, help="Competition data folder.")

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..choices import EXECUTORS
 from ..executors import ExecutorError
 from ..ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection
 from .common import json_option, print_json, table, with_config
@@ -30,7 +31,7 @@ def _parse_folds(text: str | None) -> list[int] | None:
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the competition files (default: [data] dir).")
 @click.option("--require-all", is_flag=True, help="Fail instead of skipping a CUDA-only candidate on a CPU machine.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
               help="local: folds one after another here; ray: each (candidate, fold) is a Ray task.")
 @click.option("--ray-address", default=None,
               help="With --executor ray: join 'auto' (the cluster `ray start` runs on this node) or HOST:PORT "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..choices import CONVENTIONS, MULTI_REF_RULES
 from ..scoring import score_files
 from .common import json_option, print_json, table, with_config
 
@@ -12,9 +13,9 @@ from .common import json_option, print_json, table, with_config
 @click.option("--refs", "references", required=True, type=click.Path(dir_okay=False),
               help="CSV or JSONL with fname and summary (or summary1..N) columns.")
 @click.option("--tokenizer", default=None, help="kiwi, whitespace or english (default: [metric] tokenizer).")
-@click.option("--convention", type=click.Choice(["official", "rouge-score"]), default=None,
+@click.option("--convention", type=click.Choice(CONVENTIONS), default=None,
               help="official = rouge 1.0.1 as the organisers run it; rouge-score = Google's semantics.")
-@click.option("--multi-ref", type=click.Choice(["mean", "max"]), default=None,
+@click.option("--multi-ref", type=click.Choice(MULTI_REF_RULES), default=None,
               help="How several references per row combine (default: [metric] multi_ref, mean).")
 @click.option("--by", "by_column", default=None, help="Break the score down by a reference column, e.g. topic.")
 @click.option("--strict", is_flag=True, help="Refuse empty (or NaN) predictions instead of scoring them as 0.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..choices import HISTORY_SORT_KEYS
 from .common import json_option, png_option, print_json, table, with_config
 
 
@@ -98,7 +99,7 @@ def _correlation_line(name: str, result: dict) -> str:
 
 
 @click.command("history")
-@click.option("--sort", "sort_key", type=click.Choice(["id", "cv", "public", "private"]), default="id",
+@click.option("--sort", "sort_key", type=click.Choice(HISTORY_SORT_KEYS), default="id",
               help="Order: id (oldest first) or best first by cv, public or private.")
 @png_option("Also write a PNG: CV vs leaderboard scatter and scores over time.")
 @click.option("--cv-tolerance", type=float, default=1.0, show_default=True,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..choices import SEARCH_METHODS
 from ..tune import TPE_NESTED_NOTE, TUNED_SUFFIX, tune_candidate
 from .common import json_option, print_json, table, with_config
 
@@ -14,7 +15,7 @@ from .common import json_option, print_json, table, with_config
 @click.option("--space", "space_path", type=click.Path(dir_okay=False), default=None,
               help="TOML/JSON file {parameter: [values]}; default: beams, length_penalty, no_repeat_ngram_size, "
                    "repetition_penalty, min_new_tokens, fixed vs dynamic length with length_scale.")
-@click.option("--method", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True,
+@click.option("--method", type=click.Choice(SEARCH_METHODS), default="grid", show_default=True,
               help="grid (shuffled when larger than --trials; nested score strictly nested) or optuna's TPE "
                    "(pip install 'competition[tune]'; nested score optimistic).")
 @click.option("--subsample", default=200, show_default=True, type=click.IntRange(min=1),
