@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .candidates.parts import Launch
 from .errors import CompetitionError, ConfigError
 
-LAUNCHERS = ("none", "accelerate")
 # Where a launched rank writes the one line of a user mistake (set by run_launcher, read by train_fold).
 ERROR_FILE_VARIABLE = "COMPETITION_ERROR_FILE"
 # What a scheduler or an outer torchrun leaves in the environment: a launched process inheriting them
@@ -65,11 +65,9 @@ def accelerate_command(config_path: str | Path, candidate: str, fold: int | None
 
 
 def launcher_of(params) -> str:
-    """The candidate's launcher ("none" for kinds without the option)."""
-    launcher = getattr(params, "launcher", "none") or "none"
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"launcher = {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
-    return launcher
+    """The candidate's launcher: "none" for kinds without the Launch part (the value was checked
+    when the config was loaded)."""
+    return params.launcher if isinstance(params, Launch) else "none"
 
 
 def command_for(config, name: str, fold: int | None, data_dir: str | Path | None = None) -> list[str]:
@@ -78,14 +76,14 @@ def command_for(config, name: str, fold: int | None, data_dir: str | Path | None
     if config.path is None:
         raise ConfigError(f"candidate {name!r}: launcher = \"accelerate\" needs a competition.toml on disk "
                           "(the launched processes read it): save the config to a file")
-    accelerate_config = getattr(params, "accelerate_config", "") or None
+    accelerate_config = params.accelerate_config or None
     if accelerate_config:
         resolved = config.resolve(accelerate_config)
         if not resolved.exists():
             raise ConfigError(f"candidate {name!r}: accelerate_config = {accelerate_config!r}: {resolved} not found: "
                               "write one with `accelerate config --config_file PATH` or leave it empty for DDP")
         accelerate_config = resolved
-    num_processes = int(getattr(params, "num_processes", 1))
+    num_processes = params.num_processes
     # Several folds may train on one node at once (--executor ray): each needs its own rendezvous port.
     port = free_port() if num_processes > 1 else None
     return accelerate_command(config.path, name, fold, num_processes, accelerate_config, data_dir=data_dir,

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .candidates.parts import Generation, Placement, field_names
 from .errors import ConfigError
 
 # Params that do not change training (generation, where a job runs): editing them keeps the trained weights.
-NOT_TRAINING = {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size",
-                "length_penalty", "repetition_penalty", "do_sample", "temperature", "top_p", "require_cuda", "device",
-                "num_cpus"}
+NOT_TRAINING = field_names(Generation, Placement)
 REPORT_FILE = "train.json"
 
 
@@ -52,6 +51,22 @@ def finished_fit(candidate, train_rows: pd.DataFrame) -> tuple[str, dict | None]
     `trained_weights()`) on `train_rows`: train.json is None when it has to train again."""
     fingerprint = training_fingerprint(candidate.params, train_rows, candidate.training_inputs())
     return fingerprint, finished_training(candidate.workdir, candidate.trained_weights(), fingerprint)
+
+
+def training_arguments(args_class: type, params, workdir: Path, seed: int, device: str, **kind_arguments):
+    """The one builder of a kind's TrainingArguments (trl's SFTConfig, Seq2SeqTrainingArguments, ...):
+    the Trainer part's settings, checkpoints under workdir/checkpoints (the last two kept for
+    resuming), bf16 on CUDA, plus the kind's own `kind_arguments`."""
+    common = dict(
+        output_dir=str(Path(workdir) / "checkpoints"), per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
+        num_train_epochs=params.epochs, max_steps=params.max_steps, warmup_steps=params.warmup,
+        lr_scheduler_type=params.lr_scheduler, logging_steps=params.logging_steps, save_steps=params.save_steps,
+        save_total_limit=2, seed=seed, data_seed=seed, bf16=device == "cuda", use_cpu=device == "cpu",
+        activation_checkpointing=params.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+        report_to="none", dataloader_pin_memory=device == "cuda")
+    return args_class(**{**common, **kind_arguments})
 
 
 def check_not_a_stray_rank() -> None:

@@ -11,58 +11,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
 from .base import Candidate
+from .parts import QUANTIZATIONS, Generation, Model, Placement, Prompt, choice_problem
 
 
 @dataclass
-class Params:
+class Params(Model, Placement, Prompt, Generation):
+    """An untrained causal LM: model, placement, prompt and generation parts, plus its loading."""
+
     model: str = "Qwen/Qwen3-0.6B"  # local model folder (config.json + safetensors) or hub id
     quantization: str = "4bit"  # 4bit (NF4, double quant) | 8bit | none
-    trust_remote_code: bool = False  # run Python shipped with the model: only for models you trust
-    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
-    require_cuda: bool = False  # true: `run`/`make submit` skip this candidate on machines without CUDA
     max_length: int = 4096  # prompt + summary tokens; longer dialogues are cut in the middle
-    system_prompt: str = DEFAULT_SYSTEM  # system message ("" = none)
-    instruction: str = DEFAULT_INSTRUCTION  # instruction written before the dialogue
-    include_topic: bool = False  # add the row's topic to the prompt (when the data has one)
-    truncation_marker: str = DEFAULT_MARKER  # replaces the cut middle of an over-long dialogue
-    few_shot: int = 0  # examples per prompt, nearest training dialogues (training folds only)
-    eval_batch_size: int = 8  # rows per generation batch (sorted by length)
-    num_beams: int = 1  # beam search width (1 = greedy)
-    max_new_tokens: int = 160  # summary length cap in tokens; a cut last sentence is dropped
-    min_new_tokens: int = 0  # shortest summary in tokens (0 = no floor); `competition tune` searches it
-    no_repeat_ngram_size: int = 0  # forbid repeated n-grams of this size (0 = off)
-    length_penalty: float = 1.0  # beam search: >1 favours longer summaries
-    repetition_penalty: float = 1.0  # >1 discourages repeating tokens
-    do_sample: bool = False  # sampling instead of greedy/beam (non-deterministic)
-    temperature: float = 0.7  # sampling only
-    top_p: float = 0.9  # sampling only
-    num_cpus: float = 1.0  # --executor ray: CPUs each fold's task asks for (Ray gives torch that many threads)
 
-    def __post_init__(self):
-        check_choice("quantization", self.quantization, ("4bit", "8bit", "none"))
-        check_choice("device", self.device, ("auto", "cuda", "cpu"))
-        check_generation(self)
+    def check(self) -> list[str]:
+        problems = choice_problem("quantization", self.quantization, QUANTIZATIONS)
         if self.max_new_tokens >= self.max_length:
-            raise ValueError(f"max_new_tokens = {self.max_new_tokens} leaves no room for the prompt in "
-                             f"max_length = {self.max_length}")
-        if self.few_shot < 0:
-            raise ValueError(f"few_shot = {self.few_shot} should be 0 or more")
-
-
-def check_choice(key: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{key} = {value!r} should be one of {', '.join(choices)}")
-
-
-def check_generation(params) -> None:
-    """Generation settings every generating kind shares; a ValueError becomes a config problem."""
-    for key in ("num_beams", "max_new_tokens", "eval_batch_size"):
-        if getattr(params, key) < 1:
-            raise ValueError(f"{key} = {getattr(params, key)} should be 1 or more")
-    if params.num_cpus <= 0:
-        raise ValueError(f"num_cpus = {params.num_cpus} should be more than 0")
+            problems.append(f"max_new_tokens = {self.max_new_tokens} leaves no room for the prompt in "
+                            f"max_length = {self.max_length}")
+        return problems
 
 
 class PromptCandidate(Candidate):

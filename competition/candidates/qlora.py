@@ -13,33 +13,18 @@ from pathlib import Path
 import pandas as pd
 
 from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training, trainer_report,
-                        trainer_state_step)
+                        trainer_state_step, training_arguments)
 from . import prompt
+from .parts import Launch, LoRA, Trainer
 from .prompt import PromptCandidate
 
 
 @dataclass
-class Params(prompt.Params):
-    lora_r: int = 16  # LoRA rank
-    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
-    lora_dropout: float = 0.05  # dropout on the LoRA branch
-    target_modules: str | list[str] = "all-linear"  # "all-linear" or module names like ["q_proj", "v_proj"]
-    gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
+class Params(prompt.Params, LoRA, Trainer, Launch):
+    """The prompt kind's parts plus LoRA, trainer and launcher parts."""
+
     prepare_kbit: bool = True  # 4bit/8bit: peft's prepare_model_for_kbit_training (fp32 norms, input grads); false saves memory
-    batch_size: int = 1  # rows per device step
-    grad_accumulation: int = 8  # steps per optimizer update (effective batch = batch_size x this)
-    learning_rate: float = 2e-4  # peak learning rate
-    epochs: float = 1.0  # passes over the training rows
-    max_steps: int = -1  # >0: stop after this many optimizer updates (overrides epochs)
-    warmup: float = 0.03  # warmup: fraction of the updates (<1) or a number of updates (>=1)
-    lr_scheduler: str = "cosine"  # transformers scheduler name
-    group_by_length: bool = True  # batch rows of similar length together (less padding)
     packing: bool = False  # pack several rows per sequence (needs flash attention to keep rows apart)
-    save_steps: int = 100  # checkpoint every N updates; a killed run resumes from the last one
-    logging_steps: int = 10  # log the loss every N updates
-    launcher: str = "none"  # "accelerate": train under `accelerate launch` (all GPUs of a machine; see README)
-    num_processes: int = 1  # launcher = "accelerate": processes (= GPUs) for this fold's training
-    accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
 
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -111,17 +96,10 @@ class QLoRACandidate(PromptCandidate):
             raise DataError(f"{self.name}: every training row is longer than max_length={params.max_length}: "
                             "raise max_length in competition.toml")
 
-        config = SFTConfig(
-            output_dir=str(self.workdir / "checkpoints"), per_device_train_batch_size=params.batch_size,
-            gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
-            num_train_epochs=params.epochs, max_steps=params.max_steps, warmup_steps=params.warmup,
-            lr_scheduler_type=params.lr_scheduler, logging_steps=params.logging_steps, save_steps=params.save_steps,
-            save_total_limit=2, seed=self.seed, data_seed=self.seed, bf16=device == "cuda", use_cpu=device == "cpu",
-            activation_checkpointing=params.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False},
-            train_sampling_strategy="group_by_length" if params.group_by_length else "random",
-            max_length=params.max_length, packing=params.packing, completion_only_loss=True,
-            report_to="none", dataloader_pin_memory=device == "cuda", disable_tqdm=False)
+        config = training_arguments(
+            SFTConfig, params, self.workdir, self.seed, device,
+            activation_checkpointing_kwargs={"use_reentrant": False}, max_length=params.max_length,
+            packing=params.packing, completion_only_loss=True, disable_tqdm=False)
         last = checkpoint_to_resume(config, fingerprint)
         set_seed(self.seed)  # LoRA's A matrices are drawn when the adapter is built, before the trainer seeds
         model = lora_model(load_causal_lm(params, device), params)

@@ -15,61 +15,42 @@ import pandas as pd
 
 from ..prompts import DEFAULT_MARKER
 from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
-                        trainer_report, trainer_state_step)
+                        trainer_report, trainer_state_step, training_arguments)
 from .base import Candidate
-from .prompt import check_choice, check_generation
+from .parts import Generation, Launch, LoRA, Model, Placement, Trainer
 
 _TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
 MODEL_WEIGHTS = "model.safetensors"
 
 
 @dataclass
-class Params:
+class Params(Model, Placement, LoRA, Trainer, Launch, Generation):
+    """An encoder-decoder: the shared parts (LoRA used with use_lora only) and its inputs; the
+    trainer and generation defaults below are the seq2seq ones (full fine-tune, beam search)."""
+
     model: str = "paust/pko-t5-large"  # local model folder (config.json + safetensors) or hub id
-    trust_remote_code: bool = False  # run Python shipped with the model: only for models you trust
-    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
-    require_cuda: bool = False  # true: `run`/`make submit` skip this candidate on machines without CUDA
     use_lora: bool = False  # false: full fine-tune (the seed's winner); true: LoRA, merged when saved
-    lora_r: int = 16  # LoRA rank (use_lora only)
-    lora_alpha: int = 32  # LoRA scale numerator (use_lora only)
-    lora_dropout: float = 0.05  # LoRA dropout (use_lora only)
-    target_modules: str | list[str] = "all-linear"  # LoRA targets (use_lora only)
     source_prefix: str = ""  # text put before every dialogue (e.g. "summarize: " for English T5)
     special_tokens: list[str] = field(default_factory=list)  # extra whole tokens; #...# tags in the data are added too
     encoder_max_length: int = 1024  # dialogue tokens; longer dialogues are cut in the middle
     truncation_marker: str = DEFAULT_MARKER  # replaces the cut middle of an over-long dialogue
     decoder_max_length: int = 150  # summary tokens kept for training
+    weight_decay: float = 0.01  # AdamW weight decay
+    # Trainer part, seq2seq defaults
     gradient_checkpointing: bool = False  # recompute activations: less memory, slower
     batch_size: int = 8  # rows per device step
     grad_accumulation: int = 1  # steps per optimizer update
     learning_rate: float = 1e-4  # peak learning rate (LoRA likes ~1e-3)
-    weight_decay: float = 0.01  # AdamW weight decay
     epochs: float = 10.0  # passes over the training rows
-    max_steps: int = -1  # >0: stop after this many optimizer updates (overrides epochs)
     warmup: float = 0.05  # warmup: fraction of the updates (<1) or a number of updates (>=1)
     lr_scheduler: str = "linear"  # transformers scheduler name
-    group_by_length: bool = True  # batch rows of similar length together (less padding)
     save_steps: int = 500  # checkpoint every N updates; a killed run resumes from the last one
     logging_steps: int = 50  # log the loss every N updates
+    # Generation part, seq2seq defaults
     eval_batch_size: int = 16  # rows per generation batch (sorted by length)
     num_beams: int = 4  # beam search width
     max_new_tokens: int = 150  # summary length cap in tokens; a cut last sentence is dropped
-    min_new_tokens: int = 0  # shortest summary in tokens (0 = no floor); `competition tune` searches it
     no_repeat_ngram_size: int = 3  # forbid repeated n-grams of this size (0 = off)
-    length_penalty: float = 1.0  # beam search: >1 favours longer summaries
-    repetition_penalty: float = 1.0  # >1 discourages repeating tokens
-    do_sample: bool = False  # sampling instead of beam search (non-deterministic)
-    temperature: float = 0.7  # sampling only
-    top_p: float = 0.9  # sampling only
-    launcher: str = "none"  # "accelerate": train under `accelerate launch` (all GPUs of a machine; see README)
-    num_processes: int = 1  # launcher = "accelerate": processes (= GPUs) for this fold's training
-    accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
-    num_cpus: float = 1.0  # --executor ray: CPUs each fold's task asks for (Ray gives torch that many threads)
-
-    def __post_init__(self):
-        check_choice("device", self.device, ("auto", "cuda", "cpu"))
-        check_choice("launcher", self.launcher, ("none", "accelerate"))
-        check_generation(self)
 
 
 def found_tags(rows: pd.DataFrame, more_texts: list[str] = ()) -> list[str]:
@@ -159,16 +140,8 @@ class Seq2SeqCandidate(Candidate):
         dataset = Dataset.from_dict({"input_ids": inputs, "attention_mask": [[1] * len(i) for i in inputs],
                                      "labels": labels})
 
-        args = Seq2SeqTrainingArguments(
-            output_dir=str(self.workdir / "checkpoints"), per_device_train_batch_size=params.batch_size,
-            gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
-            weight_decay=params.weight_decay, num_train_epochs=params.epochs, max_steps=params.max_steps,
-            warmup_steps=params.warmup, lr_scheduler_type=params.lr_scheduler, logging_steps=params.logging_steps,
-            save_steps=params.save_steps, save_total_limit=2, seed=self.seed, data_seed=self.seed,
-            bf16=device == "cuda", use_cpu=device == "cpu",
-            activation_checkpointing=params.gradient_checkpointing,
-            train_sampling_strategy="group_by_length" if params.group_by_length else "random",
-            report_to="none", dataloader_pin_memory=device == "cuda")
+        args = training_arguments(Seq2SeqTrainingArguments, params, self.workdir, self.seed, device,
+                                  weight_decay=params.weight_decay)
         last = checkpoint_to_resume(args, fingerprint)
         trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),

@@ -1,0 +1,109 @@
+"""Params composed from shared parts: each field declared by one part (or overridden by a kind),
+validated once at config load with every problem reported, the flat TOML keys unchanged."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from competition.candidates import params_class
+from competition.candidates.parts import Generation, Launch, LoRA, Model, Placement, Prompt, Trainer
+from competition.config import parse_config
+from competition.errors import ConfigError
+from competition.training import NOT_TRAINING, training_fingerprint
+
+
+def config_error(table: dict) -> str:
+    with pytest.raises(ConfigError) as error:
+        parse_config({"candidates": {"c": table}})
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("kind, parts", [
+    ("prompt", (Model, Placement, Prompt, Generation)),
+    ("qlora", (Model, Placement, Prompt, Generation, LoRA, Trainer, Launch)),
+    ("seq2seq", (Model, Placement, LoRA, Trainer, Launch, Generation)),
+])
+def test_each_kind_is_built_from_its_parts(kind, parts):
+    cls = params_class(kind)
+    assert all(issubclass(cls, part) for part in parts)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for part in parts:
+        assert {f.name for f in dataclasses.fields(part)} <= names
+
+
+def test_flat_toml_keys_still_load_into_the_parts():
+    config = parse_config({"candidates": {
+        "q": {"kind": "qlora", "lora_r": 8, "num_beams": 2, "launcher": "accelerate", "few_shot": 1, "device": "cpu",
+              "batch_size": 2, "model": "some/model"},
+        "s": {"kind": "seq2seq", "use_lora": True, "lora_alpha": 8, "weight_decay": 0.1, "no_repeat_ngram_size": 0}}})
+    q, s = config.candidates["q"].params, config.candidates["s"].params
+    assert (q.lora_r, q.num_beams, q.launcher, q.few_shot, q.device, q.batch_size) == (8, 2, "accelerate", 1, "cpu", 2)
+    assert (s.use_lora, s.lora_alpha, s.weight_decay, s.no_repeat_ngram_size) == (True, 8, 0.1, 0)
+    # each kind keeps its own defaults for the shared parts
+    assert (s.batch_size, s.num_beams, s.learning_rate, q.learning_rate) == (8, 4, 1e-4, 2e-4)
+
+
+def test_a_qlora_launcher_typo_is_refused_at_config_load():
+    """Before, qlora's Params did not check `launcher`: the typo failed only when a fold ran."""
+    assert "[candidates.c] launcher = 'acelerate' should be one of none, accelerate" in \
+        config_error({"kind": "qlora", "launcher": "acelerate"})
+
+
+def test_every_problem_of_every_part_is_reported_at_once():
+    message = config_error({"kind": "qlora", "launcher": "torchrun", "num_beams": 0, "lora_r": 0, "device": "tpu",
+                            "quantization": "2bit", "few_shot": -1, "batch_size": 0, "num_processes": 0})
+    for expected in ("launcher = 'torchrun' should be one of none, accelerate", "num_beams = 0 should be 1 or more",
+                     "lora_r = 0 should be 1 or more", "device = 'tpu' should be one of auto, cuda, cpu",
+                     "quantization = '2bit' should be one of 4bit, 8bit, none", "few_shot = -1 should be 0 or more",
+                     "batch_size = 0 should be 1 or more", "num_processes = 0 should be 1 or more"):
+        assert f"[candidates.c] {expected}" in message, expected
+
+
+def test_unknown_keys_still_get_the_closest_key():
+    assert "unknown key 'lora_rank'; did you mean 'lora_r'?" in config_error({"kind": "seq2seq", "lora_rank": 8})
+
+
+def test_not_training_is_the_generation_and_placement_fields():
+    """Derived from the parts (it was a hand-written list): the same thirteen names as before."""
+    assert NOT_TRAINING == {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens",
+                            "no_repeat_ngram_size", "length_penalty", "repetition_penalty", "do_sample",
+                            "temperature", "top_p", "require_cuda", "device", "num_cpus"}
+
+
+@pytest.mark.parametrize("kind", ["qlora", "seq2seq"])
+def test_generation_edits_keep_the_training_and_trainer_edits_retrain(kind, korean_rows):
+    cls = params_class(kind)
+    base = training_fingerprint(cls(), korean_rows)
+    edits = dict(eval_batch_size=3, num_beams=2, max_new_tokens=40, min_new_tokens=5, no_repeat_ngram_size=2,
+                 length_penalty=1.5, repetition_penalty=1.2, do_sample=True, temperature=0.3, top_p=0.5,
+                 require_cuda=True, device="cpu", num_cpus=4.0)
+    assert set(edits) == {f.name for f in dataclasses.fields(Generation) + dataclasses.fields(Placement)}
+    for key, value in edits.items():
+        assert training_fingerprint(cls(**{key: value}), korean_rows) == base, key
+    for key, value in (("learning_rate", 0.5), ("lora_r", 4), ("batch_size", 3), ("launcher", "accelerate")):
+        assert training_fingerprint(cls(**{key: value}), korean_rows) != base, key
+
+
+def test_the_one_trainer_builder_gives_both_kinds_their_trainer_settings(tmp_path):
+    from transformers import Seq2SeqTrainingArguments
+    from trl import SFTConfig
+
+    from competition.candidates.qlora import Params as QLoRAParams
+    from competition.candidates.seq2seq import Params as Seq2SeqParams
+    from competition.training import training_arguments
+
+    settings = dict(batch_size=3, grad_accumulation=5, learning_rate=3e-4, epochs=2.0, max_steps=7, warmup=4.0,
+                    lr_scheduler="constant", logging_steps=3, save_steps=9, group_by_length=False,
+                    gradient_checkpointing=False)
+    for args_class, params in ((SFTConfig, QLoRAParams(**settings)), (Seq2SeqTrainingArguments, Seq2SeqParams(**settings))):
+        args = training_arguments(args_class, params, tmp_path, seed=11, device="cpu")
+        assert isinstance(args, args_class)
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate,
+                args.num_train_epochs, args.max_steps, args.warmup_steps, args.lr_scheduler_type.value,
+                args.logging_steps, args.save_steps, args.train_sampling_strategy, args.seed, args.data_seed) == \
+            (3, 5, 3e-4, 2.0, 7, 4.0, "constant", 3, 9, "random", 11, 11)
+        assert args.output_dir == str(tmp_path / "checkpoints") and args.use_cpu and not args.bf16
+
