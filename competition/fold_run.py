@@ -119,7 +119,20 @@ def make_candidate(context: RunContext, name: str, workdir: Path):
         texts += [*context.dev["dialogue"], *context.dev["summary"]]
     instance.vocabulary_texts = texts
     instance.refresh = context.refresh
+    instance.row_groups = row_groups(context, name)
     return instance
+
+
+def row_groups(context: RunContext, name: str):
+    """What a validation split inside a fold's training keeps together: the near-duplicate clusters
+    the folds were built with ([cv] near_duplicates, checked against folds.json by prepare) and
+    each augmented row's source (clusters are computed only if a training validates)."""
+    from .validation import RowGroups
+
+    sources = {str(fname): str(source) for frame in augmented_rows(context, name)
+               for fname, source in zip(frame["fname"], frame["source_fname"])}
+    return RowGroups(context.rows[["fname", "dialogue"]], float(context.config.cv.near_duplicates),
+                     context.config.metric.tokenizer, sources)
 
 
 def predict_rows(instance, rows: pd.DataFrame, what: str) -> tuple[pd.DataFrame, float]:

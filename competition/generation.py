@@ -40,6 +40,17 @@ def generation_kwargs(params, tokenizer) -> dict:
     return kwargs
 
 
+def decoding_kwargs(params, tokenizer, generation_config) -> dict:
+    """Everything `generate` passes to model.generate: generation_kwargs, stopping at the
+    tokenizer's EOS and at every EOS the model's generation config names (Qwen3: two). An export's
+    generation_config.json holds exactly these."""
+    kwargs = generation_kwargs(params, tokenizer)
+    eos_ids = {tokenizer.eos_token_id} | _ids(getattr(generation_config, "eos_token_id", None))
+    eos_ids.discard(None)
+    kwargs["eos_token_id"] = sorted(eos_ids)
+    return kwargs
+
+
 def _ids(value) -> set:
     if value is None:
         return set()
@@ -85,11 +96,9 @@ def generate(model, tokenizer, texts: list[str], params, *, encoder_decoder: boo
     report.inputs_truncated += truncated
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i])) if sort_by_length else list(range(len(texts)))
     tokenizer.padding_side = "right" if encoder_decoder else "left"
-    kwargs = generation_kwargs(params, tokenizer)
-    # Stop at the tokenizer's EOS and at every EOS the model's generation config names (Qwen3: two).
-    eos_ids = {tokenizer.eos_token_id} | _ids(getattr(model.generation_config, "eos_token_id", None))
-    eos_ids.discard(None)
-    kwargs["eos_token_id"] = sorted(eos_ids)
+    kwargs = decoding_kwargs(params, tokenizer, model.generation_config)
+    eos_ids = set(kwargs["eos_token_id"])
+    kwargs["use_cache"] = True  # a model in training has use_cache off in its config (validation generates with it)
     device = next(model.parameters()).device
     results: list[tuple[str, bool] | None] = [None] * len(texts)
     model.eval()

@@ -86,12 +86,13 @@ def bnb_config(params, device: str = "cpu"):
 
 
 def lora_config(params, task_type: str = "CAUSAL_LM"):
-    """peft LoraConfig from lora_r, lora_alpha, lora_dropout, target_modules ("all-linear" or a list)."""
+    """peft LoraConfig from the LoRA part: rank, alpha, dropout, targets ("all-linear" or a list),
+    rsLoRA and DoRA."""
     from peft import LoraConfig
 
-    targets = params.target_modules
     return LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-                      target_modules=targets, bias="none", task_type=task_type)
+                      target_modules=params.target_modules, use_rslora=params.use_rslora, use_dora=params.use_dora,
+                      bias="none", task_type=task_type)
 
 
 def lora_model(model, params):
@@ -114,7 +115,16 @@ def model_source(params) -> str:
     return params.model
 
 
+def attention_arguments(params) -> dict:
+    """from_pretrained's attn_implementation when the candidate names one ("" = transformers' choice)."""
+    return {"attn_implementation": params.attn_implementation} if params.attn_implementation else {}
+
+
 def load_error(params, error: Exception) -> ConfigError:
+    if params.attn_implementation and params.attn_implementation in str(error):
+        return ConfigError(f"model {params.model!r} cannot use attn_implementation = {params.attn_implementation!r} "
+                           f"here ({type(error).__name__}: {str(error).splitlines()[0]}): choose sdpa or eager, "
+                           "or install what it needs (e.g. flash-attn on a CUDA machine)")
     return ConfigError(f"cannot load model {params.model!r} ({type(error).__name__}: {str(error).splitlines()[0]}): "
                        "point `model` at a local folder with config.json and safetensors weights, or a hub id "
                        "reachable from this machine")
@@ -141,8 +151,8 @@ def load_causal_lm(params, device: str, adapter: Path | None = None, trainable: 
         model = AutoModelForCausalLM.from_pretrained(
             model_source(params), quantization_config=bnb_config(params, device), dtype=compute_dtype(device),
             device_map=device_map(device), trust_remote_code=params.trust_remote_code,
-            use_safetensors=True)
-    except (OSError, ValueError) as error:
+            use_safetensors=True, **attention_arguments(params))
+    except (OSError, ValueError, ImportError) as error:
         raise load_error(params, error) from None
     if adapter is not None:
         from peft import PeftModel
@@ -170,3 +180,28 @@ def completion_loss(model, tokenizer, prompts: list[str], completions: list[str]
     with torch.inference_mode():
         output = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device))
     return float(output.loss)
+
+
+def rows_kept_apart(model, tokenizer) -> bool:
+    """Whether `model` keeps rows packed into one sequence apart (what packing and padding_free
+    rely on): the logits of a row after another one, positions restarting and no attention mask,
+    equal those of the row alone. transformers' own masks do this from position_ids for most
+    decoder models, with any attention implementation; others (ALiBi, learnt positions from the
+    mask, remote code) let the second row see the first."""
+    import torch
+
+    first = tokenizer("#Person1#: 안녕하세요. 오늘 회의는 몇 시인가요?",
+                      add_special_tokens=False)["input_ids"]
+    second = tokenizer("#Person2#: 세 시에 시작해요.", add_special_tokens=False)["input_ids"]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0]
+        packed = model(input_ids=torch.tensor([first + second], device=device), use_cache=False,
+                       position_ids=torch.tensor([list(range(len(first))) + list(range(len(second)))],
+                                                 device=device)).logits[0, len(first):]
+    model.train(was_training)
+    # float32 (CPU) agrees to rounding; bf16 kernels differ a little with the sequence length
+    tolerance = 1e-4 if alone.dtype == torch.float32 else 3e-2
+    return float((alone.float() - packed.float()).abs().max()) <= tolerance * max(1.0, float(alone.abs().max()))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .candidates.parts import Generation, Placement, field_names
+from .candidates.parts import Generation, Placement, field_names, hashed_settings
 from .errors import ConfigError
+from .validation import validation_arguments
 
 # Params that do not change training (generation, where a job runs): editing them keeps the trained weights.
 NOT_TRAINING = field_names(Generation, Placement)
@@ -30,7 +30,7 @@ def training_fingerprint(params, train_rows: pd.DataFrame, extra: dict | None = 
     from .data import rows_sha256
     from .provenance import params_models
 
-    training = {k: v for k, v in asdict(params).items() if k not in NOT_TRAINING}
+    training = {k: v for k, v in hashed_settings(params).items() if k not in NOT_TRAINING}
     return config_hash({"params": training, "models": params_models(params), "rows": rows_sha256(train_rows),
                         **({"extra": extra} if extra else {})})
 
@@ -53,10 +53,11 @@ def finished_fit(candidate, train_rows: pd.DataFrame) -> tuple[str, dict | None]
     return fingerprint, finished_training(candidate.workdir, candidate.trained_weights(), fingerprint)
 
 
-def training_arguments(args_class: type, params, workdir: Path, seed: int, device: str, **kind_arguments):
+def training_arguments(args_class: type, params, workdir: Path, seed: int, device: str, validating: bool = False,
+                       **kind_arguments):
     """The one builder of a kind's TrainingArguments (trl's SFTConfig, Seq2SeqTrainingArguments, ...):
     the Trainer part's settings, checkpoints under workdir/checkpoints (the last two kept for
-    resuming), bf16 on CUDA, plus the kind's own `kind_arguments`."""
+    resuming, and the best one when `validating`), bf16 on CUDA, plus the kind's own `kind_arguments`."""
     common = dict(
         output_dir=str(Path(workdir) / "checkpoints"), per_device_train_batch_size=params.batch_size,
         gradient_accumulation_steps=params.grad_accumulation, learning_rate=params.learning_rate,
@@ -65,8 +66,11 @@ def training_arguments(args_class: type, params, workdir: Path, seed: int, devic
         save_total_limit=2, seed=seed, data_seed=seed, bf16=device == "cuda", use_cpu=device == "cpu",
         activation_checkpointing=params.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+        max_grad_norm=params.max_grad_norm, weight_decay=params.weight_decay,
         report_to="none", dataloader_pin_memory=device == "cuda")
-    return args_class(**{**common, **kind_arguments})
+    if params.optim:  # "" keeps transformers' own default
+        common["optim"] = params.optim
+    return args_class(**{**common, **validation_arguments(params, validating), **kind_arguments})
 
 
 def check_not_a_stray_rank() -> None:

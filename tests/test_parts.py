@@ -98,7 +98,8 @@ def test_the_one_trainer_builder_gives_both_kinds_their_trainer_settings(tmp_pat
     settings = dict(batch_size=3, grad_accumulation=5, learning_rate=3e-4, epochs=2.0, max_steps=7, warmup=4.0,
                     lr_scheduler="constant", logging_steps=3, save_steps=9, group_by_length=False,
                     gradient_checkpointing=False)
-    for args_class, params in ((SFTConfig, QLoRAParams(**settings)), (Seq2SeqTrainingArguments, Seq2SeqParams(**settings))):
+    for args_class, params in ((SFTConfig, QLoRAParams(**settings)),
+                               (Seq2SeqTrainingArguments, Seq2SeqParams(**settings))):
         args = training_arguments(args_class, params, tmp_path, seed=11, device="cpu")
         assert isinstance(args, args_class)
         assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate,
@@ -107,3 +108,120 @@ def test_the_one_trainer_builder_gives_both_kinds_their_trainer_settings(tmp_pat
             (3, 5, 3e-4, 2.0, 7, 4.0, "constant", 3, 9, "random", 11, 11)
         assert args.output_dir == str(tmp_path / "checkpoints") and args.use_cpu and not args.bf16
 
+
+
+# -- optimizer, regularisation, attention and LoRA variants (issue 18): checked at load, on the built objects --
+
+@pytest.mark.parametrize("table, expected", [
+    ({"kind": "qlora", "optim": "paged_adamw8bit"},
+     "optim = 'paged_adamw8bit' is not a name the installed transformers accepts: did you mean 'paged_adamw_8bit'?"),
+    ({"kind": "seq2seq", "optim": "nesterov"}, "optim = 'nesterov' is not a name the installed transformers accepts: "
+                                               "choose one of adafactor,"),
+    ({"kind": "qlora", "attn_implementation": "flash_attention2"},
+     "attn_implementation = 'flash_attention2' is not a name the installed transformers accepts: did you mean "
+     "'flash_attention_2'?"),
+    ({"kind": "qlora", "max_grad_norm": -0.3}, "max_grad_norm = -0.3 should be 0 or more"),
+    ({"kind": "qlora", "weight_decay": -1}, "weight_decay = -1.0 should be 0 or more"),
+    ({"kind": "seq2seq", "label_smoothing": 1.0}, "label_smoothing = 1.0 should be in [0, 1)"),
+    ({"kind": "qlora", "neftune_noise_alpha": -5}, "neftune_noise_alpha = -5.0 should be 0 (off) or more"),
+    ({"kind": "qlora", "use_dora": "yes"}, "use_dora = 'yes' should be bool"),
+    ({"kind": "qlora", "padding_free": 1}, "padding_free = 1 should be bool"),
+    ({"kind": "qlora", "eval_rows": 2.5}, "eval_rows = 2.5: give a whole number of rows or a fraction below 1"),
+    ({"kind": "qlora", "eval_metric": "rouge"}, "eval_metric = 'rouge' should be one of rouge_final, loss"),
+    ({"kind": "seq2seq", "early_stopping_patience": 3}, "early_stopping_patience = 3 needs validation rows"),
+    ({"kind": "seq2seq", "eval_rows": 0.1, "eval_generate_rows": 0},
+     "eval_metric = 'rouge_final' needs eval_generate_rows >= 1"),
+    ({"kind": "prompt", "label_smoothing": 0.1}, "unknown key 'label_smoothing'"),
+    ({"kind": "seq2seq", "padding_free": True}, "unknown key 'padding_free'"),
+])
+def test_bad_new_values_are_one_line_config_errors(table, expected):
+    assert expected in config_error(table)
+
+
+def test_accepted_names_are_read_from_the_installed_transformers():
+    """The lists come from transformers' own OptimizerNames and attention registry (read from its
+    source without importing its training code, which takes seconds at every config load)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.training_args import OptimizerNames
+
+    from competition.candidates.parts import installed_names
+
+    assert installed_names("optim") == {member.value for member in OptimizerNames}
+    assert installed_names("attn_implementation") == set(ALL_ATTENTION_FUNCTIONS.valid_keys()) | {"eager"}
+    assert {"paged_adamw_8bit", "adamw_torch_fused", "adafactor"} <= installed_names("optim")
+
+
+def test_qlora_keys_reach_the_sft_config_and_the_lora_config(tmp_path):
+    from trl import SFTConfig
+
+    from competition.candidates.qlora import QLoRACandidate
+    from competition.modeling import lora_config
+
+    params = parse_config({"candidates": {"q": {
+        "kind": "qlora", "optim": "paged_adamw_8bit", "max_grad_norm": 0.3, "weight_decay": 0.05,
+        "neftune_noise_alpha": 5, "padding_free": True, "use_rslora": True, "use_dora": True,
+        "attn_implementation": "eager"}}}).candidates["q"].params
+    args = QLoRACandidate("q", params, tmp_path).training_args("cpu")
+    assert isinstance(args, SFTConfig)
+    assert (args.optim.value, args.max_grad_norm, args.weight_decay, args.neftune_noise_alpha, args.padding_free) == \
+        ("paged_adamw_8bit", 0.3, 0.05, 5.0, True)
+    lora = lora_config(params)
+    assert lora.use_rslora and lora.use_dora
+    from competition.modeling import attention_arguments
+
+    assert attention_arguments(params) == {"attn_implementation": "eager"}
+
+    defaults = QLoRACandidate("q", params_class("qlora")(), tmp_path).training_args("cpu")
+    from transformers import TrainingArguments
+
+    untouched = TrainingArguments(output_dir=str(tmp_path))
+    assert (defaults.optim, defaults.max_grad_norm, defaults.weight_decay, defaults.neftune_noise_alpha,
+            defaults.padding_free) == (untouched.optim, 1.0, 0.0, None, False)  # the defaults change nothing
+
+
+def test_seq2seq_keys_reach_its_training_arguments(tmp_path):
+    from transformers import Seq2SeqTrainingArguments
+
+    from competition.candidates.seq2seq import Seq2SeqCandidate
+
+    params = parse_config({"candidates": {"s": {
+        "kind": "seq2seq", "optim": "adafactor", "max_grad_norm": 0.5, "weight_decay": 0.0,
+        "label_smoothing": 0.1}}}).candidates["s"].params
+    args = Seq2SeqCandidate("s", params, tmp_path).training_args("cpu")
+    assert isinstance(args, Seq2SeqTrainingArguments)
+    assert (args.optim.value, args.max_grad_norm, args.weight_decay, args.label_smoothing_factor) == \
+        ("adafactor", 0.5, 0.0, 0.1)
+    defaults = Seq2SeqCandidate("s", params_class("seq2seq")(), tmp_path).training_args("cpu")
+    assert (defaults.weight_decay, defaults.label_smoothing_factor) == (0.01, 0.0)
+
+
+def test_validation_keys_reach_the_training_arguments(tmp_path):
+    from competition.candidates.qlora import QLoRACandidate
+    from competition.candidates.seq2seq import Seq2SeqCandidate
+
+    for candidate_class, kind in ((QLoRACandidate, "qlora"), (Seq2SeqCandidate, "seq2seq")):
+        params = params_class(kind)(eval_rows=0.1, eval_steps=20, early_stopping_patience=2)
+        args = candidate_class("c", params, tmp_path).training_args("cpu", validating=True)
+        assert (args.eval_strategy.value, args.eval_steps, args.save_steps, args.load_best_model_at_end,
+                args.metric_for_best_model, args.greater_is_better) == \
+            ("steps", 20, 20, True, "eval_rouge_final", True)
+        by_loss = candidate_class("c", params_class(kind)(eval_rows=5, eval_metric="loss"), tmp_path)
+        args = by_loss.training_args("cpu", validating=True)
+        assert (args.eval_steps, args.metric_for_best_model, args.greater_is_better) == \
+            (by_loss.params.save_steps, "eval_loss", False)
+        assert candidate_class("c", params, tmp_path).training_args("cpu").eval_strategy.value == "no"
+
+
+def test_new_keys_at_their_defaults_keep_every_training_fingerprint(korean_rows):
+    """Keys added after trainings existed are left out of the fingerprint at their default, so an
+    upgrade does not retrain; set, they retrain."""
+    from competition.candidates.parts import hashed_settings
+
+    for kind in ("qlora", "seq2seq", "prompt"):
+        params = params_class(kind)()
+        added = {f.name for f in dataclasses.fields(params) if f.metadata.get("added")}
+        assert added and not added & set(hashed_settings(params))
+        assert set(hashed_settings(params)) | added == {f.name for f in dataclasses.fields(params)}
+    base = training_fingerprint(params_class("qlora")(), korean_rows)
+    assert training_fingerprint(params_class("qlora")(optim="adafactor"), korean_rows) != base
+    assert training_fingerprint(params_class("qlora")(eval_rows=0.1), korean_rows) != base

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from competition.candidates.qlora import Params, QLoRACandidate
-from tiny_models import run_through_cli, tiny_causal_lm  # noqa: F401  (fixture)
+from competition.errors import ConfigError
+from tiny_models import run_through_cli, tiny_causal_lm, tiny_opt  # noqa: F401  (fixtures)
 
 
 def tiny_params(model_dir, **overrides) -> Params:
@@ -170,3 +171,82 @@ def test_a_changed_local_base_model_changes_the_training_fingerprint(tmp_path, k
     assert training_fingerprint(params, korean_rows) == before
     (model / "model.safetensors").write_bytes(b"weights two")  # same size, other bytes
     assert training_fingerprint(params, korean_rows) != before
+
+
+@pytest.mark.slow
+def test_optimizer_regularisation_lora_variants_and_padding_free_reach_the_trainer(tiny_causal_lm, korean_rows,
+                                                                                   tmp_path):
+    """What the trainer really runs with: bitsandbytes' paged 8-bit AdamW, NEFTune on the input
+    embeddings, DoRA magnitudes, eager attention, unpadded (one-row) batches with restarting
+    positions; the adapter saved says rsLoRA and DoRA."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+            inner = getattr(optimizer, "optimizer", optimizer)
+            neftune = getattr(model.get_input_embeddings(), "neftune_noise_alpha", 0)
+            seen.update(optimizer=inner, args=args, neftune=neftune,
+                        parameters=[name for name, _ in model.named_parameters()],
+                        attention=model.config._attn_implementation, batch=next(iter(train_dataloader)))
+
+    params = tiny_params(tiny_causal_lm, max_steps=2, save_steps=50, optim="paged_adamw_8bit", max_grad_norm=0.3,
+                         weight_decay=0.05, neftune_noise_alpha=5.0, use_dora=True, use_rslora=True,
+                         padding_free=True, attn_implementation="eager")
+    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
+    candidate.callbacks.append(Spy())
+    candidate.fit(korean_rows.head(8), fold=0)
+
+    import bitsandbytes as bnb
+
+    optimizer = seen["optimizer"]
+    assert isinstance(optimizer, bnb.optim.optimizer.Optimizer8bit) and optimizer.is_paged
+    assert optimizer.args.optim_bits == 8
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.05, 0.0}  # none on norms and biases
+    assert seen["args"].max_grad_norm == 0.3
+    assert seen["neftune"] == 5.0  # the trainer's hook on the input embeddings, removed after training
+    assert any("lora_magnitude_vector" in name for name in seen["parameters"])
+    assert seen["attention"] == "eager"
+    batch = seen["batch"]
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # 4 rows, one unpadded sequence
+    assert (batch["position_ids"][0] == 0).sum() == 4
+    saved = json.loads((tmp_path / "work" / "adapter" / "adapter_config.json").read_text())
+    assert saved["use_dora"] and saved["use_rslora"]
+    assert candidate.train_report["global_step"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["packing", "padding_free"])
+def test_packing_is_refused_where_packed_rows_would_see_each_other(tiny_opt, korean_rows, tmp_path, setting):
+    """OPT's positions come from the attention mask, so rows packed into one sequence attend to
+    each other: refused before training, in one line naming both settings."""
+    params = tiny_params(tiny_opt, max_steps=1, **{setting: True})
+    with pytest.raises(ConfigError) as refused:
+        QLoRACandidate("opt", params, tmp_path / "work", seed=0).fit(korean_rows.head(4), fold=0)
+    message = str(refused.value)
+    assert f"{setting} = true" in message and "packing = false and padding_free = false" in message
+    assert "\n" not in message and not (tmp_path / "work" / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_packing_trains_where_the_model_keeps_rows_apart(tiny_causal_lm, korean_rows, tmp_path):
+    """Qwen3 keeps packed rows apart from their position ids (transformers' masks, on CPU too):
+    packing trains, several rows per packed sequence."""
+    from transformers import TrainerCallback
+
+    from competition.modeling import load_causal_lm, load_tokenizer, rows_kept_apart
+
+    batches = []
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            batches.append(next(iter(train_dataloader)))
+
+    params = tiny_params(tiny_causal_lm, max_steps=1, save_steps=50, packing=True, batch_size=1)
+    assert rows_kept_apart(load_causal_lm(params, "cpu"), load_tokenizer(params))
+    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
+    candidate.callbacks.append(Spy())
+    candidate.fit(korean_rows.head(8), fold=0)
+    assert (batches[0]["position_ids"][0] == 0).sum() > 1  # one sequence, several rows
+    assert candidate.trained_weights().exists()

@@ -62,6 +62,27 @@ def build_tiny_causal_lm(folder: Path) -> Path:
     return folder
 
 
+def build_tiny_opt(folder: Path) -> Path:
+    """A 2-layer OPT (hidden 64) with the tiny Qwen3's tokenizer: its learnt positions come from the
+    attention mask, so rows packed into one sequence see each other (packing must be refused)."""
+    import torch
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+    folder = Path(folder)
+    build_tiny_causal_lm(folder)  # the tokenizer; the Qwen3 weights are replaced below
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                       num_attention_heads=4, word_embed_proj_dim=64, max_position_embeddings=2048,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.pad_token_id)
+    for stale in folder.glob("*.safetensors"):
+        stale.unlink()
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    OPTForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 def build_tiny_t5(folder: Path) -> Path:
     """A 2-layer T5 (d_model 64) with a BPE tokenizer whose ids follow T5's: pad 0, eos 1, unk 2."""
     import torch
@@ -98,6 +119,11 @@ def tiny_base_lm(tiny_causal_lm, tmp_path_factory) -> Path:
     shutil.copytree(tiny_causal_lm, folder, dirs_exist_ok=True)
     (folder / "chat_template.jinja").unlink()
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_opt(tmp_path_factory) -> Path:
+    return build_tiny_opt(tmp_path_factory.mktemp("tiny-opt"))
 
 
 @pytest.fixture(scope="session")

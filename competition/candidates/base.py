@@ -31,6 +31,9 @@ class Candidate(ABC):
         # What the last predict did (fallbacks, truncations): recorded per split in the fold's meta.json.
         self.report: dict = {}
         self.refresh = False  # set by `run --refresh`: ask again what a cache of answers holds (api)
+        # Set by the runner: the near-duplicate clusters and augmentation sources a validation split
+        # inside training keeps together (validation.RowGroups); None = every row on its own.
+        self.row_groups = None
 
     @abstractmethod
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:

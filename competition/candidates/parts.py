@@ -9,8 +9,10 @@ once; nothing downstream validates again.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 from ..config import InvalidValues
 from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
@@ -18,6 +20,84 @@ from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
 DEVICES = ("auto", "cuda", "cpu")
 LAUNCHERS = ("none", "accelerate")
 QUANTIZATIONS = ("4bit", "8bit", "none")
+EVAL_METRICS = ("rouge_final", "loss")  # what picks the best checkpoint: validation ROUGE final or loss
+
+
+def added(default):
+    """A key added after results existed: left out of hashes while it holds its default (see
+    hashed_settings), so upgrading keeps every earlier training and result current."""
+    return field(default=default, metadata={"added": True})
+
+
+def hashed_settings(params) -> dict:
+    """asdict(params) without the `added` keys that still hold their default: what a training (and
+    a result) depends on, unchanged for a config that does not use the newer keys."""
+    settings = dataclasses.asdict(params)
+    for item in dataclasses.fields(params):
+        if item.metadata.get("added") and settings[item.name] == item.default:
+            del settings[item.name]
+    return settings
+
+
+def _string_constants(source: str, owner: str, dict_name: str | None = None) -> frozenset[str]:
+    """String values assigned in class `owner` of a Python source (an enum's members), or the
+    string keys of its dict `dict_name`; empty when the class is not there."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == owner:
+            found = set()
+            for statement in node.body:
+                if not isinstance(statement, ast.Assign):
+                    continue
+                value = statement.value
+                named = [t.id for t in statement.targets if isinstance(t, ast.Name)]
+                if dict_name is None and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    found.add(value.value)
+                elif dict_name in named and isinstance(value, ast.Dict):
+                    found |= {key.value for key in value.keys if isinstance(key, ast.Constant)}
+            return frozenset(found)
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def installed_names(what: str) -> frozenset[str]:
+    """The names the installed transformers accepts for `optim` (OptimizerNames) or
+    `attn_implementation` ("eager" and the AttentionInterface registry), read from its source
+    files: importing transformers' training or modeling code takes seconds, and a config loads on
+    every command. Falls back to importing when the source does not have the expected shape."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    path, owner, dict_name = {"optim": ("transformers/training_args.py", "OptimizerNames", None),
+                              "attn_implementation": ("transformers/modeling_utils.py", "AttentionInterface",
+                                                      "_global_mapping")}[what]
+    try:
+        names = _string_constants(distribution("transformers").locate_file(path).read_text(encoding="utf-8"),
+                                  owner, dict_name)
+    except (PackageNotFoundError, OSError, SyntaxError):
+        names = frozenset()
+    if not names:
+        if what == "optim":
+            from transformers.training_args import OptimizerNames
+
+            names = frozenset(member.value for member in OptimizerNames)
+        else:
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            names = frozenset(ALL_ATTENTION_FUNCTIONS.valid_keys())
+    return names | ({"eager"} if what == "attn_implementation" else set())
+
+
+def installed_choice_problem(key: str, value: str) -> list[str]:
+    """[] for "" (the library's default) or a name the installed transformers accepts."""
+    if not value or value in installed_names(key):
+        return []
+    if key == "attn_implementation" and "/" in value:
+        return []  # a kernel from the hub (e.g. "kernels-community/flash-attn"), loaded by transformers itself
+    import difflib
+
+    names = sorted(installed_names(key))
+    close = difflib.get_close_matches(value, names, n=1)
+    fix = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(names)}"
+    return [f"{key} = {value!r} is not a name the installed transformers accepts: {fix}"]
 
 
 def choice_problem(key: str, value, choices: tuple) -> list[str]:
@@ -50,9 +130,11 @@ class Model(Composed):
 
     model: str = ""  # local model folder (config.json + safetensors) or hub id
     trust_remote_code: bool = False  # run Python shipped with the model: only for models you trust
+    attn_implementation: str = added("")  # sdpa | eager | flash_attention_2 | ...; "" = transformers' choice
 
     def check(self) -> list[str]:
-        return [] if self.model.strip() else ["model = '' should name a local model folder or a hub id"]
+        problems = [] if self.model.strip() else ["model = '' should name a local model folder or a hub id"]
+        return problems + installed_choice_problem("attn_implementation", self.attn_implementation)
 
 
 @dataclass
@@ -111,6 +193,8 @@ class LoRA(Composed):
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA branch
     target_modules: str | list[str] = "all-linear"  # "all-linear" or module names like ["q_proj", "v_proj"]
+    use_rslora: bool = added(False)  # rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r (peft)
+    use_dora: bool = added(False)  # DoRA: LoRA on the direction, a trained magnitude per output (peft; slower)
 
     def check(self) -> list[str]:
         problems = at_least(self, ("lora_r",), 1)
@@ -134,6 +218,14 @@ class Trainer(Composed):
     group_by_length: bool = True  # batch rows of similar length together (less padding)
     save_steps: int = 100  # checkpoint every N updates; a killed run resumes from the last one
     logging_steps: int = 10  # log the loss every N updates
+    optim: str = added("")  # paged_adamw_8bit (QLoRA paper), adamw_torch, adafactor, ...; "" = transformers' default
+    max_grad_norm: float = added(1.0)  # clip the gradient norm to this (QLoRA paper: 0.3); 0 = no clipping
+    weight_decay: float = added(0.0)  # AdamW weight decay
+    eval_rows: float = added(0.0)  # validation rows from the training folds: a count or a fraction (< 1); 0 = none
+    eval_steps: int = added(0)  # validate (and checkpoint) every N updates; 0 = every save_steps
+    eval_generate_rows: int = added(32)  # ROUGE of greedy summaries of up to this many validation rows; 0 = loss only
+    eval_metric: str = added("rouge_final")  # the best checkpoint (kept) and early stopping by: rouge_final | loss
+    early_stopping_patience: int = added(0)  # stop after this many validations without a better eval_metric; 0 = never
 
     def check(self) -> list[str]:
         problems = at_least(self, ("batch_size", "grad_accumulation", "save_steps", "logging_steps"), 1)
@@ -141,7 +233,19 @@ class Trainer(Composed):
             problems.append(f"learning_rate = {self.learning_rate} should be more than 0")
         if self.warmup < 0:
             problems.append(f"warmup = {self.warmup} should be 0 or more")
-        return problems
+        for key in ("max_grad_norm", "weight_decay", "eval_rows", "eval_steps", "eval_generate_rows",
+                    "early_stopping_patience"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key} = {getattr(self, key)} should be 0 or more")
+        if self.eval_rows >= 1 and self.eval_rows != int(self.eval_rows):
+            problems.append(f"eval_rows = {self.eval_rows:g}: give a whole number of rows or a fraction below 1")
+        problems += choice_problem("eval_metric", self.eval_metric, EVAL_METRICS)
+        if self.early_stopping_patience > 0 and self.eval_rows <= 0:
+            problems.append(f"early_stopping_patience = {self.early_stopping_patience} needs validation rows: "
+                            "set eval_rows (e.g. 0.05)")
+        if self.eval_rows > 0 and self.eval_metric == "rouge_final" and self.eval_generate_rows < 1:
+            problems.append("eval_metric = 'rouge_final' needs eval_generate_rows >= 1 (or eval_metric = 'loss')")
+        return problems + installed_choice_problem("optim", self.optim)
 
 
 @dataclass

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import MetricConfig
 from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training, trainer_report,
                         trainer_state_step, training_arguments)
+from ..validation import validation_inputs, validation_report, validation_split
+from ..validation import callbacks as validation_callbacks
 from . import prompt
-from .parts import Launch, LoRA, Trainer
+from .parts import Generation, Launch, LoRA, Trainer, added
 from .prompt import PromptCandidate
 
 
@@ -24,7 +27,14 @@ class Params(prompt.Params, LoRA, Trainer, Launch):
     """The prompt kind's parts plus LoRA, trainer and launcher parts."""
 
     prepare_kbit: bool = True  # 4bit/8bit: peft's prepare_model_for_kbit_training (fp32 norms, input grads); false saves memory
-    packing: bool = False  # pack several rows per sequence (needs flash attention to keep rows apart)
+    packing: bool = False  # pack several rows per sequence (refused when the model cannot keep packed rows apart)
+    padding_free: bool = added(False)  # one unpadded sequence per batch (refused when the model cannot keep rows apart)
+    neftune_noise_alpha: float = added(0.0)  # NEFTune: noise on the input embeddings while training (5-15); 0 = off
+
+    def check(self) -> list[str]:
+        if self.neftune_noise_alpha < 0:
+            return [f"neftune_noise_alpha = {self.neftune_noise_alpha} should be 0 (off) or more"]
+        return []
 
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -37,6 +47,7 @@ class QLoRACandidate(PromptCandidate):
         super().__init__(name, params, workdir, seed)
         self.callbacks: list = []  # extra transformers TrainerCallbacks (tests stop training with one)
         self.train_report: dict = {}
+        self.metric = MetricConfig()  # the runner sets the workspace's [metric]: validation ROUGE uses it
 
     def adapter_dir(self) -> Path | None:
         return self.workdir / "adapter"
@@ -45,13 +56,19 @@ class QLoRACandidate(PromptCandidate):
         """The file a finished training saved (with train.json it marks the fold trained)."""
         return self.adapter_dir() / ADAPTER_WEIGHTS
 
-    def training_pairs(self, train_rows: pd.DataFrame, tokenizer) -> tuple[list[dict], int]:
-        """(prompt/completion pairs, rows dropped because prompt + summary exceed max_length)."""
+    def training_inputs(self) -> dict:
+        return validation_inputs(self.params, self.metric)
+
+    def training_pairs(self, train_rows: pd.DataFrame, tokenizer,
+                       shots_from: pd.DataFrame | None = None) -> tuple[list[dict], int]:
+        """(prompt/completion pairs, rows dropped because prompt + summary exceed max_length).
+        Few-shot examples come from `shots_from` (validation rows take them from the rows that train)."""
         from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
 
         dialogues = train_rows["dialogue"].tolist()
         topics = train_rows["topic"].fillna("").tolist() if "topic" in train_rows else [""] * len(train_rows)
-        examples = FewShotIndex.from_rows(train_rows).nearest(dialogues, self.params.few_shot)
+        pool = train_rows if shots_from is None else shots_from
+        examples = FewShotIndex.from_rows(pool).nearest(dialogues, self.params.few_shot)
         template = PromptTemplate.from_params(self.params)
         pairs, dropped = [], 0
         for dialogue, topic, summary, shots in zip(dialogues, topics, train_rows["summary"].tolist(), examples):
@@ -65,6 +82,21 @@ class QLoRACandidate(PromptCandidate):
             pairs.append({"prompt": text, "completion": completion})
         return pairs, dropped
 
+    def training_args(self, device: str, validating: bool = False):
+        """The SFTConfig this candidate trains with (every Trainer, LoRA-side and trl setting)."""
+        from trl import SFTConfig
+
+        params = self.params
+        # Unpacked padding-free batches are not truncated by trl, which refuses a max_length then: the
+        # pairs already fit it (longer rows are dropped in training_pairs).
+        unpacked_padding_free = params.padding_free and not params.packing
+        return training_arguments(
+            SFTConfig, params, self.workdir, self.seed, device, validating,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            max_length=None if unpacked_padding_free else params.max_length,
+            packing=params.packing, padding_free=params.padding_free,
+            neftune_noise_alpha=params.neftune_noise_alpha or None, completion_only_loss=True, disable_tqdm=False)
+
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         from ..modeling import is_main_process, resolve_device
 
@@ -76,39 +108,75 @@ class QLoRACandidate(PromptCandidate):
         if is_main_process(resolve_device(self.params)):
             super().fit(train_rows, fold)  # few-shot examples for prediction
 
+    def _summariser(self, eval_rows: pd.DataFrame, fit_rows: pd.DataFrame, tokenizer):
+        """(model -> greedy summaries, references) of up to eval_generate_rows validation rows,
+        prompted as prediction prompts them (few-shot examples from the rows that train)."""
+        from ..generation import GenerationReport, finish, generate
+        from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
+
+        params = self.params
+        rows = eval_rows.head(params.eval_generate_rows)
+        if not len(rows) or params.eval_metric != "rouge_final":
+            return None, []
+        dialogues = rows["dialogue"].tolist()
+        topics = rows["topic"].fillna("").tolist() if "topic" in rows else [""] * len(rows)
+        examples = FewShotIndex.from_rows(fit_rows).nearest(dialogues, params.few_shot)
+        room = params.max_length - params.max_new_tokens
+        builder = PromptBuilder(tokenizer, PromptTemplate.from_params(params), room)
+        prompts = [builder.prompt(d, t, e) for d, t, e in zip(dialogues, topics, examples)]
+        greedy = Generation(max_new_tokens=params.max_new_tokens, eval_batch_size=params.eval_batch_size)
+
+        def summarise(model) -> list[str]:
+            side = tokenizer.padding_side
+            raw = generate(model, tokenizer, prompts, greedy, progress=False)
+            tokenizer.padding_side = side  # the trainer's collator pads on its side again
+            return finish(raw, dialogues, GenerationReport())
+
+        return summarise, [str(s).strip() for s in rows["summary"]]
+
     def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
         from datasets import Dataset
         from transformers import set_seed
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTTrainer
 
-        from ..errors import DataError
-        from ..modeling import load_causal_lm, load_tokenizer, lora_model, resolve_device
+        from ..errors import ConfigError, DataError
+        from ..modeling import load_causal_lm, load_tokenizer, lora_model, resolve_device, rows_kept_apart
 
         params = self.params
         device = resolve_device(params)
         check_not_a_stray_rank()
         tokenizer = load_tokenizer(params)
-        pairs, dropped = self.training_pairs(train_rows, tokenizer)
+        fit_rows, eval_rows = validation_split(train_rows, params.eval_rows, self.seed, self.row_groups)
+        pairs, dropped = self.training_pairs(fit_rows, tokenizer)
         if dropped:
-            print(f"{self.name}: dropped {dropped} of {len(train_rows)} training rows longer than "
+            print(f"{self.name}: dropped {dropped} of {len(fit_rows)} training rows longer than "
                   f"max_length={params.max_length} tokens", file=sys.stderr)
         if not pairs:
             raise DataError(f"{self.name}: every training row is longer than max_length={params.max_length}: "
                             "raise max_length in competition.toml")
-
-        config = training_arguments(
-            SFTConfig, params, self.workdir, self.seed, device,
-            activation_checkpointing_kwargs={"use_reentrant": False}, max_length=params.max_length,
-            packing=params.packing, completion_only_loss=True, disable_tqdm=False)
-        last = checkpoint_to_resume(config, fingerprint)
+        eval_pairs = self.training_pairs(eval_rows, tokenizer, shots_from=fit_rows)[0] if len(eval_rows) else []
+        config = self.training_args(device, validating=bool(eval_pairs))
         set_seed(self.seed)  # LoRA's A matrices are drawn when the adapter is built, before the trainer seeds
         model = lora_model(load_causal_lm(params, device), params)
+        if (params.packing or params.padding_free) and not rows_kept_apart(model, tokenizer):
+            setting = "packing" if params.packing else "padding_free"
+            raise ConfigError(f"{self.name}: {setting} = true, but model {params.model!r} lets rows packed into one "
+                              "sequence attend to each other (a row's logits change when another row precedes it): "
+                              "set packing = false and padding_free = false, or use a model whose masks keep them "
+                              "apart from position_ids (Qwen, Llama, Mistral, ...)")
+        last = checkpoint_to_resume(config, fingerprint)
+        summarise, references = self._summariser(eval_rows, fit_rows, tokenizer) if eval_pairs else (None, [])
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
-                             processing_class=tokenizer, callbacks=list(self.callbacks))
+                             eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None,
+                             processing_class=tokenizer,
+                             callbacks=[*validation_callbacks(params, summarise, references, self.metric),
+                                        *self.callbacks] if eval_pairs else list(self.callbacks))
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)
-        report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(pairs), dropped_too_long=dropped)
-        # adapter_model.safetensors + adapter_config.json + tokenizer, gathered from every rank
+        report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(pairs), dropped_too_long=dropped,
+                                **validation_report(trainer, eval_rows if eval_pairs else eval_rows.iloc[:0], params))
+        # adapter_model.safetensors + adapter_config.json + tokenizer, gathered from every rank; the best
+        # checkpoint's weights when validating (the trainer reloaded them at the end)
         save_training(trainer, self.workdir, self.trained_weights(), report, device)
         return report
 

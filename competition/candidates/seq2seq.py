@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import MetricConfig
 from ..prompts import DEFAULT_MARKER
 from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
                         trainer_report, trainer_state_step, training_arguments)
+from ..validation import validation_inputs, validation_report, validation_split
+from ..validation import callbacks as validation_callbacks
 from .base import Candidate
-from .parts import Generation, Launch, LoRA, Model, Placement, Trainer
+from .parts import Generation, Launch, LoRA, Model, Placement, Trainer, added
 
 _TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
 MODEL_WEIGHTS = "model.safetensors"
@@ -35,6 +38,7 @@ class Params(Model, Placement, LoRA, Trainer, Launch, Generation):
     encoder_max_length: int = 1024  # dialogue tokens; longer dialogues are cut in the middle
     truncation_marker: str = DEFAULT_MARKER  # replaces the cut middle of an over-long dialogue
     decoder_max_length: int = 150  # summary tokens kept for training
+    label_smoothing: float = added(0.0)  # label smoothing of the summary tokens' loss (0.1 is common); 0 = off
     weight_decay: float = 0.01  # AdamW weight decay
     # Trainer part, seq2seq defaults
     gradient_checkpointing: bool = False  # recompute activations: less memory, slower
@@ -51,6 +55,11 @@ class Params(Model, Placement, LoRA, Trainer, Launch, Generation):
     num_beams: int = 4  # beam search width
     max_new_tokens: int = 150  # summary length cap in tokens; a cut last sentence is dropped
     no_repeat_ngram_size: int = 3  # forbid repeated n-grams of this size (0 = off)
+
+    def check(self) -> list[str]:
+        if not 0 <= self.label_smoothing < 1:
+            return [f"label_smoothing = {self.label_smoothing} should be in [0, 1)"]
+        return []
 
 
 def found_tags(rows: pd.DataFrame, more_texts: list[str] = ()) -> list[str]:
@@ -70,6 +79,7 @@ class Seq2SeqCandidate(Candidate):
         self.report: dict = {}
         self._model = None
         self._tokenizer = None
+        self.metric = MetricConfig()  # the runner sets the workspace's [metric]: validation ROUGE uses it
 
     def needs_cuda(self) -> bool:
         return bool(self.params.require_cuda)
@@ -88,7 +98,8 @@ class Seq2SeqCandidate(Candidate):
         return sorted(set(found_tags(train_rows, self.vocabulary_texts)) | set(self.params.special_tokens))
 
     def training_inputs(self) -> dict:
-        return {"tags": sorted(set(_TAG.findall("\n".join(self.vocabulary_texts))))}
+        return {"tags": sorted(set(_TAG.findall("\n".join(self.vocabulary_texts)))),
+                **validation_inputs(self.params, self.metric)}
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         fingerprint, done = finished_fit(self, train_rows)
@@ -104,12 +115,47 @@ class Seq2SeqCandidate(Candidate):
         texts = [self.params.source_prefix + d for d in dialogues]
         return encode(tokenizer, texts, self.params.encoder_max_length, self.params.truncation_marker)[0]
 
-    def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
+    def _dataset(self, rows: pd.DataFrame, tokenizer):
+        """input_ids / attention_mask / labels of `rows` (summaries cut to decoder_max_length)."""
         from datasets import Dataset
-        from transformers import (AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                                  Seq2SeqTrainingArguments, set_seed)
 
-        from ..modeling import load_error, model_source, load_tokenizer, lora_config, resolve_device
+        inputs = self._encode(tokenizer, rows["dialogue"].tolist())
+        labels = tokenizer(text_target=[str(s).strip() for s in rows["summary"]],
+                           max_length=self.params.decoder_max_length, truncation=True)["input_ids"]
+        return Dataset.from_dict({"input_ids": inputs, "attention_mask": [[1] * len(i) for i in inputs],
+                                  "labels": labels})
+
+    def training_args(self, device: str, validating: bool = False):
+        """The Seq2SeqTrainingArguments this candidate trains with."""
+        from transformers import Seq2SeqTrainingArguments
+
+        return training_arguments(Seq2SeqTrainingArguments, self.params, self.workdir, self.seed, device, validating,
+                                  label_smoothing_factor=self.params.label_smoothing)
+
+    def _summariser(self, eval_rows: pd.DataFrame, tokenizer):
+        """(model -> greedy summaries, references) of up to eval_generate_rows validation rows."""
+        from ..generation import GenerationReport, finish, generate
+
+        params = self.params
+        rows = eval_rows.head(params.eval_generate_rows)
+        if not len(rows) or params.eval_metric != "rouge_final":
+            return None, []
+        dialogues = rows["dialogue"].tolist()
+        texts = [params.source_prefix + d for d in dialogues]
+        greedy = Generation(max_new_tokens=params.max_new_tokens, eval_batch_size=params.eval_batch_size)
+
+        def summarise(model) -> list[str]:
+            raw = generate(model, tokenizer, texts, greedy, encoder_decoder=True,
+                           max_input_tokens=params.encoder_max_length, marker=params.truncation_marker, progress=False)
+            return finish(raw, dialogues, GenerationReport())
+
+        return summarise, [str(s).strip() for s in rows["summary"]]
+
+    def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
+        from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, set_seed
+
+        from ..modeling import (attention_arguments, load_error, load_tokenizer, lora_config, model_source,
+                                resolve_device)
 
         params = self.params
         device = resolve_device(params)
@@ -121,8 +167,9 @@ class Seq2SeqCandidate(Candidate):
         added = tokenizer.add_tokens(new_tags)
         try:
             model = AutoModelForSeq2SeqLM.from_pretrained(model_source(params), use_safetensors=True,
-                                                          trust_remote_code=params.trust_remote_code)
-        except (OSError, ValueError) as error:
+                                                          trust_remote_code=params.trust_remote_code,
+                                                          **attention_arguments(params))
+        except (OSError, ValueError, ImportError) as error:
             raise load_error(params, error) from None
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
@@ -134,25 +181,25 @@ class Seq2SeqCandidate(Candidate):
                 config.trainable_token_indices = tokenizer.convert_tokens_to_ids(new_tags)
             model = get_peft_model(model, config)
 
-        inputs = self._encode(tokenizer, train_rows["dialogue"].tolist())
-        labels = tokenizer(text_target=[str(s).strip() for s in train_rows["summary"]],
-                           max_length=params.decoder_max_length, truncation=True)["input_ids"]
-        dataset = Dataset.from_dict({"input_ids": inputs, "attention_mask": [[1] * len(i) for i in inputs],
-                                     "labels": labels})
-
-        args = training_arguments(Seq2SeqTrainingArguments, params, self.workdir, self.seed, device,
-                                  weight_decay=params.weight_decay)
+        fit_rows, eval_rows = validation_split(train_rows, params.eval_rows, self.seed, self.row_groups)
+        validating = bool(len(eval_rows))
+        args = self.training_args(device, validating)
         last = checkpoint_to_resume(args, fingerprint)
-        trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        summarise, references = self._summariser(eval_rows, tokenizer)
+        trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=self._dataset(fit_rows, tokenizer),
+                                 eval_dataset=self._dataset(eval_rows, tokenizer) if validating else None,
+                                 processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-                                 callbacks=list(self.callbacks))
+                                 callbacks=[*(validation_callbacks(params, summarise, references, self.metric)
+                                              if validating else []), *self.callbacks])
         if params.use_lora:
             check_mergeable(trainer)  # before training, not after hours of it
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)
-        report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(train_rows), added_tokens=added,
-                                tags=tags)
-        # model.safetensors (LoRA merged in) + the tokenizer with the added tags
+        report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(fit_rows), added_tokens=added,
+                                tags=tags, **validation_report(trainer, eval_rows, params))
+        # model.safetensors (LoRA merged in) + the tokenizer with the added tags; the best checkpoint's
+        # weights when validating (the trainer reloaded them at the end)
         save_training(trainer, self.workdir, self.trained_weights(), report, device, merge_lora=params.use_lora)
         return report
 
@@ -161,7 +208,8 @@ class Seq2SeqCandidate(Candidate):
         if self._model is None:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-            from ..modeling import load_error, model_source, compute_dtype, load_tokenizer, resolve_device
+            from ..modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, model_source,
+                                    resolve_device)
 
             device = resolve_device(self.params)
             trained = self.trained_weights().exists()
@@ -170,8 +218,9 @@ class Seq2SeqCandidate(Candidate):
                 tokenizer = AutoTokenizer.from_pretrained(source) if trained else load_tokenizer(self.params)
                 model = AutoModelForSeq2SeqLM.from_pretrained(source, use_safetensors=True,
                                                               dtype=compute_dtype(device),
-                                                              trust_remote_code=self.params.trust_remote_code)
-            except (OSError, ValueError) as error:
+                                                              trust_remote_code=self.params.trust_remote_code,
+                                                              **attention_arguments(self.params))
+            except (OSError, ValueError, ImportError) as error:
                 raise load_error(self.params, error) from None
             self._model, self._tokenizer = model.to(device), tokenizer
         return self._model, self._tokenizer

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import json_option, print_json, table, with_config
+from .common import json_option, png_option, print_json, table, with_config
 
 
 def _mean_std(entry: dict, metric: str) -> str:
@@ -43,9 +43,13 @@ def _footnote(config, board: list[dict]) -> str:
 @click.argument("names", nargs=-1)
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the competition files (default: [data] dir).")
+@click.option("--curves", "curves_of", default=None, metavar="NAME",
+              help="Instead of the leaderboard: NAME's training curves per fold (loss, validation loss and ROUGE "
+                   "per step, the chosen step) from each fold's train.json.")
+@png_option("With --curves: draw the folds' curves into FILE.png.")
 @json_option
 @with_config
-def cv_command(config, names, data_dir, as_json) -> None:
+def cv_command(config, names, data_dir, curves_of, plot_path, as_json) -> None:
     """Rank every source under runs/ (candidates and ensembles) by out-of-fold ROUGE.
 
     Per source: folds done, R1/R2/RL F1 x 100 and final as mean±std over folds, the pooled OOF
@@ -56,7 +60,11 @@ def cv_command(config, names, data_dir, as_json) -> None:
     coverage check (incomplete sources are listed last with the reason, never ranked).
 
     Example: competition cv lead retrieval --json
+    (or: competition cv --curves qwen3_qlora --plot curves.png)
     """
+    if curves_of is not None or plot_path is not None:
+        _curves(config, curves_of, plot_path, as_json)
+        return
     from ..cv import leaderboard
 
     board = leaderboard(config, list(names) or None, data_dir=data_dir, progress=True)
@@ -79,6 +87,27 @@ def cv_command(config, names, data_dir, as_json) -> None:
     click.echo(table(rows, ["#", "source", "kind", "folds", "R1", "R2", "RL", "final (folds)", "OOF final [95% CI]",
                             "test-matched [95% CI]", "dev", "dev novel", "coverage"]))
     click.echo(_footnote(config, board))
+
+
+def _curves(config, name: str | None, plot_path, as_json: bool) -> None:
+    """--curves NAME [--plot FILE.png]: each fold's steps, chosen step and best validation value."""
+    from ..validation import fold_curves, plot_curves
+
+    if name is None:
+        raise click.UsageError("--plot draws training curves: give the source with --curves NAME")
+    curves = fold_curves(config, name)
+    if plot_path is not None:
+        plot_curves(curves, name, plot_path)
+    if as_json:
+        print_json(curves)
+    else:
+        rows = [[label, data.get("global_step"), data.get("chosen_step"), data.get("eval_metric") or "-",
+                 _number(data.get("best_metric")),
+                 _number(next((p["eval_loss"] for p in reversed(data["curve"]) if "eval_loss" in p), None))]
+                for label, data in curves.items()]
+        click.echo(table(rows, ["model", "steps", "chosen step", "eval_metric", "best", "last eval loss"]))
+    if plot_path is not None:
+        click.echo(f"wrote {plot_path}", err=as_json)
 
 
 def register(main: click.Group) -> None:
