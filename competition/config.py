@@ -142,6 +142,12 @@ class CandidateConfig:
     params: Any = None  # the kind's own dataclass
     augmentations: list[str] = field(default_factory=list)  # augmented CSVs added fold-safely to training
     seed: int | None = None  # this candidate's seed (weights init, data order, sampling); None = [cv] seed
+    seeds: list[int] = field(default_factory=list)  # several seeds: a source NAME#sSEED each, NAME = their MBR
+
+
+def seed_source(name: str, seed: int) -> str:
+    """The source one seed of a candidate with `seeds = [...]` runs as."""
+    return f"{name}#s{seed}"
 
 
 @dataclass
@@ -177,6 +183,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     candidates: dict[str, CandidateConfig] = field(default_factory=dict)
     ensembles: dict[str, EnsembleConfig] = field(default_factory=dict)
+    seed_groups: dict[str, list[str]] = field(default_factory=dict)  # NAME -> its NAME#sSEED sources (seeds = [...])
 
     @property
     def root(self) -> Path:
@@ -273,9 +280,33 @@ def _candidate(name: str, table: dict, problems: list[str]) -> CandidateConfig |
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         problems.append(f"[{section}] seed = {seed!r} should be a whole number >= 0 (or left out for [cv] seed)")
         seed = None
-    params = build_dataclass(params_cls, table, section, problems, skip=("kind", "enabled", "augmentations", "seed"))
+    seeds = table.get("seeds", [])
+    if not (isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds) and len(seeds) != 1):
+        problems.append(f"[{section}] seeds = {seeds!r} should be two or more distinct whole numbers >= 0 "
+                        "(e.g. [13, 42, 77]), or left out for one seed")
+        seeds = []
+    elif seeds and seed is not None:
+        problems.append(f"[{section}] seed = {seed} and seeds = {seeds!r}: keep one of them")
+    params = build_dataclass(params_cls, table, section, problems,
+                             skip=("kind", "enabled", "augmentations", "seed", "seeds"))
     return CandidateConfig(name=name, kind=kind, enabled=bool(enabled), params=params,
-                           augmentations=list(augmentations), seed=seed)
+                           augmentations=list(augmentations), seed=seed, seeds=list(seeds))
+
+
+def _expand_seeds(config: Config) -> None:
+    """A candidate with seeds = [a, b, ...] becomes the candidates NAME#sa, NAME#sb, ... (one seed
+    each) and the ensemble NAME, their per-row MBR."""
+    for name, candidate in list(config.candidates.items()):
+        if not candidate.seeds:
+            continue
+        members = [seed_source(name, seed) for seed in candidate.seeds]
+        del config.candidates[name]
+        for member, seed in zip(members, candidate.seeds):
+            config.candidates[member] = dataclasses.replace(candidate, name=member, seed=seed, seeds=[])
+        config.ensembles[name] = EnsembleConfig(name=name, members=members, method="mbr",
+                                                enabled=candidate.enabled)
+        config.seed_groups[name] = members
 
 
 _SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig,
@@ -318,7 +349,10 @@ def parse_config(raw: dict, path: Path | None = None) -> Config:
             close = difflib.get_close_matches(key, sections, n=1)
             hint = f"; did you mean [{close[0]}]?" if close else f"; sections: {', '.join(sections)}"
             problems.append(f"unknown section [{key}]{hint}")
-    clash = set(config.candidates) & set(config.ensembles)
+    clash = {name for name in config.candidates if name in config.ensembles or
+             (config.candidates[name].seeds and any(seed_source(name, seed) in config.candidates
+                                                    for seed in config.candidates[name].seeds))}
+    _expand_seeds(config)
     if clash:
         problems.append(f"names used by both a candidate and an ensemble: {', '.join(sorted(clash))}")
     if problems:

@@ -175,19 +175,45 @@ def _needs_cuda_missing(context: RunContext, name: str) -> bool:
 
 
 def resolve_names(config: Config, names: Sequence[str] | None) -> list[str]:
-    """The candidates to run: the named ones (checked) or every enabled one."""
+    """The candidates to run: the named ones (checked; a candidate with seeds = [...] names its
+    NAME#sSEED sources) or every enabled one."""
     if not names:
         enabled = [name for name, candidate in config.candidates.items() if candidate.enabled]
         if not enabled:
             raise UnknownCandidate(f"no enabled candidate in {config.path or 'competition.toml'}: "
                                    f"add one, e.g. [candidates.lead] kind = \"lead\"")
         return enabled
+    expanded = []
     for name in names:
+        if name in config.seed_groups:
+            expanded += config.seed_groups[name]
+            continue
         if name in config.ensembles:
             raise UnknownCandidate(f"{name!r} is an ensemble, not a candidate: build it with "
                                    f"`competition ensemble {name}`")
         config.candidate(name)
-    return list(dict.fromkeys(names))
+        expanded.append(name)
+    return list(dict.fromkeys(expanded))
+
+
+def build_seed_groups(config: Config, results: dict, echo: Callable[[str], None]) -> dict:
+    """After a run: NAME of each candidate with seeds = [...] whose seed sources all ran and are
+    complete, written as their per-row MBR (an ensemble source); a report per NAME built."""
+    from .ensemble import run_ensemble
+
+    built = {}
+    for name, members in config.seed_groups.items():
+        reports = [results.get(member) for member in members]
+        if any(report is None for report in reports):
+            continue
+        if not all(report.get("complete") for report in reports):
+            echo(f"{name}: not built yet: its seeds {', '.join(members)} are not all complete")
+            continue
+        run_ensemble(config, name)
+        built[name] = {"kind": "seeds (mbr)", "members": members, "ran": [], "skipped": [],
+                       "folds_done": reports[0]["folds_done"], "k": reports[0]["k"], "complete": True,
+                       "test_output": f"mbr over {len(members)} seeds"}
+    return built
 
 
 def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Sequence[int] | None = None,
@@ -208,8 +234,9 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
 
         # Ray's driver prints worker and raylet messages on stdout; keep stdout for results (--json).
         with contextlib.redirect_stdout(sys.stderr):
-            return _run_distributed(config, names, folds, force, data_dir, require_all, progress, echo,
-                                    executor, ray_address, refresh)
+            results = _run_distributed(config, names, folds, force, data_dir, require_all, progress, echo,
+                                       executor, ray_address, refresh)
+        return {**results, **build_seed_groups(config, results, echo)}
     names = resolve_names(config, names)
     context = dataclasses.replace(prepare(config, data_dir), refresh=refresh)
     selected = _selected_folds(context, folds)
@@ -231,7 +258,7 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
             results[name] = {"kind": settings["kind"], "skipped": "needs CUDA"}
             continue
         results[name] = run_candidate(context, name, selected, force, progress, echo)
-    return results
+    return {**results, **build_seed_groups(config, results, echo)}
 
 
 def _selected_folds(context: RunContext, folds: Sequence[int] | None) -> list[int]:
