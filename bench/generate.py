@@ -1,6 +1,9 @@
-"""Summaries per second: batch-1 generation (the naive loop) vs our sorted, left-padded batches.
+"""Summaries per second: batch-1 generation (the naive loop) vs our sorted, left-padded batches;
+with --merge, a qlora adapter predicting through 4-bit layers vs merged into a dequantised copy of
+the base (merge_for_inference), with the share of rows whose greedy summary differs.
 
 Run: .venv/bin/python bench/generate.py [--rows 64] [--batch-size 16] [--max-new-tokens 32] [--repeats 3]
+     .venv/bin/python bench/generate.py --merge [--model PATH]   (CUDA when present, else CPU)
 
 Model: the tests' tiny Qwen3 (random weights, hidden 64, 2 layers; --hidden/--layers to grow it)
 built in a temp folder and loaded from there like a user's model, on CPU, float32. Rows: the first
@@ -14,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +35,47 @@ def dialogues(count: int) -> list[str]:
     return [row[1] for row in DIALOGUES] * (count // len(DIALOGUES) + 1)
 
 
-def main() -> None:
+def merge_comparison(args, model_dir: Path) -> dict:
+    """summaries/s of a qlora adapter (random, non-zero LoRA B) predicting through 4-bit layers and
+    merged into a dequantised copy of the base, best of --repeats; the share of differing summaries."""
+    import pandas as pd
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from competition.candidates.qlora import Params, QLoRACandidate
+    from competition.modeling import load_causal_lm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = pd.DataFrame({"fname": [f"row{i}" for i in range(args.rows)], "dialogue": dialogues(args.rows)[:args.rows]})
+    params = Params(model=str(model_dir), device=device, max_length=2048, max_new_tokens=args.max_new_tokens,
+                    eval_batch_size=args.batch_size)
+    summaries, timings = {}, {}
+    with tempfile.TemporaryDirectory() as work:
+        torch.manual_seed(0)
+        adapter = get_peft_model(load_causal_lm(params, device),
+                                 LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+        adapter.save_pretrained(str(Path(work) / "adapter"))
+        del adapter
+        for way, merged in (("4-bit + adapter", False), ("merged (merge_for_inference)", True)):
+            candidate = QLoRACandidate("bench", replace(params, merge_for_inference=merged), Path(work))
+            candidate.load()  # loading is not timed
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                summaries[way] = candidate.predict(rows)
+                times.append(time.perf_counter() - start)
+            timings[way] = min(times)
+            del candidate
+    first, second = summaries.values()
+    differing = sum(a != b for a, b in zip(first, second)) / len(first)
+    print(f"{'way':<30} {'seconds':>8} {'summaries/s':>12}")
+    for way, seconds in timings.items():
+        print(f"{way:<30} {seconds:8.2f} {len(rows) / seconds:12.1f}")
+    print(f"greedy summaries differing between the two: {100 * differing:.1f}% of {len(rows)} rows ({device})")
+    return {"device": device, "seconds": timings, "differing_share": differing, "rows": len(rows)}
+
+
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -39,7 +83,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="runs per way; the fastest counts")
-    args = parser.parse_args()
+    parser.add_argument("--merge", action="store_true",
+                        help="compare a qlora adapter through 4-bit layers with merge_for_inference instead")
+    parser.add_argument("--model", default="", help="with --merge: a local causal LM folder (default: the tiny Qwen3)")
+    args = parser.parse_args(argv)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
@@ -60,6 +107,8 @@ def main() -> None:
                                  pad_token_id=small.pad_token_id)
             torch.manual_seed(0)
             AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+        if args.merge:
+            return merge_comparison(args, Path(args.model) if args.model else model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     params = Params(max_new_tokens=args.max_new_tokens, eval_batch_size=args.batch_size)

@@ -1,30 +1,35 @@
-"""QLoRA training throughput on CUDA: real (non-pad) tokens/s and peak VRAM, naive vs ours.
+"""QLoRA training throughput through the qlora kind's own trainer: real (non-pad) tokens/s and peak
+VRAM per batching x optimizer.
 
-Run (GPU machine): .venv/bin/python bench/train_gpu.py [--model PATH] [--steps 20] [--batch-size 4]
+Run: .venv/bin/python bench/train_gpu.py [--model PATH] [--steps 20] [--batch-size 4] [--max-length 4096]
 
-- model: --model PATH (a local causal LM with its tokenizer), else a Qwen3-0.6B-shaped model
-  (hidden 1024, 28 layers, random weights) built from config with the tests' tokenizer.
-- both ways: the same 4-bit NF4 load + prepare_model_for_kbit_training + LoRA all-linear (r 16),
-  gradient checkpointing, bf16, AdamW, --max-length 4096, the same rows (Korean dev dialogues from
-  ../shared/data rendered with our prompt; the fixture dialogues repeated when absent).
-- naive: rows in random order, every batch padded to max_length.
-- ours: length-grouped batches (shuffled mega-batches sorted by length, as group_by_length) padded
-  to the longest row of the batch.
-Needs CUDA; exits with a message on a machine without it.
+- batching: padded (random order, every batch padded to max_length), length-grouped
+  (group_by_length: mega-batches sorted by length, padded to their longest row), padding-free
+  (trl's unpadded batches: one sequence of the rows, positions restarting per row);
+- optimizer: paged_adamw_8bit (bitsandbytes; paged on CUDA) and adamw_torch.
+Each setting is a QLoRACandidate fit (4-bit NF4, LoRA all-linear r 16, completion-only loss) of
+--steps + 2 updates; the first two are not timed. On CUDA (gradient checkpointing, bf16): a
+Qwen3-0.6B-shaped random model with the tests' tokenizer unless --model, Korean dev dialogues from
+../shared/data (the fixture's when absent). Without CUDA the same table is printed for the tests'
+tiny Qwen3 on CPU (peak VRAM "-"), so the script is exercised by tests/test_bench.py.
 """
 from __future__ import annotations
 
 import argparse
-import random
+import dataclasses
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
+
+BATCHINGS = {"padded": dict(group_by_length=False), "length-grouped": dict(group_by_length=True),
+             "padding-free": dict(group_by_length=True, padding_free=True)}
+OPTIMIZERS = ("paged_adamw_8bit", "adamw_torch")
+WARMUP_STEPS = 2
 
 
 def build_model_dir(folder: Path) -> Path:
@@ -44,104 +49,112 @@ def build_model_dir(folder: Path) -> Path:
     return folder
 
 
-def batches(lengths: list[int], batch_size: int, grouped: bool, seed: int) -> list[list[int]]:
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    if grouped:
-        mega = batch_size * 50
-        order = [i for start in range(0, len(order), mega)
-                 for i in sorted(order[start:start + mega], key=lambda i: -lengths[i])]
-    return [order[start:start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+def training_rows(count: int):
+    """Korean dev dialogues with their summaries (the fixture's, repeated, without ../shared/data)."""
+    import pandas as pd
+
+    from competition.data import read_split
+
+    dev = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "dev.csv"
+    if dev.exists():
+        rows = read_split(dev, "dev")[["fname", "dialogue", "summary", "topic"]].head(count)
+    else:
+        from korean_fixture import DIALOGUES
+
+        rows = pd.DataFrame(DIALOGUES * (count // len(DIALOGUES) + 1), columns=["fname", "dialogue", "summary", "topic"])
+        rows = rows.head(count).assign(fname=[f"row{i}" for i in range(count)])
+    return rows.reset_index(drop=True)
 
 
-def run(way: str, model_dir: Path, rows: list[list[int]], prompt_lengths: list[int], args) -> dict:
+def measure(model_dir: Path, rows, batching: str, optim: str, args, device: str) -> dict:
+    """One setting: a qlora fit of --steps + 2 updates; tokens/s over the timed steps, peak VRAM."""
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import TrainerCallback
 
-    from competition.candidates.qlora import Params
-    from competition.modeling import load_causal_lm, lora_config
+    from competition.candidates.qlora import Params, QLoRACandidate
 
-    params = replace(Params(model=str(model_dir)), max_length=args.max_length)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    model = load_causal_lm(params, "cuda")
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, lora_config(params))
-    model.config.use_cache = False
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    pad = model.config.pad_token_id or 0
-    plan = batches([len(r) for r in rows], args.batch_size, grouped=way == "ours", seed=0)[:args.steps + 2]
-    real_tokens, start = 0, None
-    for step, batch in enumerate(plan):
-        if step == 2:  # two warm-up steps (allocator, kernels) are not timed
-            torch.cuda.synchronize()
-            start, real_tokens = time.perf_counter(), 0
-        width = args.max_length if way == "naive" else max(len(rows[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, index in enumerate(batch):
-            tokens = rows[index]
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            labels[row, prompt_lengths[index]:len(tokens)] = torch.tensor(tokens[prompt_lengths[index]:])
-            mask[row, :len(tokens)] = 1
-            real_tokens += len(tokens)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids.cuda(), attention_mask=mask.cuda(), labels=labels.cuda()).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    result = {"way": way, "steps": len(plan) - 2, "seconds": seconds, "tokens_per_s": real_tokens / seconds,
-              "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-    del model, optimizer
-    return result
+    class Bench(QLoRACandidate):
+        def training_args(self, device, validating=False):
+            extra = {"include_num_input_tokens_seen": "non_padding"}
+            if batching == "padded":
+                extra["pad_to_multiple_of"] = self.params.max_length  # every batch as long as max_length
+            return dataclasses.replace(super().training_args(device, validating), **extra)
+
+    clock = {}
+
+    class Meter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == WARMUP_STEPS:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                clock.update(start=time.perf_counter(), tokens=state.num_input_tokens_seen)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            clock.update(end=time.perf_counter(), total=state.num_input_tokens_seen)
+
+    params = Params(model=str(model_dir), device=device, max_length=args.max_length, max_new_tokens=64,
+                    batch_size=args.batch_size, grad_accumulation=1, learning_rate=1e-4, warmup=0.0,
+                    max_steps=args.steps + WARMUP_STEPS, save_steps=10 ** 6, logging_steps=10 ** 6,
+                    gradient_checkpointing=device == "cuda", optim=optim, **BATCHINGS[batching])
+    with tempfile.TemporaryDirectory() as workdir:
+        candidate = Bench("bench", params, Path(workdir), seed=0)
+        candidate.callbacks.append(Meter())
+        candidate.fit(rows, fold=0)
+    seconds = clock["end"] - clock["start"]
+    return {"batching": batching, "optim": optim, "steps": args.steps, "seconds": seconds,
+            "rows": candidate.train_report["train_rows"],  # rows longer than max_length are dropped
+
+            "real_tokens": clock["total"] - clock["tokens"], "tokens_per_s": (clock["total"] - clock["tokens"]) / seconds,
+            "all_real_tokens": clock["total"],  # warm-up steps included
+            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None}
 
 
-def main() -> None:
+def table(results: list[dict]) -> str:
+    """The printed table: one line per setting, speed relative to the first."""
+    first = results[0]["tokens_per_s"]
+    lines = [f"{'batching':<15} {'optimizer':<17} {'steps':>5} {'seconds':>8} {'real tokens/s':>14} "
+             f"{'peak VRAM GiB':>14} {'vs first':>9}"]
+    for result in results:
+        peak = "-" if result["peak_gib"] is None else f"{result['peak_gib']:.2f}"
+        lines.append(f"{result['batching']:<15} {result['optim']:<17} {result['steps']:5d} {result['seconds']:8.1f} "
+                     f"{result['tokens_per_s']:14.0f} {peak:>14} {result['tokens_per_s'] / first:8.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="", help="local causal LM folder (default: Qwen3-0.6B shape, random)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model", default="", help="local causal LM folder (default: Qwen3-0.6B shape on CUDA, "
+                                                    "the tests' tiny Qwen3 on CPU; random weights)")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer updates per setting")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=400)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
-        sys.exit("bench/train_gpu.py needs CUDA: run it on a GPU machine (no CUDA device here)")
-    from transformers import AutoTokenizer
+    from tiny_models import build_tiny_causal_lm
 
-    from competition.prompts import PromptBuilder, PromptTemplate
-    from generate import dialogues
-
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = training_rows(args.rows)
     with tempfile.TemporaryDirectory() as folder:
-        model_dir = Path(args.model) if args.model else build_model_dir(Path(folder))
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        builder = PromptBuilder(tokenizer, PromptTemplate(), max_prompt_tokens=args.max_length - 256)
-        from competition.data import read_split
-
-        dev = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "dev.csv"
-        summaries = (read_split(dev, "dev")["summary"].tolist() if dev.exists() else ["요약입니다."] * args.rows)
-        rows, prompt_lengths = [], []
-        for index, dialogue in enumerate(dialogues(args.rows)[:args.rows]):
-            prompt_ids = tokenizer(builder.prompt(dialogue), add_special_tokens=False)["input_ids"]
-            summary_ids = tokenizer(summaries[index % len(summaries)] + tokenizer.eos_token,
-                                    add_special_tokens=False)["input_ids"]
-            rows.append((prompt_ids + summary_ids)[:args.max_length])
-            prompt_lengths.append(len(prompt_ids))
-        lengths = sorted(len(r) for r in rows)
-        print(f"{torch.cuda.get_device_name()}: {len(rows)} rows, tokens median {lengths[len(lengths) // 2]}, "
-              f"max {lengths[-1]}, max_length {args.max_length}, batch {args.batch_size}, {args.steps} steps")
-        results = [run(way, model_dir, rows, prompt_lengths, args) for way in ("naive", "ours")]
-    naive = results[0]
-    print(f"{'way':<8} {'steps':>5} {'seconds':>8} {'real tokens/s':>14} {'peak VRAM GiB':>14} {'speed-up':>9}")
-    for result in results:
-        print(f"{result['way']:<8} {result['steps']:5d} {result['seconds']:8.1f} {result['tokens_per_s']:14.0f} "
-              f"{result['peak_gib']:14.2f} {result['tokens_per_s'] / naive['tokens_per_s']:8.1f}x")
+        if args.model:
+            model_dir = Path(args.model)
+        else:
+            model_dir = (build_model_dir if device == "cuda" else build_tiny_causal_lm)(Path(folder))
+        where = torch.cuda.get_device_name() if device == "cuda" else "CPU (no CUDA: the tests' tiny Qwen3)"
+        print(f"{where}: {len(rows)} rows, max_length {args.max_length}, batch {args.batch_size}, "
+              f"{args.steps} timed steps after {WARMUP_STEPS}, 4-bit NF4, LoRA r 16")
+        results = [measure(model_dir, rows, batching, optim, args, device)
+                   for batching in BATCHINGS for optim in OPTIMIZERS]
+    print(table(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -151,15 +151,11 @@ def _qlora_weights(instance, folder: Path, merge: bool, dtype: str):
         tokenizer.save_pretrained(str(folder))
         return _generation_config(model_source(params)), tokenizer, False
     import torch
-    from peft import PeftModel
 
-    from .modeling import load_causal_lm, resolve_device
+    from .modeling import merged_causal_lm, resolve_device
 
-    base = load_causal_lm(params, resolve_device(params))
-    if params.quantization != "none":
-        # peft: merging into 4-bit/8-bit layers requantizes and rounds; dequantise the base, then merge
-        base = base.dequantize(dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(instance.adapter_dir())).merge_and_unload()
+    # Merged in float32 (a 4-bit base dequantised first), then cast: the rounding happens once, at the end.
+    merged = merged_causal_lm(params, resolve_device(params), instance.adapter_dir(), torch.float32)
     merged = merged.to(getattr(torch, DTYPES[dtype]))
     merged.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))

@@ -161,6 +161,19 @@ def load_causal_lm(params, device: str, adapter: Path | None = None, trainable: 
     return model
 
 
+def merged_causal_lm(params, device: str, adapter: Path, dtype=None):
+    """The base with the LoRA adapter merged in, as plain (unquantized) layers in `dtype` (default:
+    compute_dtype, bf16 on CUDA). A quantized base is loaded as trained and dequantised before the
+    merge, as peft advises: merging into 4-bit layers would requantize and round."""
+    from peft import PeftModel
+
+    base = load_causal_lm(params, device)
+    dtype = dtype or compute_dtype(device)
+    if params.quantization != "none":
+        base = base.dequantize(dtype=dtype)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(dtype)
+
+
 def completion_loss(model, tokenizer, prompts: list[str], completions: list[str]) -> float:
     """Mean token loss of `completions` given `prompts` (prompt tokens masked), one batch."""
     import torch

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .candidates.parts import Generation, Placement, field_names, hashed_settings
+from .candidates.parts import Generation, Inference, Placement, field_names, hashed_settings
 from .errors import ConfigError
 from .validation import validation_arguments
 
-# Params that do not change training (generation, where a job runs): editing them keeps the trained weights.
-NOT_TRAINING = field_names(Generation, Placement)
+# Params that do not change training (generation, inference, where a job runs): editing them keeps the
+# trained weights.
+NOT_TRAINING = field_names(Generation, Placement, Inference)
 REPORT_FILE = "train.json"
 
 

@@ -66,11 +66,12 @@ def test_unknown_keys_still_get_the_closest_key():
     assert "unknown key 'lora_rank'; did you mean 'lora_r'?" in config_error({"kind": "seq2seq", "lora_rank": 8})
 
 
-def test_not_training_is_the_generation_and_placement_fields():
-    """Derived from the parts (it was a hand-written list): the same thirteen names as before."""
+def test_not_training_is_the_generation_placement_and_inference_fields():
+    """Derived from the parts (it was a hand-written list): the thirteen names it held, and
+    merge_for_inference (qlora), which only changes how a trained adapter predicts."""
     assert NOT_TRAINING == {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens",
                             "no_repeat_ngram_size", "length_penalty", "repetition_penalty", "do_sample",
-                            "temperature", "top_p", "require_cuda", "device", "num_cpus"}
+                            "temperature", "top_p", "require_cuda", "device", "num_cpus", "merge_for_inference"}
 
 
 @pytest.mark.parametrize("kind", ["qlora", "seq2seq"])

@@ -250,3 +250,31 @@ def test_packing_trains_where_the_model_keeps_rows_apart(tiny_causal_lm, korean_
     candidate.fit(korean_rows.head(8), fold=0)
     assert (batches[0]["position_ids"][0] == 0).sum() > 1  # one sequence, several rows
     assert candidate.trained_weights().exists()
+
+
+@pytest.mark.slow
+def test_merge_for_inference_predicts_the_same_without_4bit_layers_or_retraining(tiny_causal_lm, korean_rows,
+                                                                                 tmp_path):
+    """Trained on one fixed summary (so the outputs are real text), the adapter predicts the same
+    through 4-bit layers and merged into a dequantised copy of the base; the switch keeps the
+    training (it is not a training setting)."""
+    import dataclasses
+
+    import bitsandbytes as bnb
+
+    target = "#Person1#은 우산을 찾습니다."
+    rows = korean_rows.assign(summary=target)
+    params = tiny_params(tiny_causal_lm, learning_rate=1e-2, lr_scheduler="constant", max_new_tokens=16)
+    quantized = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
+    quantized.fit(rows.head(8), fold=0)
+    held_out = rows.tail(4).reset_index(drop=True)
+    through_4bit = quantized.predict(held_out)
+    assert through_4bit == [target] * 4
+
+    merged = QLoRACandidate("tiny", dataclasses.replace(params, merge_for_inference=True), tmp_path / "work", seed=0)
+    merged.fit(rows.head(8), fold=0)
+    assert merged.train_report == quantized.train_report  # found the finished training: not retrained
+    model, _ = merged.load()
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    assert merged.predict(held_out) == through_4bit

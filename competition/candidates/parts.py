@@ -186,6 +186,13 @@ class Generation(Composed):
 
 
 @dataclass
+class Inference(Composed):
+    """How a trained adapter predicts; never part of what the model learns."""
+
+    merge_for_inference: bool = added(False)  # predict with the adapter merged into a dequantised 16-bit base copy
+
+
+@dataclass
 class LoRA(Composed):
     """The LoRA adapter (peft LoraConfig, built by modeling.lora_config)."""
 

@@ -63,12 +63,18 @@ class PromptCandidate(Candidate):
     def load(self):
         """(model, tokenizer) for prediction, loaded once per candidate object."""
         if self._model is None:
-            from ..modeling import load_causal_lm, load_tokenizer, resolve_device
+            from ..modeling import load_tokenizer, resolve_device
 
             device = resolve_device(self.params)
             self._tokenizer = load_tokenizer(self.params)
-            self._model = load_causal_lm(self.params, device, adapter=self.adapter_dir())
+            self._model = self.load_model(device)
         return self._model, self._tokenizer
+
+    def load_model(self, device: str):
+        """The model that predicts: the base as configured, with the trained adapter attached."""
+        from ..modeling import load_causal_lm
+
+        return load_causal_lm(self.params, device, adapter=self.adapter_dir())
 
     def prompts(self, rows: pd.DataFrame, tokenizer, max_prompt_tokens: int):
         """(prompt texts, builder) for `rows`, few-shot examples from the saved training rows."""

@@ -18,13 +18,13 @@ from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_f
 from ..validation import validation_inputs, validation_report, validation_split
 from ..validation import callbacks as validation_callbacks
 from . import prompt
-from .parts import Generation, Launch, LoRA, Trainer, added
+from .parts import Generation, Inference, Launch, LoRA, Trainer, added
 from .prompt import PromptCandidate
 
 
 @dataclass
-class Params(prompt.Params, LoRA, Trainer, Launch):
-    """The prompt kind's parts plus LoRA, trainer and launcher parts."""
+class Params(prompt.Params, LoRA, Trainer, Launch, Inference):
+    """The prompt kind's parts plus LoRA, trainer, launcher and inference parts."""
 
     prepare_kbit: bool = True  # 4bit/8bit: peft's prepare_model_for_kbit_training (fp32 norms, input grads); false saves memory
     packing: bool = False  # pack several rows per sequence (refused when the model cannot keep packed rows apart)
@@ -58,6 +58,15 @@ class QLoRACandidate(PromptCandidate):
 
     def training_inputs(self) -> dict:
         return validation_inputs(self.params, self.metric)
+
+    def load_model(self, device: str):
+        """The base with the trained adapter: through 4-bit layers, or with merge_for_inference
+        merged into a dequantised copy (faster kernels, the memory of a 16-bit model)."""
+        from ..modeling import load_causal_lm, merged_causal_lm
+
+        if self.params.merge_for_inference and self.trained_weights().exists():
+            return merged_causal_lm(self.params, device, self.adapter_dir())
+        return load_causal_lm(self.params, device, adapter=self.adapter_dir())
 
     def training_pairs(self, train_rows: pd.DataFrame, tokenizer,
                        shots_from: pd.DataFrame | None = None) -> tuple[list[dict], int]:

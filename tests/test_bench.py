@@ -1,0 +1,48 @@
+"""The benchmark scripts run on CPU (the tests' tiny models), so they cannot rot between GPU runs."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_train_gpu_prints_the_batching_by_optimizer_table_on_cpu(capsys):
+    """Six settings through the qlora kind's trainer; 8 rows in batches of 2 for 4 updates is one
+    epoch, so every setting saw the same real tokens: padding is not counted, padding-free loses none."""
+    results = bench_module("train_gpu").main(["--steps", "2", "--rows", "8", "--batch-size", "2",
+                                               "--max-length", "2048"])
+    assert {r["rows"] for r in results} == {8}  # none dropped as too long
+    assert [(r["batching"], r["optim"]) for r in results] == [
+        (batching, optim) for batching in ("padded", "length-grouped", "padding-free")
+        for optim in ("paged_adamw_8bit", "adamw_torch")]
+    assert all(r["tokens_per_s"] > 0 and r["peak_gib"] is None for r in results)
+    assert len({r["all_real_tokens"] for r in results}) == 1 and results[0]["all_real_tokens"] > 8 * 50
+    printed = capsys.readouterr().out.splitlines()  # the trainer's own log lines come in between
+    assert printed[0].startswith("CPU (no CUDA: the tests' tiny Qwen3): 8 rows")
+    header = next(i for i, line in enumerate(printed) if line.startswith("batching"))
+    assert printed[header].split()[:3] == ["batching", "optimizer", "steps"] and len(printed) == header + 7
+    assert printed[header + 1].split()[:2] == ["padded", "paged_adamw_8bit"]
+    assert printed[header + 1].split()[-2:] == ["-", "1.00x"]
+
+
+@pytest.mark.slow
+def test_generate_compares_4bit_and_merged_prediction_on_cpu(capsys):
+    """A random, non-zero adapter on the tiny Qwen3: both ways summarise every row; the table and
+    the share of differing greedy summaries are printed."""
+    result = bench_module("generate").main(["--merge", "--rows", "6", "--max-new-tokens", "8", "--repeats", "1",
+                                            "--batch-size", "3"])
+    assert result["device"] == "cpu" and result["rows"] == 6 and 0 <= result["differing_share"] <= 1
+    assert set(result["seconds"]) == {"4-bit + adapter", "merged (merge_for_inference)"}
+    printed = capsys.readouterr().out
+    assert "greedy summaries differing between the two:" in printed and "summaries/s" in printed
