@@ -11,12 +11,12 @@ Which Ray cluster and how it is joined is ray_cluster's (RayConnection).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Callable, Iterator, Sequence
 
 from .choices import EXECUTORS
 from .errors import CompetitionError
 from .fold_run import run_fold
+from .progress import progress as show_progress
 from .launch import launcher_of
 from .ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection, counted
 
@@ -184,14 +184,12 @@ def run_jobs(executor, context, jobs: Sequence[FoldJob], progress: bool = True,
              echo: Callable[[str], None] | None = None) -> list[JobResult]:
     """Run every job, after printing the executor's plan; the progress bar counts finished tasks
     (failed ones included)."""
-    from tqdm import tqdm
-
     if echo:
         for line in executor.plan(jobs):
             echo(line)
     results = []
-    with tqdm(total=len(jobs), desc=f"folds ({executor.name})", disable=not progress or not jobs,
-              file=sys.stderr, leave=False) as bar:
+    with show_progress(total=len(jobs), desc=f"folds ({executor.name})", unit="folds",
+                       enabled=progress and bool(jobs)) as bar:
         for result in executor.run(context, jobs):
             results.append(result)
             bar.update(1)

@@ -79,6 +79,10 @@ def _open(config: Config) -> tuple[Any, str] | None:
         return None
     name = experiment_name(config)
     if (uri, name) not in _stores:
+        import logging
+
+        # MLflow's store logs its table migrations at INFO on stderr: noise between our progress lines.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
