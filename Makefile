@@ -9,7 +9,7 @@ DATA ?= data
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test submit clean
+.PHONY: setup test test-fast submit clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# While iterating: everything but the tests marked slow (tiny models trained or generating). CI runs `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # DATA overrides [data] dir only when given (make submit DATA=path, or in the environment).
 # ARGS goes to `competition pipeline` as is, e.g. make submit ARGS=--require-all
