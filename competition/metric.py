@@ -10,11 +10,17 @@ Each distinct text is tokenized once (Kiwi's batch API; tokens of earlier comman
 persistent token cache, token_cache.py) and kept in the scorer's tables, so re-scoring the same
 outputs (CV, ensembles, decoding search) costs only the counting: n-gram overlaps of all pairs
 at once in numpy, ROUGE-L by rapidfuzz (rouge-score) or a bit-parallel LCS that keeps rouge
-1.0.1's tie-break (official). bench/metric.py measures it against the packages.
+1.0.1's tie-break (official). bench/metric.py measures it against the packages. In a workspace,
+each pair's scores are kept too (token_cache.py, keyed by both texts, the convention, the tokens'
+identity and this module's code), so the next command's CV and MBR read them instead of counting.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +28,7 @@ from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cpdist
 
 from .choices import CONVENTIONS, MULTI_REF_RULES
+from . import token_cache
 from .errors import ConfigError
 from .tokenizers import Tokenizer, get_tokenizer, tokenize
 
@@ -29,6 +36,9 @@ METRICS = ("rouge1", "rouge2", "rougeL")
 STATS = ("precision", "recall", "f1")
 # Sentence pairs whose LCS words are remembered (MBR and CV compare the same outputs again).
 _LCS_CACHE_LIMIT = 1_000_000
+# A pair's scores in the persistent cache: 3 metrics x (P, R, F1) as little-endian float64.
+_STORED_FLOAT = np.dtype("<f8")
+_PAIR_BYTES = 9 * _STORED_FLOAT.itemsize
 
 
 @dataclass
@@ -320,12 +330,49 @@ class RougeScorer:
                 out[:, metric, 2] = np.where(total > 0, 2 * precision * recall / total, 0.0)
         return out
 
+    @cached_property
+    def scores_identity(self) -> str:
+        """What a pair's scores depend on: the tokens (tokenizer identity), the convention and this
+        module's code and libraries (any change to them is a new identity: old scores never answer);
+        "" (no persistent scores) for a tokenizer without an identity or code that cannot be read."""
+        from importlib.metadata import version
+
+        try:
+            code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+        except OSError:
+            return ""
+        if not self.tokenizer.identity:
+            return ""
+        return json.dumps({"scores": self.convention, "tokens": self.tokenizer.identity, "metric.py": code,
+                           "numpy": np.__version__, "rapidfuzz": version("rapidfuzz")}, sort_keys=True)
+
     def score_pairs(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
-        """Scores of hyps[i] against refs[i]: array (pairs, 3 metrics, 3 stats)."""
+        """Scores of hyps[i] against refs[i]: array (pairs, 3 metrics, 3 stats). Pairs scored by an
+        earlier command come from the persistent cache (the same float64 bytes), the rest are
+        computed (tokenising only their texts) and stored."""
         if len(hyps) != len(refs):
             raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
         if not len(hyps):
             return np.zeros((0, 3, 3))
+        store = token_cache.active_store() if self.scores_identity else None
+        if store is None:
+            return self._compute_pairs(hyps, refs)
+        # The pair as one string: the hypothesis's length first, so no two pairs read the same.
+        pairs = [f"{len(hyp)}:{hyp}{ref}" for hyp, ref in zip(hyps, refs)]
+        stored = store.get_values(self.scores_identity, pairs)
+        found = [i for i, value in enumerate(stored) if isinstance(value, bytes) and len(value) == _PAIR_BYTES]
+        missing = sorted(set(range(len(pairs))) - set(found))
+        out = np.empty((len(pairs), 3, 3))
+        if found:
+            out[found] = np.frombuffer(b"".join(stored[i] for i in found), dtype=_STORED_FLOAT).reshape(-1, 3, 3)
+        if missing:
+            computed = self._compute_pairs([hyps[i] for i in missing], [refs[i] for i in missing])
+            out[missing] = computed
+            store.put_values(self.scores_identity, [pairs[i] for i in missing],
+                             [row.astype(_STORED_FLOAT).tobytes() for row in computed])
+        return out
+
+    def _compute_pairs(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
         get = self._index.get
         hyp_rows, ref_rows = [get(h) for h in hyps], [get(r) for r in refs]
         if None in hyp_rows or None in ref_rows:

@@ -1,12 +1,14 @@
-"""The persistent token cache: every text's tokens, tokenised once per workspace, not once per command.
+"""The persistent token cache: every text's tokens (and every scored pair's ROUGE, metric.py) are
+computed once per workspace, not once per command.
 
 Kiwi reads about 1,200 Korean dialogues a second and takes seconds to load, so `cv`, `ensemble`,
-`submit` and `diff` spent most of their time tokenising texts the last command had tokenised.
-Tokens are kept in runs/.cache/tokens.sqlite (sqlite in WAL mode: readers never wait, writers of
-parallel processes take turns), keyed by a 128-bit hash of the tokenizer's identity (its name,
-version and options) and the text, so a changed tokenizer can never be answered with old tokens.
-The file is bounded by [metric] cache_mb (least recently used entries evicted). A file that is not
-ours or is damaged is deleted and rebuilt with one warning line: the cache only ever saves time.
+`submit` and `diff` spent most of their time tokenising and scoring what the last command had
+already done. Values are kept in runs/.cache/tokens.sqlite (sqlite in WAL mode: readers never
+wait, writers of parallel processes take turns), keyed by a 128-bit hash of an identity (the
+tokenizer's name, version and options; for scores also the convention and the scoring code) and
+the content, so a changed tokenizer or metric can never be answered with old values. The file is
+bounded by [metric] cache_mb (least recently used entries evicted). A file that is not ours or is
+damaged is deleted and rebuilt with one warning line: the cache only ever saves time.
 
 The CLI points this process (and, through COMPETITION_TOKEN_CACHE, the processes it starts: Ray
 tasks, executors) at the workspace; a library user without a workspace gets no persistent cache
@@ -27,7 +29,7 @@ from typing import Iterator, Sequence
 CACHE_FILE = Path(".cache") / "tokens.sqlite"  # under the workspace's runs/
 ENVIRONMENT = "COMPETITION_TOKEN_CACHE"  # "MB:PATH", inherited by child processes
 APPLICATION_ID = 0x544F4B53  # "TOKS" in the sqlite header: a file of ours
-FORMAT = 1  # PRAGMA user_version; another value is rebuilt
+FORMAT = 2  # PRAGMA user_version; another value is rebuilt
 SEPARATOR = "\x1f"  # between tokens in a stored entry
 BUSY_SECONDS = 60.0  # a writer waits this long for another process's write to finish
 CHUNK = 2_000  # keys per SELECT (sqlite allows 32,766 parameters; ~2k is fastest here)
@@ -68,7 +70,8 @@ def _transaction(db: sqlite3.Connection, mode: str = "") -> Iterator[None]:
 
 
 class TokenStore:
-    """One sqlite file of tokens; `get` and `put` work in batches (one query per CHUNK texts)."""
+    """One sqlite file of values (tokens, pair scores); lookups and writes are batched (one query
+    per CHUNK keys, one transaction per write)."""
 
     def __init__(self, path: str | Path, limit_mb: float):
         self.path = Path(path)
@@ -95,8 +98,9 @@ class TokenStore:
                 db.execute("BEGIN IMMEDIATE")  # one process creates the table, the others wait and see it
                 stamp = self._stamp(db)
                 if stamp == (0, 0) and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                    db.execute("CREATE TABLE tokens (key INTEGER PRIMARY KEY, check_ INTEGER NOT NULL, "
-                               "tokens TEXT NOT NULL, used INTEGER NOT NULL)")
+                    # value: tokens (text) or a pair's ROUGE scores (bytes, metric.py)
+                    db.execute("CREATE TABLE entries (key INTEGER PRIMARY KEY, check_ INTEGER NOT NULL, "
+                               "value NOT NULL, used INTEGER NOT NULL)")
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {FORMAT}")
                     db.execute("COMMIT")
@@ -170,57 +174,65 @@ class TokenStore:
 
     # -- entries ----------------------------------------------------------------------------
     @staticmethod
-    def keys(identity: str, texts: Sequence[str]) -> list[tuple[int, int]]:
-        """Per text: (key, check), the two signed 64-bit halves of blake2b(identity, text)."""
+    def keys(identity: str, contents: Sequence[str]) -> list[tuple[int, int]]:
+        """Per content: (key, check), the two signed 64-bit halves of blake2b(identity, content)."""
         salt = hashlib.blake2b(identity.encode("utf-8"), digest_size=32).digest()
         out = []
-        for text in texts:
-            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=salt).digest()
+        for content in contents:
+            digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16, key=salt).digest()
             out.append((int.from_bytes(digest[:8], "little", signed=True),
                         int.from_bytes(digest[8:], "little", signed=True)))
         return out
 
-    def get(self, identity: str, texts: Sequence[str]) -> list[list[str] | None]:
-        """Stored tokens of each text by this tokenizer, None where it has none."""
-        keys = self.keys(identity, texts)
+    def get_values(self, identity: str, contents: Sequence[str]) -> list[str | bytes | None]:
+        """The stored value of each content under `identity`, None where there is none."""
+        keys = self.keys(identity, contents)
 
-        def read(db: sqlite3.Connection) -> dict[int, tuple[int, str, int]]:
-            found: dict[int, tuple[int, str, int]] = {}
+        def read(db: sqlite3.Connection) -> dict[int, tuple[int, int, str | bytes, int]]:
+            found: dict[int, tuple[int, int, str | bytes, int]] = {}  # key -> (key, check, value, used)
             wanted = list(dict.fromkeys(key for key, _ in keys))
             with _transaction(db):  # one snapshot for every chunk
                 for start in range(0, len(wanted), CHUNK):
                     part = wanted[start:start + CHUNK]
-                    query = f"SELECT key, check_, tokens, used FROM tokens WHERE key IN ({','.join('?' * len(part))})"
-                    found.update((key, (check, tokens, used)) for key, check, tokens, used in db.execute(query, part))
+                    query = f"SELECT key, check_, value, used FROM entries WHERE key IN ({','.join('?' * len(part))})"
+                    found.update({row[0]: row for row in db.execute(query, part).fetchall()})
             now = _now()
-            stale = [key for key, (_, _, used) in found.items() if used < now - TOUCH_SECONDS]
+            stale = [key for key, (_, _, _, used) in found.items() if used < now - TOUCH_SECONDS]
             if stale:
                 with _transaction(db, "IMMEDIATE"):
-                    db.executemany("UPDATE tokens SET used = ? WHERE key = ?", ((now, key) for key in stale))
+                    db.executemany("UPDATE entries SET used = ? WHERE key = ?", ((now, key) for key in stale))
             return found
 
         found = self._run(read) or {}
-        out: list[list[str] | None] = []
+        out: list[str | bytes | None] = []
         for key, check in keys:
             entry = found.get(key)
-            out.append(decode(entry[1]) if entry is not None and entry[0] == check else None)
+            out.append(entry[2] if entry is not None and entry[1] == check else None)
         return out
 
-    def put(self, identity: str, texts: Sequence[str], tokens: Sequence[Sequence[str]]) -> None:
-        """Store tokens of texts (a text stored by another process meanwhile is replaced by the same
-        tokens), then evict the least recently used entries if the file passed its limit."""
+    def put_values(self, identity: str, contents: Sequence[str], values: Sequence[str | bytes | None]) -> None:
+        """Store each content's value (None: skipped; a content stored by another process meanwhile
+        is replaced by the same value), then evict the least recently used entries past the limit."""
         now = _now()
-        rows = [(key, check, stored, now) for (key, check), stored in zip(self.keys(identity, texts), map(encode, tokens))
-                if stored is not None]
+        rows = [(key, check, value, now) for (key, check), value in zip(self.keys(identity, contents), values)
+                if value is not None]
         if not rows:
             return
 
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db, "IMMEDIATE"):
-                db.executemany("INSERT OR REPLACE INTO tokens (key, check_, tokens, used) VALUES (?, ?, ?, ?)", rows)
+                db.executemany("INSERT OR REPLACE INTO entries (key, check_, value, used) VALUES (?, ?, ?, ?)", rows)
             self._evict(db)
 
         self._run(write)
+
+    def get(self, identity: str, texts: Sequence[str]) -> list[list[str] | None]:
+        """Stored tokens of each text by the tokenizer of this identity, None where there are none."""
+        return [None if stored is None else decode(stored) for stored in self.get_values(identity, texts)]
+
+    def put(self, identity: str, texts: Sequence[str], tokens: Sequence[Sequence[str]]) -> None:
+        """Store the tokens of texts (lists that would not come back exactly are skipped)."""
+        self.put_values(identity, texts, [encode(t) for t in tokens])
 
     def size_bytes(self, db: sqlite3.Connection) -> int:
         """Bytes of pages in use (free pages of evicted entries are reused, not counted)."""
@@ -233,13 +245,13 @@ class TokenStore:
         if used <= self.limit_bytes:
             return
         with _transaction(db, "IMMEDIATE"):
-            count = db.execute("SELECT count(*) FROM tokens").fetchone()[0]
+            count = db.execute("SELECT count(*) FROM entries").fetchone()[0]
             drop = max(1, int(count * (1 - EVICT_TO * self.limit_bytes / used)))
-            db.execute("DELETE FROM tokens WHERE key IN (SELECT key FROM tokens ORDER BY used LIMIT ?)", (drop,))
+            db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY used LIMIT ?)", (drop,))
 
     def stats(self) -> dict:
         """Entries and bytes in use (for reports and tests)."""
-        return self._run(lambda db: {"entries": db.execute("SELECT count(*) FROM tokens").fetchone()[0],
+        return self._run(lambda db: {"entries": db.execute("SELECT count(*) FROM entries").fetchone()[0],
                                      "bytes": self.size_bytes(db)}) or {"entries": 0, "bytes": 0}
 
 

@@ -3,6 +3,7 @@ writers, rebuilt when damaged, bounded, and never a change in any score."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sqlite3
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from competition import token_cache
+from competition import metric, token_cache
 from competition.config import MetricConfig, load_config
 from competition.errors import ConfigError
 from competition.metric import RougeScorer
@@ -138,7 +139,7 @@ def test_no_workspace_means_no_file_and_the_same_tokens(tmp_path, monkeypatch):
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from competition import token_cache
+    from competition import metric, token_cache
     from competition.tokenizers import get_tokenizer
     path, first, count, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
     store = token_cache.TokenStore(path, 64)
@@ -209,8 +210,8 @@ def test_a_foreign_cache_file_is_rebuilt_with_a_warning(tmp_path, store_at, capf
     else:
         with sqlite3.connect(path) as db:
             if content == "other database":
-                db.execute("CREATE TABLE tokens (key INTEGER PRIMARY KEY, check_ INTEGER, tokens TEXT, used INTEGER)")
-                db.execute("INSERT INTO tokens VALUES (1, 2, 'wrong', 0)")
+                db.execute("CREATE TABLE entries (key INTEGER PRIMARY KEY, check_ INTEGER, value, used INTEGER)")
+                db.execute("INSERT INTO entries VALUES (1, 2, 'wrong', 0)")
             else:  # ours, but of another format version
                 db.execute(f"PRAGMA application_id = {token_cache.APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {token_cache.FORMAT + 1}")
@@ -222,7 +223,7 @@ def test_a_foreign_cache_file_is_rebuilt_with_a_warning(tmp_path, store_at, capf
     assert len(warnings) == 1 and "rebuilt" in warnings[0]
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA application_id").fetchone()[0] == token_cache.APPLICATION_ID
-        assert db.execute("SELECT count(*) FROM tokens").fetchone()[0] == len(ENGLISH)
+        assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == len(ENGLISH)
     db.close()
 
 
@@ -316,7 +317,7 @@ def test_commands_share_the_workspace_cache(cli, korean_workspace, monkeypatch):
     path = korean_workspace / "runs" / token_cache.CACHE_FILE
     assert path.exists()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM tokens").fetchone()[0] > 0
+        assert db.execute("SELECT count(*) FROM entries").fetchone()[0] > 0
     db.close()
     assert os.environ[token_cache.ENVIRONMENT] == "0:"  # the command's setting ended with it
 
@@ -327,3 +328,23 @@ def test_commands_share_the_workspace_cache(cli, korean_workspace, monkeypatch):
     result = cli(["data", "check", "--json", "--config", off], cwd=korean_workspace)
     assert result.exit_code == 0, result.output
     assert not path.exists()
+
+
+# -- pair scores ---------------------------------------------------------------------------------
+def test_stored_pair_scores_are_read_back_and_keyed_by_convention_and_code(tmp_path, store_at):
+    store = store_at()
+    hyps, refs = ["a b c d", "x y"], ["a b d", "x z y"]
+    scorer = RougeScorer("whitespace", "official")
+    first = scorer.score_pairs(hyps, refs)
+    identity = json.loads(scorer.scores_identity)
+    assert identity["metric.py"] == hashlib.sha256(Path(metric.__file__).read_bytes()).hexdigest()
+    assert identity["tokens"] == get_tokenizer("whitespace").identity and identity["scores"] == "official"
+    # A new scorer (the next command) reads the stored bytes: a planted value proves where they come from.
+    planted = np.arange(9, dtype="<f8").reshape(3, 3)
+    store.put_values(scorer.scores_identity, ["7:a b c da b d"], [planted.tobytes()])
+    again = RougeScorer("whitespace", "official").score_pairs(hyps, refs)
+    assert np.array_equal(again[0], planted) and np.array_equal(again[1], first[1])
+    # Another convention has its own entries: computed, never the official ones.
+    counted = RougeScorer("whitespace", "rouge-score")
+    assert counted.scores_identity != scorer.scores_identity
+    assert counted.score_pairs(hyps, refs)[0, 0, 0] == pytest.approx(3 / 4)
