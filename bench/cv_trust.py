@@ -138,7 +138,7 @@ def main() -> None:
             print(f"{scheme:<38}{label:<14}{spearman(cv, proxy):>9.2f}{np.abs(gaps).mean():>19.2f}{gaps.mean():>17.2f}")
     ess = {scheme: next(iter(results[scheme].values()))["ess"] for scheme in SCHEMES}
     print("test-matched effective sample size: " + ", ".join(f"{s}: {v:,.0f} rows" for s, v in ess.items()))
-    print(f"targets for the default: Spearman >= 0.8 and mean |proxy - CV| <= 2.0")
+    print("targets for the default: Spearman >= 0.8 and mean |proxy - CV| <= 2.0")
 
 
 if __name__ == "__main__":
