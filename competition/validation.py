@@ -166,7 +166,7 @@ def validation_report(trainer, eval_rows: pd.DataFrame, params) -> dict:
     if len(eval_rows):
         report.update(chosen_step=state.best_global_step or state.global_step, eval_metric=params.eval_metric,
                       best_metric=state.best_metric, eval_fnames=eval_rows["fname"].astype(str).tolist(),
-                      stopped_early=bool(params.max_steps > 0 and state.global_step < params.max_steps))
+                      stopped_early=bool(state.global_step < state.max_steps))
     return report
 
 

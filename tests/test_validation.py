@@ -32,13 +32,20 @@ def test_count_or_fraction_seeded_and_disjoint():
 
 
 def test_near_duplicate_clusters_stay_on_one_side_and_augmented_rows_follow_their_source():
+    umbrella = "#Person1#: 지하철에서 파란 우산을 잃어버렸어요 분실물 센터가 어디예요 #Person2#: 이층으로 가세요"
     train = rows(12)
-    # r0..r3 are one cluster, r4/r5 another; r0__para was made from r0, syn_1 from nothing
-    groups = RowGroups(train[["fname", "dialogue"]], source_of={"r0__para": "r0", "syn_1": ""})
-    groups.__dict__["cluster_of"] = {f"r{i}": "a" if i < 4 else "b" if i < 6 else f"r{i}" for i in range(12)}
+    # r0..r3: one dialogue with a word changed (one cluster); r4/r5: another pair; r6..r11 unrelated
+    train.loc[0:3, "dialogue"] = [umbrella + ending for ending in (" 고마워요", " 감사해요", " 네", " 알겠어요")]
+    train.loc[4:5, "dialogue"] = ["#Person1#: 내일 회의는 세 시에 본관 회의실에서 해요 자료를 준비해 주세요 " + ending
+                                  for ending in ("네", "알겠어요")]
+    groups = RowGroups(train[["fname", "dialogue"]], threshold=0.5, tokenizer="whitespace",
+                       source_of={"r0__para": "r0", "syn_1": ""})
+    assert len({groups.key(f"r{i}") for i in range(4)}) == 1 and groups.key("r4") == groups.key("r5")
+    assert len({groups.key(f"r{i}") for i in range(12)}) == 8
     augmented = pd.DataFrame({"fname": ["r0__para", "syn_1"], "dialogue": ["바꾼 대화", "새 대화"],
                               "summary": ["바꾼 요약", "새 요약"], "topic": ""})
     every = pd.concat([train, augmented], ignore_index=True)
+    picked_the_big_cluster = 0
     for seed in range(30):
         fit, held = validation_split(every, 3, seed, groups)
         chosen = set(held["fname"])
@@ -46,7 +53,9 @@ def test_near_duplicate_clusters_stay_on_one_side_and_augmented_rows_follow_thei
             assert cluster <= chosen or cluster.isdisjoint(chosen), (seed, chosen)
         assert len(held) >= 3 and not chosen & {"r0__para", "syn_1"}  # augmented rows never validate
         assert ("r0__para" in set(fit["fname"])) == ("r0" not in chosen)  # out of training with its source
-        assert "syn_1" in set(fit["fname"])
+        assert "syn_1" in set(fit["fname"]) and set(fit["fname"]).isdisjoint(chosen)
+        picked_the_big_cluster += "r0" in chosen
+    assert 0 < picked_the_big_cluster < 30  # both sides of the r0 case were exercised
 
 
 def test_asking_for_every_row_is_a_one_line_error():
