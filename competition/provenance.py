@@ -12,12 +12,12 @@ list of reasons and the command that fixes them. Package versions are recorded, 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 
 import pandas as pd
 
+from .candidates.parts import hashed_settings
 from .data import rows_sha256
 from .errors import FoldMismatch
 from .predictions import load_meta, run_dir
@@ -84,7 +84,9 @@ def candidate_settings(config, name: str) -> dict:
     from .candidates import candidate_class
 
     candidate = config.candidate(name)
-    settings = {"kind": candidate.kind, "params": dataclasses.asdict(candidate.params),
+    # hashed_settings: keys added since a config was written count only once set, so an unchanged
+    # competition.toml keeps its config hash (and its results stay current) after an upgrade.
+    settings = {"kind": candidate.kind, "params": hashed_settings(candidate.params),
                 "augmentations": list(candidate.augmentations), "seed": candidate_seed(config, name)}
     models = params_models(candidate.params)
     if models:

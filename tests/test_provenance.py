@@ -198,3 +198,19 @@ def test_leftovers_of_a_kill_are_removed_by_the_next_command(workspace, cli):
              "folds/.folds.csv.x1.tmp"]
     ignored = subprocess.run(["git", "-C", str(workspace), "check-ignore", *paths], capture_output=True, text=True)
     assert ignored.stdout.split() == paths
+
+
+def test_config_hashes_survive_new_keys():
+    """Config hashes of model candidates as the version before the composed Params and the new
+    training keys computed them: an unchanged competition.toml keeps its results current."""
+    from competition.config import parse_config
+
+    config = parse_config({"candidates": {
+        "q": {"kind": "qlora", "model": "Qwen/Qwen3-0.6B", "lora_r": 32},
+        "t5": {"kind": "seq2seq", "model": "paust/pko-t5-large", "epochs": 3.0},
+        "p": {"kind": "prompt", "model": "Qwen/Qwen3-0.6B", "few_shot": 2}}})
+    assert {name: candidate_hash(config, name)[0] for name in config.candidates} == {
+        "q": "ae6afe12fee4a627", "t5": "f26ef3345207c6c1", "p": "4809b5c3e9902e68"}
+    changed = parse_config({"candidates": {"q": {"kind": "qlora", "model": "Qwen/Qwen3-0.6B", "lora_r": 32,
+                                                 "optim": "adafactor"}}})
+    assert candidate_hash(changed, "q")[0] != "ae6afe12fee4a627"  # a new key, once set, counts
