@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .candidates.parts import hashed_settings
+from .candidates.parts import Trainer, hashed_settings
 from .data import rows_sha256
 from .errors import FoldMismatch
 from .predictions import load_meta, run_dir
@@ -91,8 +91,10 @@ def candidate_settings(config, name: str) -> dict:
     models = params_models(candidate.params)
     if models:
         settings["models"] = models
-    if candidate_class(candidate.kind).uses_metric:
-        # Kinds that tune on ROUGE (lead, retrieval) change with the metric's settings.
+    picks_by_rouge = isinstance(candidate.params, Trainer) and candidate.params.picks_by_rouge()
+    if candidate_class(candidate.kind).uses_metric or picks_by_rouge:
+        # Kinds that tune on ROUGE (lead, retrieval), and trainings whose kept checkpoint is chosen by
+        # validation ROUGE, change with the metric's settings.
         settings["metric"] = config.metric.scoring()
     return settings
 

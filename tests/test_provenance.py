@@ -214,3 +214,10 @@ def test_config_hashes_survive_new_keys():
     changed = parse_config({"candidates": {"q": {"kind": "qlora", "model": "Qwen/Qwen3-0.6B", "lora_r": 32,
                                                  "optim": "adafactor"}}})
     assert candidate_hash(changed, "q")[0] != "ae6afe12fee4a627"  # a new key, once set, counts
+
+    # Keeping the checkpoint with the best validation ROUGE ties the result to [metric].
+    rouge = parse_config({"candidates": {"q": {"kind": "qlora", "model": "m", "eval_rows": 0.1}},
+                          "metric": {"convention": "rouge-score"}})
+    loss = parse_config({"candidates": {"q": {"kind": "qlora", "model": "m", "eval_rows": 0.1,
+                                              "eval_metric": "loss"}}})
+    assert "metric" in candidate_hash(rouge, "q")[1] and "metric" not in candidate_hash(loss, "q")[1]

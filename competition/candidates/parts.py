@@ -234,6 +234,10 @@ class Trainer(Composed):
     eval_metric: str = added("rouge_final")  # the best checkpoint (kept) and early stopping by: rouge_final | loss
     early_stopping_patience: int = added(0)  # stop after this many validations without a better eval_metric; 0 = never
 
+    def picks_by_rouge(self) -> bool:
+        """Whether the kept checkpoint is chosen by ROUGE of validation summaries (so by [metric])."""
+        return self.eval_rows > 0 and self.eval_generate_rows > 0 and self.eval_metric == "rouge_final"
+
     def check(self) -> list[str]:
         problems = at_least(self, ("batch_size", "grad_accumulation", "save_steps", "logging_steps"), 1)
         if self.learning_rate <= 0:
