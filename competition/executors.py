@@ -13,15 +13,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterator, Sequence
 
+from .candidates.parts import Launch, Placement
 from .choices import EXECUTORS
 from .errors import CompetitionError
 from .fold_run import run_fold
 from .progress import progress as show_progress
-from .launch import launcher_of
 from .ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection, counted
 
 # Kinds that run a neural model here; they ask Ray for a GPU when they will use CUDA.
-_MODEL_KINDS = {"qlora", "seq2seq", "prompt"}
 
 
 class ExecutorError(CompetitionError):
@@ -47,21 +46,20 @@ class JobResult:
     error: str | None = None  # "ExceptionType: message" when it failed
 
 
-def task_resources(params, kind: str, cluster_has_gpus: bool) -> dict:
+def task_resources(params, cluster_has_gpus: bool) -> dict:
     """Ray resources one fold of a candidate really uses, so folds never oversubscribe a node.
 
-    A fold is one process with `num_cpus` threads (model kinds; 1 for the others); with
-    launcher = "accelerate" it is `num_processes` processes of `num_cpus` threads each, so
-    num_processes x num_cpus CPUs. Model kinds that will use CUDA take one GPU per process:
-    device "cuda" or require_cuda always, "auto" when the cluster has GPUs. Model-free kinds take none.
+    Read from the parts its Params declare (candidates/parts.py), so a new kind gets them without
+    an entry here: a kind that places a model (Placement) is one process with `num_cpus` threads,
+    or with launcher = "accelerate" (Launch) `num_processes` processes of `num_cpus` threads, so
+    num_processes x num_cpus CPUs; it takes one GPU per process when it will use CUDA (device "cuda"
+    or require_cuda always, "auto" when the cluster has GPUs). Any other kind takes 1 CPU, no GPU.
     """
-    num_cpus = float(getattr(params, "num_cpus", 1) or 1)
-    if kind not in _MODEL_KINDS:
-        return {"num_cpus": num_cpus, "num_gpus": 0}
-    processes = int(getattr(params, "num_processes", 1) or 1) if launcher_of(params) == "accelerate" else 1
-    device = getattr(params, "device", "auto")
-    uses_cuda = device == "cuda" or getattr(params, "require_cuda", False) or (device == "auto" and cluster_has_gpus)
-    return {"num_cpus": num_cpus * processes, "num_gpus": processes if uses_cuda else 0}
+    if not isinstance(params, Placement):
+        return {"num_cpus": 1.0, "num_gpus": 0}
+    processes = params.num_processes if isinstance(params, Launch) and params.launcher == "accelerate" else 1
+    uses_cuda = params.device == "cuda" or params.require_cuda or (params.device == "auto" and cluster_has_gpus)
+    return {"num_cpus": float(params.num_cpus) * processes, "num_gpus": processes if uses_cuda else 0}
 
 
 class LocalExecutor:
@@ -202,5 +200,5 @@ def jobs_for(config, name: str, folds: Sequence[int], wanted: dict, settings: di
              cluster_has_gpus: bool) -> list[FoldJob]:
     """One FoldJob per fold of candidate `name`, with the resources its kind and params declare."""
     candidate = config.candidate(name)
-    resources = task_resources(candidate.params, candidate.kind, cluster_has_gpus)
+    resources = task_resources(candidate.params, cluster_has_gpus)
     return [FoldJob(name, fold, wanted, settings, **resources) for fold in folds]

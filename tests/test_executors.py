@@ -58,27 +58,27 @@ def prediction_files(root) -> dict[str, bytes]:
 
 
 def test_resources_follow_kind_device_and_launcher():
-    assert task_resources(LeadParams(), "lead", cluster_has_gpus=True) == {"num_cpus": 1.0, "num_gpus": 0}
-    assert task_resources(QLoRAParams(), "qlora", cluster_has_gpus=True)["num_gpus"] == 1
-    assert task_resources(QLoRAParams(), "qlora", cluster_has_gpus=False)["num_gpus"] == 0
-    assert task_resources(QLoRAParams(require_cuda=True), "qlora", cluster_has_gpus=False)["num_gpus"] == 1
-    assert task_resources(QLoRAParams(device="cpu"), "qlora", cluster_has_gpus=True)["num_gpus"] == 0
+    assert task_resources(LeadParams(), cluster_has_gpus=True) == {"num_cpus": 1.0, "num_gpus": 0}
+    assert task_resources(QLoRAParams(), cluster_has_gpus=True)["num_gpus"] == 1
+    assert task_resources(QLoRAParams(), cluster_has_gpus=False)["num_gpus"] == 0
+    assert task_resources(QLoRAParams(require_cuda=True), cluster_has_gpus=False)["num_gpus"] == 1
+    assert task_resources(QLoRAParams(device="cpu"), cluster_has_gpus=True)["num_gpus"] == 0
     four = QLoRAParams(launcher="accelerate", num_processes=4)
-    assert task_resources(four, "qlora", cluster_has_gpus=True)["num_gpus"] == 4
-    assert task_resources(QLoRAParams(num_cpus=4), "qlora", cluster_has_gpus=False) == {"num_cpus": 4.0,
+    assert task_resources(four, cluster_has_gpus=True)["num_gpus"] == 4
+    assert task_resources(QLoRAParams(num_cpus=4), cluster_has_gpus=False) == {"num_cpus": 4.0,
                                                                                         "num_gpus": 0}
-    assert task_resources(PromptParams(), "prompt", cluster_has_gpus=True) == {"num_cpus": 1.0, "num_gpus": 1}
+    assert task_resources(PromptParams(), cluster_has_gpus=True) == {"num_cpus": 1.0, "num_gpus": 1}
 
 
 def test_launched_fold_reserves_num_processes_times_num_cpus():
     """launcher = "accelerate" runs num_processes processes of num_cpus threads each (issue 20)."""
     on_cpu = QLoRAParams(launcher="accelerate", num_processes=2, num_cpus=3, device="cpu")
-    assert task_resources(on_cpu, "qlora", cluster_has_gpus=True) == {"num_cpus": 6.0, "num_gpus": 0}
+    assert task_resources(on_cpu, cluster_has_gpus=True) == {"num_cpus": 6.0, "num_gpus": 0}
     seq2seq = Seq2SeqParams(launcher="accelerate", num_processes=2)
-    assert task_resources(seq2seq, "seq2seq", cluster_has_gpus=False) == {"num_cpus": 2.0, "num_gpus": 0}
-    assert task_resources(seq2seq, "seq2seq", cluster_has_gpus=True) == {"num_cpus": 2.0, "num_gpus": 2}
+    assert task_resources(seq2seq, cluster_has_gpus=False) == {"num_cpus": 2.0, "num_gpus": 0}
+    assert task_resources(seq2seq, cluster_has_gpus=True) == {"num_cpus": 2.0, "num_gpus": 2}
     unlaunched = QLoRAParams(num_processes=4, num_cpus=3)  # num_processes only counts under a launcher
-    assert task_resources(unlaunched, "qlora", cluster_has_gpus=False) == {"num_cpus": 3.0, "num_gpus": 0}
+    assert task_resources(unlaunched, cluster_has_gpus=False) == {"num_cpus": 3.0, "num_gpus": 0}
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, cli, korean_workspace):
