@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from .candidates.parts import Generation, Prompt
 from .errors import CompetitionError
 from .fold_run import make_candidate, prepare, training_rows
 from .progress import progress as show_progress
@@ -182,14 +183,14 @@ def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.Dat
         folder = fold_dir(context.config, name, fold)
         meta = read_meta(folder / "meta.json")
         instance = make_candidate(context, name, folder / "work")
-        trains = hasattr(instance, "trained_weights")  # qlora, seq2seq; prompt kinds only load a model
+        trains = instance.trained_weights() is not None  # qlora, seq2seq; prompt kinds only load a model
         if meta is None or not (folder / "oof.csv").exists():
             problem = "has not run"
         elif not fold_is_current(meta, wanted):
             problem = "was trained on another config, data or folds than now"
         elif trains and finished_fit(instance, train_rows[fold])[1] is None:
             problem = f"has no trained model in {instance.workdir}"
-        elif getattr(instance.params, "few_shot", 0) > 0 and not instance.fewshot_path.exists():
+        elif isinstance(instance.params, Prompt) and instance.params.few_shot > 0 and not instance.fewshot_path.exists():
             problem = f"has no few-shot examples {instance.fewshot_path}"
         else:
             metas[fold] = meta
@@ -217,7 +218,7 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
 
     candidate_config = config.candidate(name)
     base_params = candidate_config.params
-    if not hasattr(base_params, "num_beams"):
+    if not isinstance(base_params, Generation):
         raise CompetitionError(f"{name!r} (kind {candidate_config.kind}) has no generation settings to tune: "
                                "tune a qlora, seq2seq or prompt candidate")
     space = load_space(space_path, base_params)

@@ -54,6 +54,11 @@ class Candidate(ABC):
         its training fingerprint, so a change retrains."""
         return {}
 
+    def trained_weights(self) -> Path | None:
+        """The file a finished training saves (train.json beside it marks the fold trained); None for
+        kinds that train nothing (tune and export then have no weights to look for)."""
+        return None
+
     def needs_cuda(self) -> bool:
         """Whether this configured candidate can only run with CUDA (e.g. 4-bit QLoRA)."""
         return self.requires_cuda
