@@ -137,7 +137,7 @@ class TrackingConfig:
 @dataclass
 class CandidateConfig:
     name: str
-    kind: str
+    kind: str  # lead, retrieval, qlora, seq2seq, prompt or api (or a registered kind): its keys below
     enabled: bool = True  # false: kept in the file, skipped by `run` and `make submit`
     params: Any = None  # the kind's own dataclass
     augmentations: list[str] = field(default_factory=list)  # augmented CSVs added fold-safely to training
@@ -309,7 +309,7 @@ def _expand_seeds(config: Config) -> None:
         config.seed_groups[name] = members
 
 
-_SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig,
+SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig,
              "tracking": TrackingConfig}
 
 
@@ -318,11 +318,11 @@ def parse_config(raw: dict, path: Path | None = None) -> Config:
     problems: list[str] = []
     config = Config(path=path)
     for key, table in raw.items():
-        if key in _SECTIONS:
+        if key in SECTIONS:
             if not isinstance(table, dict):
                 problems.append(f"[{key}] should be a table")
                 continue
-            setattr(config, key, build_dataclass(_SECTIONS[key], table, key, problems))
+            setattr(config, key, build_dataclass(SECTIONS[key], table, key, problems))
         elif key in ("candidates", "ensembles"):
             example = 'kind = "lead"' if key == "candidates" else 'method = "mbr"'
             if not isinstance(table, dict):
@@ -345,7 +345,7 @@ def parse_config(raw: dict, path: Path | None = None) -> Config:
                     if ensemble:
                         config.ensembles[name] = ensemble
         else:
-            sections = list(_SECTIONS) + ["candidates", "ensembles"]
+            sections = list(SECTIONS) + ["candidates", "ensembles"]
             close = difflib.get_close_matches(key, sections, n=1)
             hint = f"; did you mean [{close[0]}]?" if close else f"; sections: {', '.join(sections)}"
             problems.append(f"unknown section [{key}]{hint}")

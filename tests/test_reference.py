@@ -1,0 +1,38 @@
+"""docs/reference.md is generated from the commands and the config dataclasses, and must be current."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from competition.reference import field_comments, reference_markdown
+
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
+
+
+def test_the_reference_is_current():
+    assert REFERENCE.read_text(encoding="utf-8") == reference_markdown(), \
+        "docs/reference.md is out of date: run .venv/bin/python -m competition.reference docs/reference.md"
+
+
+def test_every_key_of_every_kind_has_a_meaning():
+    from competition.candidates import KINDS, params_class
+    from competition.config import SECTIONS
+
+    for cls in [*SECTIONS.values(), *(params_class(kind) for kind in KINDS)]:
+        comments = field_comments(cls)
+        missing = [item.name for item in dataclasses.fields(cls) if not comments.get(item.name)]
+        assert not missing, f"{cls.__module__}.{cls.__name__}: no comment beside {missing}"
+
+
+def test_a_new_field_shows_up_in_the_reference():
+    """What makes the first test fail when a Params field is added without regenerating."""
+    from competition.candidates.lead import Params
+
+    @dataclasses.dataclass
+    class Wider(Params):
+        new_knob: int = 3  # a knob added later
+
+    from competition.reference import keys_table
+
+    assert "| `new_knob` | `3` | a knob added later |" in keys_table(Wider)
+    assert "new_knob" not in REFERENCE.read_text(encoding="utf-8")
