@@ -10,6 +10,10 @@ from click.testing import CliRunner
 
 from korean_fixture import DIALOGUES
 
+# The tiny models' session fixtures (tiny_causal_lm, tiny_t5, ...), registered once for the whole
+# session: imported into each test module instead, every module would build its own copy.
+pytest_plugins = ["tiny_models"]
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

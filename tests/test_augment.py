@@ -12,7 +12,6 @@ import pytest
 from competition import augment as aug
 from competition.chat import Endpoint
 from competition.errors import CompetitionError, DataError
-from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
 
 
 def test_speaker_swap_renames_consistently_in_dialogue_and_summary(korean_rows):

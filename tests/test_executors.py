@@ -17,7 +17,7 @@ from competition.candidates.prompt import Params as PromptParams
 from competition.candidates.seq2seq import Params as Seq2SeqParams
 from competition.executors import ExecutorError, FoldJob, make_executor, task_resources
 from competition.ray_cluster import RayUnavailable
-from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
+
 
 FOLDS = 3
 NAMES = ("lead", "retrieval", "tiny")

@@ -7,7 +7,6 @@ import json
 import pandas as pd
 import pytest
 
-from tiny_models import tiny_causal_lm, tiny_t5  # noqa: F401  (fixtures)
 
 TARGET = "#Person1#은 우산을 찾습니다."
 # The tiny T5 learns a newly added tag token (#Person1#) slower than plain text: its target has none.

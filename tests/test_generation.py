@@ -11,7 +11,7 @@ from competition.generation import (GenerationReport, clean_output, finish, gene
                                     truncate_ids_middle)
 from competition.prompts import (DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, FewShotIndex, PromptBuilder, PromptTemplate,
                                  build_messages, render, truncate_middle, user_message)
-from tiny_models import run_through_cli, tiny_base_lm, tiny_causal_lm  # noqa: F401  (fixtures)
+from tiny_models import run_through_cli
 
 
 def test_truncate_middle_keeps_both_ends_and_marks_the_cut():

@@ -12,7 +12,7 @@ from conftest import write_workspace
 from competition.config import load_config
 from competition.errors import ConfigError
 from competition.launch import LaunchFailed, accelerate_command, command_for, run_launcher
-from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
+
 
 ENTRY = ["-m", "competition.train_fold"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from competition.candidates.qlora import Params, QLoRACandidate
 from competition.errors import ConfigError
-from tiny_models import run_through_cli, tiny_causal_lm, tiny_opt  # noqa: F401  (fixtures)
+from tiny_models import run_through_cli
 
 
 def tiny_params(model_dir, **overrides) -> Params:

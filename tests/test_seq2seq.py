@@ -6,7 +6,7 @@ import json
 import pytest
 
 from competition.candidates.seq2seq import Params, Seq2SeqCandidate, found_tags
-from tiny_models import run_through_cli, tiny_t5  # noqa: F401  (fixture)
+from tiny_models import run_through_cli
 
 
 def tiny_params(model_dir, **overrides) -> Params:

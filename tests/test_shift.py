@@ -13,12 +13,10 @@ from korean_fixture import DIALOGUES
 
 from competition.config import load_config
 from competition.cv import leaderboard
-from competition.data import load_from_config, read_split
+from competition.data import load_from_config
 from competition.errors import FoldMismatch
 from competition.folds import assign_folds, build_folds, check_folds
-from competition.metric import RougeResult
-from competition.shift import (duplicate_report, exact_duplicates, fold_profile, matched_weights,
-                               near_duplicate_clusters)
+from competition.shift import exact_duplicates, fold_profile, matched_weights, near_duplicate_clusters
 
 STRATEGIES = ("length", "random", "stratify:topic", "group:topic")
 

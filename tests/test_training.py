@@ -11,7 +11,6 @@ import pytest
 from competition import modeling
 from competition.errors import ConfigError
 from competition.training import finished_training, save_training
-from tiny_models import tiny_causal_lm  # noqa: F401  (fixture)
 
 
 def test_a_cut_or_foreign_train_json_means_not_finished(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from competition import search
 from competition import tune as tuning
 from competition.errors import CompetitionError
-from tiny_models import run_through_cli, tiny_t5  # noqa: F401  (fixture)
+from tiny_models import run_through_cli
 
 SPACE = ('{"num_beams": [1, 2], "length_penalty": [0.5, 1.0], "max_new_tokens": [6, 12], '
          '"length_control": ["fixed", "dynamic"], "length_scale": [0.5, 1.0]}')

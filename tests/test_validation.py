@@ -11,7 +11,6 @@ import pytest
 
 from competition.errors import ConfigError
 from competition.validation import RowGroups, curve, validation_split
-from tiny_models import tiny_causal_lm, tiny_t5  # noqa: F401  (fixtures)
 
 
 def rows(count: int) -> pd.DataFrame:
