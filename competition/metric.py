@@ -11,8 +11,8 @@ persistent token cache, token_cache.py) and kept in the scorer's tables, so re-s
 outputs (CV, ensembles, decoding search) costs only the counting: n-gram overlaps of all pairs
 at once in numpy, ROUGE-L by rapidfuzz (rouge-score) or a bit-parallel LCS that keeps rouge
 1.0.1's tie-break (official). bench/metric.py measures it against the packages. In a workspace,
-each pair's scores are kept too (token_cache.py, keyed by both texts, the convention, the tokens'
-identity and this module's code), so the next command's CV and MBR read them instead of counting.
+the scores of each list of pairs are kept too (token_cache.py, keyed by the texts, the convention,
+the tokens' identity and this module's code), so the next command's CV and MBR read them back.
 """
 from __future__ import annotations
 
@@ -36,9 +36,11 @@ METRICS = ("rouge1", "rouge2", "rougeL")
 STATS = ("precision", "recall", "f1")
 # Sentence pairs whose LCS words are remembered (MBR and CV compare the same outputs again).
 _LCS_CACHE_LIMIT = 1_000_000
-# A pair's scores in the persistent cache: 3 metrics x (P, R, F1) as little-endian float64.
+# Scores in the persistent cache: per pair 3 metrics x (P, R, F1) as little-endian float64.
 _STORED_FLOAT = np.dtype("<f8")
 _PAIR_BYTES = 9 * _STORED_FLOAT.itemsize
+# Fewer pairs are counted faster than a lookup and a write.
+_STORE_MIN_PAIRS = 50
 
 
 @dataclass
@@ -347,30 +349,25 @@ class RougeScorer:
                            "numpy": np.__version__, "rapidfuzz": version("rapidfuzz")}, sort_keys=True)
 
     def score_pairs(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
-        """Scores of hyps[i] against refs[i]: array (pairs, 3 metrics, 3 stats). Pairs scored by an
-        earlier command come from the persistent cache (the same float64 bytes), the rest are
-        computed (tokenising only their texts) and stored."""
+        """Scores of hyps[i] against refs[i]: array (pairs, 3 metrics, 3 stats). In a workspace, the
+        same list of pairs scored by an earlier command (cv and submit score each source's OOF rows,
+        MBR the same chunks) is read back from the persistent cache (the same float64 bytes)."""
         if len(hyps) != len(refs):
             raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
         if not len(hyps):
             return np.zeros((0, 3, 3))
-        store = token_cache.active_store() if self.scores_identity else None
+        store = token_cache.active_store() if self.scores_identity and len(hyps) >= _STORE_MIN_PAIRS else None
         if store is None:
             return self._compute_pairs(hyps, refs)
-        # The pair as one string: the hypothesis's length first, so no two pairs read the same.
-        pairs = [f"{len(hyp)}:{hyp}{ref}" for hyp, ref in zip(hyps, refs)]
-        stored = store.get_values(self.scores_identity, pairs)
-        found = [i for i, value in enumerate(stored) if isinstance(value, bytes) and len(value) == _PAIR_BYTES]
-        missing = sorted(set(range(len(pairs))) - set(found))
-        out = np.empty((len(pairs), 3, 3))
-        if found:
-            out[found] = np.frombuffer(b"".join(stored[i] for i in found), dtype=_STORED_FLOAT).reshape(-1, 3, 3)
-        if missing:
-            computed = self._compute_pairs([hyps[i] for i in missing], [refs[i] for i in missing])
-            out[missing] = computed
-            store.put_values(self.scores_identity, [pairs[i] for i in missing],
-                             [row.astype(_STORED_FLOAT).tobytes() for row in computed])
-        return out
+        # One entry per list of pairs: a row per pair would cost a random b-tree write each (as long
+        # as counting it), one row per list costs one write. Lengths first: no two lists read the same.
+        pairs = "".join(f"{len(hyp)}:{hyp}{len(ref)}:{ref}" for hyp, ref in zip(hyps, refs))
+        (stored,) = store.get_values(self.scores_identity, [pairs])
+        if isinstance(stored, bytes) and len(stored) == len(hyps) * _PAIR_BYTES:
+            return np.frombuffer(stored, dtype=_STORED_FLOAT).reshape(-1, 3, 3).astype(float)
+        scores = self._compute_pairs(hyps, refs)
+        store.put_values(self.scores_identity, [pairs], [scores.astype(_STORED_FLOAT).tobytes()])
+        return scores
 
     def _compute_pairs(self, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
         get = self._index.get

@@ -333,18 +333,22 @@ def test_commands_share_the_workspace_cache(cli, korean_workspace, monkeypatch):
 # -- pair scores ---------------------------------------------------------------------------------
 def test_stored_pair_scores_are_read_back_and_keyed_by_convention_and_code(tmp_path, store_at):
     store = store_at()
-    hyps, refs = ["a b c d", "x y"], ["a b d", "x z y"]
-    scorer = RougeScorer("whitespace", "official")
-    first = scorer.score_pairs(hyps, refs)
-    identity = json.loads(scorer.scores_identity)
+    hyps = ["a a b"] + [f"a b c d {i}" for i in range(60)] + ["x y"] * 20
+    refs = ["a b"] + [f"a b d {i % 7}" for i in range(60)] + ["x z y"] * 20
+    first = RougeScorer("whitespace", "official").score_pairs(hyps, refs)
+    assert first[0, 0, 0] == 1.0  # official: distinct unigrams {a, b} on both sides
+    identity = json.loads(RougeScorer("whitespace", "official").scores_identity)
     assert identity["metric.py"] == hashlib.sha256(Path(metric.__file__).read_bytes()).hexdigest()
     assert identity["tokens"] == get_tokenizer("whitespace").identity and identity["scores"] == "official"
-    # A new scorer (the next command) reads the stored bytes: a planted value proves where they come from.
-    planted = np.arange(9, dtype="<f8").reshape(3, 3)
-    store.put_values(scorer.scores_identity, ["7:a b c da b d"], [planted.tobytes()])
-    again = RougeScorer("whitespace", "official").score_pairs(hyps, refs)
-    assert np.array_equal(again[0], planted) and np.array_equal(again[1], first[1])
-    # Another convention has its own entries: computed, never the official ones.
+    entries = store.stats()["entries"]
+    # The next command's scorer reads the stored bytes: nothing is tokenised or counted again.
+    tokenizer = Counting(get_tokenizer("whitespace"))
+    again = RougeScorer(tokenizer, "official").score_pairs(hyps, refs)
+    assert tokenizer.asked == [] and np.array_equal(again, first) and again.flags.writeable
+    assert store.stats()["entries"] == entries
+    # Another list of pairs, or another convention, is computed: never answered with other scores.
+    shorter = RougeScorer(tokenizer, "official").score_pairs(hyps[1:], refs[1:])
+    assert np.array_equal(shorter, first[1:]) and store.stats()["entries"] == entries + 1  # its own entry
     counted = RougeScorer("whitespace", "rouge-score")
-    assert counted.scores_identity != scorer.scores_identity
-    assert counted.score_pairs(hyps, refs)[0, 0, 0] == pytest.approx(3 / 4)
+    assert counted.scores_identity != RougeScorer("whitespace", "official").scores_identity
+    assert counted.score_pairs(hyps, refs)[0, 0, 0] == pytest.approx(2 / 3)  # counted: 2 of 3 tokens
