@@ -263,7 +263,7 @@ class Trainer(Composed):
 class Launch(Composed):
     """How one fold's training is started (see competition.launch)."""
 
-    launcher: str = "none"  # "accelerate": train under `accelerate launch` (all GPUs of a machine; see README)
+    launcher: str = "none"  # "accelerate": train under `accelerate launch` (all GPUs of a machine; see docs/guide.md)
     num_processes: int = 1  # launcher = "accelerate": processes (= GPUs) for this fold's training
     accelerate_config: str = ""  # launcher = "accelerate": accelerate config file (FSDP/DeepSpeed); "" = DDP
 
