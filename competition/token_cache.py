@@ -241,13 +241,18 @@ class TokenStore:
         return (pages - free) * page_size
 
     def _evict(self, db: sqlite3.Connection) -> None:
-        used = self.size_bytes(db)
-        if used <= self.limit_bytes:
-            return
-        with _transaction(db, "IMMEDIATE"):
-            count = db.execute("SELECT count(*) FROM entries").fetchone()[0]
-            drop = max(1, int(count * (1 - EVICT_TO * self.limit_bytes / used)))
-            db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY used LIMIT ?)", (drop,))
+        """Past the limit, delete the least recently used entries down to EVICT_TO of it (entries
+        differ in size, tokens to whole lists of scores: a few rounds at most)."""
+        for _ in range(8):
+            used = self.size_bytes(db)
+            if used <= self.limit_bytes:
+                return
+            with _transaction(db, "IMMEDIATE"):
+                count = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+                if not count:
+                    return
+                drop = max(1, int(count * (1 - EVICT_TO * self.limit_bytes / used)))
+                db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY used LIMIT ?)", (drop,))
 
     def stats(self) -> dict:
         """Entries and bytes in use (for reports and tests)."""
