@@ -19,8 +19,11 @@ from . import token_cache
 class Tokenizer(Protocol):
     name: str
     # Everything its tokens depend on (package and model versions, options): the persistent
-    # cache's key. "" keeps its tokens out of the persistent cache.
+    # cache's key for its tokens and for the scores computed on them. "" keeps both out of it.
     identity: str
+    # Whether its tokens are worth keeping across commands: a stored text costs ~20 us to write
+    # and ~5 us to read back (bench/scale.py), Kiwi ~1 ms to tokenise, a regex ~1 us.
+    persistent: bool
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]: ...
 
@@ -33,6 +36,7 @@ class KiwiTokenizer:
     (e.g. model_type, typos, integrate_allomorph); the model loads on the first text to tokenise."""
 
     name = "kiwi"
+    persistent = True
 
     def __init__(self, **options) -> None:
         self.options = options
@@ -79,6 +83,7 @@ class WhitespaceTokenizer:
     """Split on white space, nothing else."""
 
     name = "whitespace"
+    persistent = False
     identity = f"whitespace: str.split(), unicode {unicodedata.unidata_version}"
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
@@ -92,6 +97,7 @@ class EnglishTokenizer:
     """Lower-case alphanumeric words, as rouge-score's default tokenizer (without stemming)."""
 
     name = "english"
+    persistent = False
     identity = f"english: lower, {_NON_ALNUM.pattern!r} -> space, split, unicode {unicodedata.unidata_version}"
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
@@ -122,10 +128,11 @@ def get_tokenizer(name: str) -> Tokenizer:
 
 
 def tokenize(texts: Sequence[str], tokenizer: str | Tokenizer) -> list[list[str]]:
-    """Tokens of each text: from the persistent cache where it has them, the rest tokenised in one
-    batch (the only time Kiwi's model loads) and stored for the next command."""
+    """Tokens of each text: for a persistent tokenizer (Kiwi), from the persistent cache where it
+    has them, the rest tokenised in one batch (the only time Kiwi's model loads) and stored for the
+    next command; a cheap one (english, whitespace) simply tokenises."""
     tokenizer = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    store = token_cache.active_store() if tokenizer.identity else None
+    store = token_cache.active_store() if tokenizer.persistent and tokenizer.identity else None
     if store is None:
         return tokenizer.tokenize_many(list(texts))
     distinct = list(dict.fromkeys(texts))

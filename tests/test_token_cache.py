@@ -44,11 +44,11 @@ def store_at(tmp_path, monkeypatch):
 
 
 class Counting:
-    """A tokenizer wrapper that records what it was asked to tokenise."""
+    """A tokenizer wrapper that records what it was asked to tokenise (persistent: its tokens are
+    stored even where the wrapped tokenizer's are not worth it)."""
 
-    def __init__(self, inner, identity: str | None = None):
-        self.inner, self.name = inner, inner.name
-        self.identity = inner.identity if identity is None else identity
+    def __init__(self, inner, persistent: bool = True):
+        self.inner, self.name, self.identity, self.persistent = inner, inner.name, inner.identity, persistent
         self.asked: list[str] = []
 
     def tokenize_many(self, texts):
@@ -218,7 +218,7 @@ def test_a_foreign_cache_file_is_rebuilt_with_a_warning(tmp_path, store_at, capf
                 db.execute("CREATE TABLE t (x)")
         db.close()
     store_at()
-    assert tokenize(ENGLISH, "english") == get_tokenizer("english").tokenize_many(ENGLISH)
+    assert tokenize(ENGLISH, Counting(get_tokenizer("english"))) == get_tokenizer("english").tokenize_many(ENGLISH)
     warnings = [line for line in capfd.readouterr().err.splitlines() if "token cache" in line]
     assert len(warnings) == 1 and "rebuilt" in warnings[0]
     with sqlite3.connect(path) as db:
@@ -232,7 +232,7 @@ def test_an_unwritable_cache_is_one_warning_and_the_same_tokens(tmp_path, monkey
     blocker.write_text("a file where the runs folder should be")
     monkeypatch.setenv(token_cache.ENVIRONMENT, token_cache.setting(blocker, 64))
     for _ in range(3):
-        assert tokenize(ENGLISH, "english") == get_tokenizer("english").tokenize_many(ENGLISH)
+        assert tokenize(ENGLISH, Counting(get_tokenizer("english"))) == get_tokenizer("english").tokenize_many(ENGLISH)
     warnings = [line for line in capfd.readouterr().err.splitlines() if "token cache" in line]
     assert len(warnings) == 1 and "running without it" in warnings[0]
 
@@ -309,25 +309,28 @@ def test_scores_with_and_without_the_cache_are_identical(tmp_path, store_at, sha
 
 def test_commands_share_the_workspace_cache(cli, korean_workspace, monkeypatch):
     monkeypatch.setenv(token_cache.ENVIRONMENT, "0:")
-    (korean_workspace / "competition.toml").write_text(
-        (korean_workspace / "competition.toml").read_text(encoding="utf-8") + '\n[metric]\ntokenizer = "whitespace"\n',
-        encoding="utf-8")
-    result = cli(["data", "check", "--json"], cwd=korean_workspace)
+    result = cli(["data", "check", "--json"], cwd=korean_workspace)  # Kiwi tokens of every dialogue
     assert result.exit_code == 0, result.output
     path = korean_workspace / "runs" / token_cache.CACHE_FILE
-    assert path.exists()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM entries").fetchone()[0] > 0
     db.close()
     assert os.environ[token_cache.ENVIRONMENT] == "0:"  # the command's setting ended with it
 
-    off = korean_workspace / "off.toml"
-    off.write_text((korean_workspace / "competition.toml").read_text(encoding="utf-8").replace(
-        'tokenizer = "whitespace"', 'tokenizer = "whitespace"\ncache_mb = 0'), encoding="utf-8")
     path.unlink()
-    result = cli(["data", "check", "--json", "--config", off], cwd=korean_workspace)
+    (korean_workspace / "off.toml").write_text("[metric]\ncache_mb = 0\n", encoding="utf-8")
+    result = cli(["data", "check", "--json", "--config", korean_workspace / "off.toml"], cwd=korean_workspace)
     assert result.exit_code == 0, result.output
     assert not path.exists()
+
+
+def test_cheap_tokenizers_are_not_stored_but_their_scores_are(tmp_path, store_at):
+    store = store_at()
+    assert get_tokenizer("kiwi").persistent and not get_tokenizer("english").persistent
+    assert tokenize(ENGLISH, "english") == get_tokenizer("english").tokenize_many(ENGLISH)
+    assert store.stats()["entries"] == 0  # a lookup would cost more than the regex
+    RougeScorer("english", "official").score_pairs(ENGLISH * 20, ENGLISH[::-1] * 20)
+    assert store.stats()["entries"] == 1
 
 
 # -- pair scores ---------------------------------------------------------------------------------
@@ -342,7 +345,7 @@ def test_stored_pair_scores_are_read_back_and_keyed_by_convention_and_code(tmp_p
     assert identity["tokens"] == get_tokenizer("whitespace").identity and identity["scores"] == "official"
     entries = store.stats()["entries"]
     # The next command's scorer reads the stored bytes: nothing is tokenised or counted again.
-    tokenizer = Counting(get_tokenizer("whitespace"))
+    tokenizer = Counting(get_tokenizer("whitespace"), persistent=False)
     again = RougeScorer(tokenizer, "official").score_pairs(hyps, refs)
     assert tokenizer.asked == [] and np.array_equal(again, first) and again.flags.writeable
     assert store.stats()["entries"] == entries
