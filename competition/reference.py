@@ -61,6 +61,14 @@ def keys_table(cls: type, skip: tuple[str, ...] = ()) -> list[str]:
     return rows
 
 
+def _help_text(command: click.Command, context: click.Context) -> str:
+    """The command's --help as `competition` prints it. Click builds a command's help option once
+    and keeps it, with the option names of the first context that asked (`-h, --help` under the
+    CLI, `--help` alone in a bare context): written the CLI's way whichever came first."""
+    text = command.get_help(context).strip()
+    return re.sub(r"^(\s+)--help(\s{4})", r"\1-h, --help", text, flags=re.M)
+
+
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
     found = []
     for name in sorted(group.commands):
@@ -83,8 +91,8 @@ def reference_markdown() -> str:
            "and the config dataclasses; do not edit by hand (`make test` checks it is current).", "", "## Commands", ""]
     for path, command in _commands(main):
         context = click.Context(command, info_name=f"competition {' '.join(path)}", terminal_width=100,
-                                max_content_width=100)  # the same text on every terminal
-        out += [f"### `competition {' '.join(path)}`", "", "```text", command.get_help(context).strip(), "```", ""]
+                                max_content_width=100, help_option_names=["-h", "--help"])  # the same on every terminal
+        out += [f"### `competition {' '.join(path)}`", "", "```text", _help_text(command, context), "```", ""]
     out += ["## competition.toml", "", "Every key is optional; a table's unknown key is an error that names the closest one.", ""]
     for section, cls in SECTIONS.items():
         out += [f"### `[{section}]`", "", *keys_table(cls), ""]
