@@ -21,8 +21,8 @@ class Tokenizer(Protocol):
     # Everything its tokens depend on (package and model versions, options): the persistent
     # cache's key for its tokens and for the scores computed on them. "" keeps both out of it.
     identity: str
-    # Whether its tokens are worth keeping across commands: a stored text costs ~20 us to write
-    # and ~5 us to read back (bench/scale.py), Kiwi ~1 ms to tokenise, a regex ~1 us.
+    # Whether its tokens are worth keeping across commands: on 2 cores a stored text costs ~20 us
+    # to write and ~5 us to read back, Kiwi ~0.4-1 ms to tokenise it, a regex ~1 us.
     persistent: bool
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]: ...
