@@ -309,6 +309,9 @@ def test_scores_with_and_without_the_cache_are_identical(tmp_path, store_at, sha
 
 def test_commands_share_the_workspace_cache(cli, korean_workspace, monkeypatch):
     monkeypatch.setenv(token_cache.ENVIRONMENT, "0:")
+    # Earlier tests in this process tokenised the same fixture dialogues: with them in the
+    # in-process dict, nothing would reach the workspace file (what failed in the full suite).
+    monkeypatch.setattr("competition.tokenizers._token_cache", {})
     result = cli(["data", "check", "--json"], cwd=korean_workspace)  # Kiwi tokens of every dialogue
     assert result.exit_code == 0, result.output
     path = korean_workspace / "runs" / token_cache.CACHE_FILE
