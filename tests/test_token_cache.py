@@ -241,11 +241,11 @@ def test_an_unwritable_cache_is_one_warning_and_the_same_tokens(tmp_path, monkey
 def test_least_recently_used_entries_are_evicted_past_cache_mb(tmp_path, monkeypatch):
     clock = [1_000_000]
     monkeypatch.setattr(token_cache, "_now", lambda: clock[0])
-    store = token_cache.TokenStore(tmp_path / "tokens.sqlite", 0.25)
+    store = token_cache.TokenStore(tmp_path / "tokens.sqlite", 64)
     identity = get_tokenizer("whitespace").identity
 
     def batch(label: str) -> list[str]:
-        return [f"{label} {i} " + "filler " * 20 for i in range(400)]  # ~200 KB a batch with overhead
+        return [f"{label} {i} " + "filler " * 40 for i in range(400)]
 
     old, recent = batch("old"), batch("recent")
     store.put(identity, old, [t.split() for t in old])
@@ -253,6 +253,9 @@ def test_least_recently_used_entries_are_evicted_past_cache_mb(tmp_path, monkeyp
     store.put(identity, recent, [t.split() for t in recent])
     clock[0] += 10 * token_cache.TOUCH_SECONDS
     assert all(store.get(identity, old))  # read again: now the most recently used
+    with sqlite3.connect(store.path) as db:
+        store.limit_bytes = store.size_bytes(db)  # full now: the next batch must push entries out
+    db.close()
     clock[0] += 10 * token_cache.TOUCH_SECONDS
     newest = batch("newest")
     store.put(identity, newest, [t.split() for t in newest])
