@@ -27,8 +27,8 @@ import numpy as np
 from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cpdist
 
-from .choices import CONVENTIONS, MULTI_REF_RULES
 from . import token_cache
+from .choices import CONVENTIONS, MULTI_REF_RULES
 from .errors import ConfigError
 from .tokenizers import Tokenizer, get_tokenizer, tokenize
 
@@ -339,11 +339,11 @@ class RougeScorer:
         "" (no persistent scores) for a tokenizer without an identity or code that cannot be read."""
         from importlib.metadata import version
 
+        if not self.tokenizer.identity:
+            return ""
         try:
             code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
         except OSError:
-            return ""
-        if not self.tokenizer.identity:
             return ""
         return json.dumps({"scores": self.convention, "tokens": self.tokenizer.identity, "metric.py": code,
                            "numpy": np.__version__, "rapidfuzz": version("rapidfuzz")}, sort_keys=True)
