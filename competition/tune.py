@@ -22,13 +22,20 @@ import numpy as np
 import pandas as pd
 
 from .candidates.parts import Generation, Prompt
+from .config import config_hash
+from .data import references
 from .errors import CompetitionError
-from .fold_run import make_candidate, prepare, training_rows
+from .fold_run import RunContext, make_candidate, prepare, training_rows
+from .metric import RougeScorer, get_scorer
+from .modeling import load_tokenizer
+from .predictions import fold_dir, read_meta, run_dir, write_fold, write_source_outputs
 from .progress import progress as show_progress
 from .provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
 from .runner import choose_outputs
-from .search import LENGTH_KEYS, Trial, TrialStore, canonical, check_method, load_space, make_search, setting_key
+from .search import (LENGTH_KEYS, GridSearch, Trial, TrialStore, canonical, check_method, load_space, make_search,
+                     setting_key)
 from .tracking import log_tune
+from .training import finished_fit
 
 # Why the nested score is optimistic when TPE proposed the settings (reported beside the score).
 TPE_NESTED_NOTE = ("optimistic under TPE: which settings were tried was steered by scores that include "
@@ -175,9 +182,6 @@ def nested_score(choices: dict[int, Trial], fold_rows: dict[int, int]) -> float:
 def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.DataFrame]) -> dict[int, dict]:
     """Each fold's meta.json, refusing (CompetitionError) unless every fold of `name` ran on the
     current config, data and folds (`wanted`) and left its trained model: tuning only loads models."""
-    from .predictions import fold_dir, read_meta
-    from .training import finished_fit
-
     metas = {}
     for fold in range(context.k):
         folder = fold_dir(context.config, name, fold)
@@ -202,27 +206,92 @@ def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.Dat
 
 def _model_token_counter(params) -> Callable[[list[str]], list[int]]:
     """Token counts in the candidate model's own tokenizer (length targets are in its tokens)."""
-    from .modeling import load_tokenizer
-
     tokenizer = load_tokenizer(params)
     return lambda texts: [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path | None = None, method: str = "grid",
-                   subsample: int = 200, confirm: int = 3, seed: int = 42, data_dir=None, restart: bool = False,
-                   progress: bool = True, echo: Callable[[str], None] = print) -> TuneResult:
-    """Search generation settings of a trained candidate by OOF final; write NAME@tuned."""
-    from .data import references
-    from .metric import get_scorer
-    from .predictions import fold_dir, run_dir
+@dataclass
+class TuneOptions:
+    """How `competition tune` searches (its options, with the same defaults)."""
 
+    trials: int = 20  # settings scored in all: the untuned one and a resumed search's stored trials included
+    space_path: str | Path | None = None  # TOML/JSON {parameter: [values]}; None: the default space
+    method: str = "grid"  # grid, or tpe (optuna)
+    subsample: int = 200  # OOF rows each trial is scored on, spread over folds
+    confirm: int = 3  # best trials (by subsample final) re-scored on all OOF rows
+    seed: int = 42  # of the subsample and the search order
+    restart: bool = False  # move the stored trials aside and search again
+
+
+@dataclass
+class TunePlan:
+    """What the steps share: inputs checked current, the search with its trial store, the fold models
+    and each fold's subsample rows."""
+
+    context: RunContext  # the rows, folds, test, dev and their hashes
+    name: str
+    options: TuneOptions
+    base_hash: str  # the base candidate's config hash: NAME@tuned's hash derives from it
+    untuned: dict  # the candidate's own setting over the space's keys: the bar to beat
+    store: TrialStore
+    done: list[Trial]  # every scored trial, the stored ones first
+    search: GridSearch  # or its subclass TpeSearch
+    scorer: RougeScorer
+    models: FoldModels
+    sub_positions: dict[int, np.ndarray]  # fold -> positions of its subsample rows among its OOF rows
+
+    def evaluate(self, setting: dict, full: bool) -> tuple[dict[int, float], float, dict[int, list[str]]]:
+        """Per-fold finals, the pooled final and the outputs, one fold model in memory at a time."""
+        row_finals, outputs = {}, {}
+        for fold in self.models.order():
+            model = self.models.get(fold)
+            rows = model.rows if full else model.rows.iloc[self.sub_positions[fold]]
+            outputs[fold] = model.predict(rows, setting)
+            row_finals[fold] = self.scorer.score(outputs[fold], references(rows)).row_finals  # every reference, like cv
+        finals = {fold: float(row_finals[fold].mean()) for fold in sorted(row_finals)}
+        return finals, float(np.concatenate([row_finals[f] for f in finals]).mean()), outputs
+
+    def trial_of(self, setting: dict) -> Trial | None:
+        return next((t for t in self.done if setting_key(t.setting) == setting_key(setting)), None)
+
+
+@dataclass
+class Confirmation:
+    """The confirm step's answer: the choice among the confirmed trials, and the nested score."""
+
+    best: Trial
+    untuned: Trial
+    nested_choices: dict[int, Trial]
+    nested_final: float
+    best_oof: dict[int, list[str]] | None  # fold -> the best setting's OOF outputs, when generated here
+
+
+def tune_candidate(config, name: str, options: TuneOptions | None = None, data_dir=None, progress: bool = True,
+                   echo: Callable[[str], None] = print) -> TuneResult:
+    """Search generation settings of a trained candidate by OOF final; write NAME@tuned."""
+    plan = plan_tune(config, name, options or TuneOptions(), data_dir, echo)
+    run_trials(plan, progress, echo)
+    confirmed = confirm_trials(plan, progress)
+    write_tuned(plan, confirmed.best, confirmed.best_oof, progress)
+    log_tune(config, name, plan.done, confirmed.best, confirmed.nested_final, confirmed.untuned.full_final, data_dir)
+    folds = plan.models.folds.values()
+    return TuneResult(plan.done, confirmed.best, confirmed.nested_final, confirmed.nested_choices,
+                      confirmed.untuned.full_final,
+                      {"subsample_rows": int(sum(len(p) for p in plan.sub_positions.values())),
+                       "oof_rows": int(sum(len(m.rows) for m in folds)), "trials_file": str(plan.store.path)},
+                      nested_strict=all(t.method == "grid" for t in plan.done))
+
+
+def plan_tune(config, name: str, options: TuneOptions, data_dir=None, echo: Callable[[str], None] = print) -> TunePlan:
+    """Refuse what cannot be tuned (no generation settings, stale or untrained folds, trials scored on
+    other inputs), then set up the space, the search over it and the fold models."""
     candidate_config = config.candidate(name)
     base_params = candidate_config.params
     if not isinstance(base_params, Generation):
         raise CompetitionError(f"{name!r} (kind {candidate_config.kind}) has no generation settings to tune: "
                                "tune a qlora, seq2seq or prompt candidate")
-    space = load_space(space_path, base_params)
-    check_method(method)  # a missing optuna fails before the data and models load
+    space = load_space(options.space_path, base_params)
+    check_method(options.method)  # a missing optuna fails before the data and models load
     context = prepare(config, data_dir)
     base_hash = candidate_hash(context.config, name)[0]
     train_rows = {fold: training_rows(context, name, context.fold_of != fold) for fold in range(context.k)}
@@ -230,14 +299,26 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
     store = TrialStore(run_dir(config, name + TUNED_SUFFIX) / "trials.jsonl", {
         "candidate": name, "config_hash": base_hash, **context.hashes, "k": context.k,
         "fold_trained_at": [metas[fold].get("finished_at") for fold in range(context.k)],
-        "subsample": subsample, "seed": seed, "metric": config.metric.scoring()})
-    if restart and (aside := store.restart()) is not None:
+        "subsample": options.subsample, "seed": options.seed, "metric": config.metric.scoring()})
+    if options.restart and (aside := store.restart()) is not None:
         echo(f"{name}: moved the earlier trials to {aside}; searching again")
     done = store.load()  # refuses trials scored on other inputs
-    search = make_search(method, space, done, seed)
+    search = make_search(options.method, space, done, options.seed)
     scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
-    count_tokens = _model_token_counter(base_params) if "length_control" in space else None
+    models = fold_models(context, name, base_params, train_rows, length_control="length_control" in space)
+    rng = np.random.default_rng(options.seed)
+    per_fold = max(1, options.subsample // context.k)
+    sub_positions = {fold: np.sort(rng.permutation(len(model.rows))[:per_fold])
+                     for fold, model in models.folds.items()}
+    return TunePlan(context, name, options, base_hash, untuned_setting(space, base_params), store, done, search,
+                    scorer, models, sub_positions)
 
+
+def fold_models(context, name: str, base_params, train_rows: dict[int, pd.DataFrame],
+                length_control: bool) -> FoldModels:
+    """The k fold models, not loaded yet; with length targets learnt from each fold's training rows
+    when the space searches dynamic length control."""
+    count_tokens = _model_token_counter(base_params) if length_control else None
     folds = []
     for fold in range(context.k):
         train, targets = train_rows[fold], None
@@ -246,92 +327,77 @@ def tune_candidate(config, name: str, trials: int = 20, space_path: str | Path |
         folds.append(FoldModel(fold, None, base_params, context.rows[context.fold_of == fold].reset_index(drop=True),
                                targets, count_tokens))
     # Only prediction: a candidate loads the trained model `check_trained` found; fit is never called.
-    models = FoldModels(folds, lambda fold: make_candidate(context, name, fold_dir(config, name, fold) / "work"))
+    return FoldModels(folds, lambda fold: make_candidate(context, name, fold_dir(context.config, name, fold) / "work"))
 
-    rng = np.random.default_rng(seed)
-    sub_positions = {m.fold: np.sort(rng.permutation(len(m.rows))[: max(1, subsample // context.k)]) for m in folds}
 
-    def evaluate(setting: dict, full: bool) -> tuple[dict[int, float], float, dict[int, list[str]]]:
-        """Per-fold finals, the pooled final and the outputs, one fold model in memory at a time."""
-        row_finals, outputs = {}, {}
-        for fold in models.order():
-            model = models.get(fold)
-            rows = model.rows if full else model.rows.iloc[sub_positions[fold]]
-            outputs[fold] = model.predict(rows, setting)
-            row_finals[fold] = scorer.score(outputs[fold], references(rows)).row_finals  # every reference, like cv
-        finals = {fold: float(row_finals[fold].mean()) for fold in sorted(row_finals)}
-        return finals, float(np.concatenate([row_finals[f] for f in finals]).mean()), outputs
-
-    def run_trial(setting: dict) -> Trial:
-        finals, pooled, _ = evaluate(setting, full=False)
-        budgets = {m.fold: m.length_budgets(setting) for m in folds}
-        number = max((t.number for t in done), default=-1) + 1
-        trial = Trial(number, setting, finals, pooled, method=method,
-                      length_budgets=budgets if any(b is not None for b in budgets.values()) else None)
-        store.append(trial)
-        done.append(trial)
-        search.tell(trial)
-        return trial
-
-    full_outputs: dict[str, dict[int, list[str]]] = {}
-
-    def score_in_full(trial: Trial) -> None:
-        """All OOF rows, per fold and pooled; stored, so a resumed search does not redo it."""
-        trial.full_fold_finals, trial.full_final, full_outputs[setting_key(trial.setting)] = evaluate(
-            trial.setting, full=True)
-        store.append(trial)
-
+def untuned_setting(space: dict[str, list], base_params) -> dict:
+    """The candidate's own values of the space's keys (fixed length at scale 1), in canonical form."""
     untuned = {k: getattr(base_params, k) for k in space if hasattr(base_params, k)}
     if "length_control" in space:
         untuned["length_control"] = "fixed"
     if "length_scale" in space:
         untuned["length_scale"] = 1.0
-    untuned = canonical(untuned)
-    if done:
-        echo(f"{name}: resuming the search, {len(done)} trial(s) already stored in {store.path}")
-    has_untuned = any(setting_key(t.setting) == setting_key(untuned) for t in done)
-    with show_progress(total=max(trials - len(done), 0 if has_untuned else 1), desc=f"tune {name}", unit="trials",
-                       enabled=progress) as bar:
+    return canonical(untuned)
+
+
+def run_trials(plan: TunePlan, progress: bool = True, echo: Callable[[str], None] = print) -> None:
+    """Score settings on the subsample rows until --trials are stored (or the space is exhausted),
+    the untuned setting first; each trial is appended to trials.jsonl as it ends, so a kill resumes."""
+    if plan.done:
+        echo(f"{plan.name}: resuming the search, {len(plan.done)} trial(s) already stored in {plan.store.path}")
+    has_untuned = plan.trial_of(plan.untuned) is not None
+    total = max(plan.options.trials - len(plan.done), 0 if has_untuned else 1)
+    with show_progress(total=total, desc=f"tune {plan.name}", unit="trials", enabled=progress) as bar:
         # The untuned setting is the first of the --trials: the bar to beat. A resumed search over a
         # changed space may lack it; it is scored then even if the stored trials fill the budget.
         if not has_untuned:
-            run_trial(untuned)
+            run_trial(plan, plan.untuned)
             bar.update()
-        while len(done) < trials and (setting := search.ask()) is not None:
-            run_trial(setting)
+        while len(plan.done) < plan.options.trials and (setting := plan.search.ask()) is not None:
+            run_trial(plan, setting)
             bar.update()
-    untuned_trial = next(t for t in done if setting_key(t.setting) == setting_key(untuned))
 
-    # Confirm the best few on all OOF rows: the subsample's optimism becomes visible.
-    ranked = sorted(done, key=lambda t: (-t.subsample_final, t.number))
-    confirmed = list({setting_key(t.setting): t for t in ranked[:confirm] + [untuned_trial]}.values())
-    # Nested: each held-out fold's choice (made on the other folds) is scored on its full OOF rows.
-    choices = nested_choices(done, sorted(models.folds))
+
+def run_trial(plan: TunePlan, setting: dict) -> Trial:
+    """Score one setting on the subsample rows, store it and tell the search."""
+    finals, pooled, _ = plan.evaluate(setting, full=False)
+    budgets = {fold: model.length_budgets(setting) for fold, model in plan.models.folds.items()}
+    number = max((t.number for t in plan.done), default=-1) + 1
+    trial = Trial(number, setting, finals, pooled, method=plan.options.method,
+                  length_budgets=budgets if any(b is not None for b in budgets.values()) else None)
+    plan.store.append(trial)
+    plan.done.append(trial)
+    plan.search.tell(trial)
+    return trial
+
+
+def confirm_trials(plan: TunePlan, progress: bool = True) -> Confirmation:
+    """Score the best --confirm trials (by subsample final) and the untuned one on all OOF rows and
+    choose the best of them there: the subsample's optimism becomes visible. Each held-out fold's
+    nested choice (made on the other folds) is scored on all its OOF rows too."""
+    untuned = plan.trial_of(plan.untuned)
+    ranked = sorted(plan.done, key=lambda t: (-t.subsample_final, t.number))
+    confirmed = list({setting_key(t.setting): t for t in ranked[:plan.options.confirm] + [untuned]}.values())
+    choices = nested_choices(plan.done, sorted(plan.models.folds))
     to_score = {setting_key(t.setting): t for t in confirmed + list(choices.values()) if t.full_fold_finals is None}
-    for trial in show_progress(list(to_score.values()), desc=f"confirm {name}", unit="trials", enabled=progress):
-        score_in_full(trial)
+    full_outputs = {}
+    for trial in show_progress(list(to_score.values()), desc=f"confirm {plan.name}", unit="trials", enabled=progress):
+        trial.full_fold_finals, trial.full_final, full_outputs[setting_key(trial.setting)] = plan.evaluate(
+            trial.setting, full=True)
+        plan.store.append(trial)  # stored, so a resumed search does not score it again
     best = max(confirmed, key=lambda t: (t.full_final, -t.number))
-    nested = nested_score(choices, {m.fold: len(m.rows) for m in folds})
-
-    write_tuned(context, name, best, models, full_outputs.get(setting_key(best.setting)), base_hash, scorer, progress)
-    log_tune(config, name, done, best, nested, untuned_trial.full_final, data_dir)
-    return TuneResult(done, best, nested, choices, untuned_trial.full_final,
-                      {"subsample_rows": int(sum(len(p) for p in sub_positions.values())),
-                       "oof_rows": int(sum(len(m.rows) for m in folds)), "trials_file": str(store.path)},
-                      nested_strict=all(t.method == "grid" for t in done))
+    nested = nested_score(choices, {fold: len(model.rows) for fold, model in plan.models.folds.items()})
+    return Confirmation(best, untuned, choices, nested, full_outputs.get(setting_key(best.setting)))
 
 
-def write_tuned(context, name: str, best: Trial, models: FoldModels, oof: dict[int, list[str]] | None,
-                base_hash: str, scorer, progress: bool = False) -> None:
+def write_tuned(plan: TunePlan, best: Trial, oof: dict[int, list[str]] | None, progress: bool = False) -> None:
     """Write NAME@tuned like a candidate: per-fold OOF, test and dev, then the test output chosen
     over folds. Everything is generated first; then the old metas go (so a kill never leaves the
     new setting's folds beside an old meta that cv, ensemble and submit accept), the folds are
     written (meta last in each) and the top-level meta last."""
-    from .config import config_hash
-    from .predictions import run_dir, write_fold, write_source_outputs
-
-    config, tuned = context.config, name + TUNED_SUFFIX
-    kind = config.candidate(name).kind
+    context, models = plan.context, plan.models
+    config, tuned = context.config, plan.name + TUNED_SUFFIX
+    kind = config.candidate(plan.name).kind
 
     def frame(rows: pd.DataFrame, summaries: list[str]) -> pd.DataFrame:
         return pd.DataFrame({"fname": rows["fname"], "summary": summaries})
@@ -346,17 +412,17 @@ def write_tuned(context, name: str, best: Trial, models: FoldModels, oof: dict[i
             outputs[fold]["dev"] = frame(context.dev, model.predict(context.dev, best.setting))
     models.release()
 
-    tuned_hash = config_hash({"tuned_from": base_hash, "setting": best.setting})
+    tuned_hash = config_hash({"tuned_from": plan.base_hash, "setting": best.setting})
     folder = run_dir(config, tuned)
     for stale in [folder / "meta.json", folder / "test.csv", folder / "dev.csv", *folder.glob("fold_*/meta.json")]:
         stale.unlink(missing_ok=True)
     for old_fold in folder.glob("fold_*"):  # left by a search with more folds than now
         if old_fold.is_dir() and old_fold.name not in {f"fold_{fold}" for fold in outputs}:
             shutil.rmtree(old_fold)
-    about = {"name": tuned, "kind": kind, "tuned_from": name, "tuned_from_hash": base_hash, "setting": best.setting,
-             "config_hash": tuned_hash, **context.hashes}
+    about = {"name": tuned, "kind": kind, "tuned_from": plan.name, "tuned_from_hash": plan.base_hash,
+             "setting": best.setting, "config_hash": tuned_hash, **context.hashes}
     for fold, split in sorted(outputs.items()):
         write_fold(config, tuned, fold, split["oof"], split["test"], split["dev"],
                    {**about, "length_budgets": models.folds[fold].length_budgets(best.setting)})
-    test, dev, chosen = choose_outputs(context, tuned, scorer)
+    test, dev, chosen = choose_outputs(context, tuned, plan.scorer)
     write_source_outputs(config, tuned, test, dev, {**about, "k": context.k, **chosen})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..choices import SEARCH_METHODS
-from ..tune import TPE_NESTED_NOTE, TUNED_SUFFIX, tune_candidate
+from ..tune import TPE_NESTED_NOTE, TUNED_SUFFIX, TuneOptions, tune_candidate
 from .common import json_option, print_json, table, with_config
 
 
@@ -41,8 +41,9 @@ def tune(config, name, trials, space_path, method, subsample, confirm, seed, res
 
     Example: competition tune qwen3 --trials 30 --subsample 300
     """
-    result = tune_candidate(config, name, trials, space_path, method, subsample, confirm, seed, data_dir,
-                            restart=restart, progress=not as_json, echo=lambda line: click.echo(line, err=True))
+    options = TuneOptions(trials, space_path, method, subsample, confirm, seed, restart)
+    result = tune_candidate(config, name, options, data_dir, progress=not as_json,
+                            echo=lambda line: click.echo(line, err=True))
     nested = {str(fold): {"number": t.number, "setting": t.setting, "held_out_final": t.full_fold_finals[fold]}
               for fold, t in result.nested_choices.items()}
     summary = {"name": name, "tuned": name + TUNED_SUFFIX, "best": result.best.as_dict(),
