@@ -3,15 +3,18 @@
 A job is one fold's fit + predict through `fold_run.run_fold`, so both executors write the same
 runs/NAME/fold_K/ files; with Ray the workspace must be on a filesystem every node sees at the
 same path. Caching is decided before submission (finished folds never become jobs), so resume
-rules are the runner's. The local executor stops at the first error (as `competition run`
-always did); the Ray executor reports a failed task with its error and lets the others finish.
+rules are the runner's, and the runner has one run path for both: `run_jobs` submits every job
+and yields each result as it comes, so the runner finishes a candidate as soon as its folds have
+all reported. The local executor runs a job only when its result is asked for and stops at the
+first error (as `competition run` always did); the Ray executor reports a failed task with its
+error and lets the others finish.
 
 Which Ray cluster and how it is joined is ray_cluster's (RayConnection).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from .candidates.parts import Launch, Placement
 from .choices import EXECUTORS
@@ -19,8 +22,6 @@ from .errors import CompetitionError
 from .fold_run import run_fold
 from .progress import progress as show_progress
 from .ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection, counted
-
-# Kinds that run a neural model here; they ask Ray for a GPU when they will use CUDA.
 
 
 class ExecutorError(CompetitionError):
@@ -46,7 +47,24 @@ class JobResult:
     error: str | None = None  # "ExceptionType: message" when it failed
 
 
-def task_resources(params, cluster_has_gpus: bool) -> dict:
+class Executor(Protocol):
+    """What the runner needs from a place that runs FoldJobs."""
+
+    name: str  # as given to --executor
+    where: str  # where the jobs run, for messages: "this machine", "the Ray cluster"
+
+    def cluster_has_gpus(self) -> bool: ...
+
+    def plan(self, jobs: Sequence[FoldJob]) -> list[str]:
+        """Lines to print before submitting (what each job reserves)."""
+
+    def run(self, context, jobs: Sequence[FoldJob]) -> Iterator[JobResult]:
+        """Submit the jobs; their results in the order they finish."""
+
+    def close(self) -> None: ...
+
+
+def task_resources(params, cluster_has_gpus: Callable[[], bool]) -> dict:
     """Ray resources one fold of a candidate really uses, so folds never oversubscribe a node.
 
     Read from the parts its Params declare (candidates/parts.py), so a new kind gets them without
@@ -54,18 +72,21 @@ def task_resources(params, cluster_has_gpus: bool) -> dict:
     or with launcher = "accelerate" (Launch) `num_processes` processes of `num_cpus` threads, so
     num_processes x num_cpus CPUs; it takes one GPU per process when it will use CUDA (device "cuda"
     or require_cuda always, "auto" when the cluster has GPUs). Any other kind takes 1 CPU, no GPU.
+    `cluster_has_gpus` is asked only for device "auto" (locally the answer costs importing torch).
     """
     if not isinstance(params, Placement):
         return {"num_cpus": 1.0, "num_gpus": 0}
     processes = params.num_processes if isinstance(params, Launch) and params.launcher == "accelerate" else 1
-    uses_cuda = params.device == "cuda" or params.require_cuda or (params.device == "auto" and cluster_has_gpus)
+    uses_cuda = params.device == "cuda" or params.require_cuda or (params.device == "auto" and cluster_has_gpus())
     return {"num_cpus": float(params.num_cpus) * processes, "num_gpus": processes if uses_cuda else 0}
 
 
 class LocalExecutor:
-    """Runs jobs in this process, in order; the first failure propagates."""
+    """Runs jobs in this process, in order, each when its result is asked for; the first failure
+    propagates."""
 
     name = "local"
+    where = "this machine"
 
     def cluster_has_gpus(self) -> bool:
         import importlib.util
@@ -101,6 +122,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    where = "the Ray cluster"
 
     def __init__(self, address: str | None = None, timeout: float = DEFAULT_RAY_TIMEOUT, verbose: bool = False):
         self.connection = RayConnection(address, timeout, verbose)
@@ -132,9 +154,11 @@ class RayExecutor:
         return lines
 
     def run(self, context, jobs: Sequence[FoldJob]) -> Iterator[JobResult]:
+        """Submits every job now (not when the first result is asked for), so the runner's work
+        between results overlaps the tasks."""
         ray = self.ray
         if not jobs:
-            return
+            return iter(())
         # max_retries=0: a crashed worker is reported, not silently re-run (the rerun resumes it).
         task = ray.remote(max_retries=0)(_run_fold_task)
         context_ref = ray.put(context)
@@ -144,6 +168,10 @@ class RayExecutor:
                                name=f"{job.name}/fold_{job.fold}").remote(context_ref, job.name, job.fold,
                                                                           job.wanted, job.settings)
             pending[ref] = job
+        return self._as_finished(pending)
+
+    def _as_finished(self, pending: dict) -> Iterator[JobResult]:
+        ray = self.ray
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -167,7 +195,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}"[:500]
 
 
-def make_executor(name: str, ray_address: str | None = None):
+def make_executor(name: str, ray_address: str | None = None) -> Executor:
     """The executor called `name` ("local" or "ray")."""
     if name == "local":
         if ray_address:
@@ -178,27 +206,30 @@ def make_executor(name: str, ray_address: str | None = None):
     raise ExecutorError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")
 
 
-def run_jobs(executor, context, jobs: Sequence[FoldJob], progress: bool = True,
-             echo: Callable[[str], None] | None = None) -> list[JobResult]:
-    """Run every job, after printing the executor's plan; the progress bar counts finished tasks
-    (failed ones included)."""
+def run_jobs(executor: Executor, context, jobs: Sequence[FoldJob], progress: bool = True,
+             echo: Callable[[str], None] | None = None) -> Iterator[JobResult]:
+    """Print the executor's plan, submit every job, and yield each result as it finishes (a failed
+    one is also echoed); the progress bar counts finished jobs, failed ones included."""
     if echo:
         for line in executor.plan(jobs):
             echo(line)
-    results = []
-    with show_progress(total=len(jobs), desc=f"folds ({executor.name})", unit="folds",
-                       enabled=progress and bool(jobs)) as bar:
-        for result in executor.run(context, jobs):
-            results.append(result)
+    return _counted(executor.run(context, jobs), len(jobs), f"folds ({executor.name})", progress, echo)
+
+
+def _counted(results: Iterator[JobResult], total: int, desc: str, progress: bool,
+             echo: Callable[[str], None] | None) -> Iterator[JobResult]:
+    with show_progress(total=total, desc=desc, unit="folds", enabled=progress and bool(total)) as bar:
+        for result in results:
             bar.update(1)
             if result.error and echo:
                 echo(f"{result.job.name}: fold {result.job.fold} failed: {result.error}")
-    return results
+            yield result
 
 
 def jobs_for(config, name: str, folds: Sequence[int], wanted: dict, settings: dict,
-             cluster_has_gpus: bool) -> list[FoldJob]:
-    """One FoldJob per fold of candidate `name`, with the resources its kind and params declare."""
+             cluster_has_gpus: Callable[[], bool]) -> list[FoldJob]:
+    """One FoldJob per fold of candidate `name`, with the resources its kind and params declare
+    (task_resources)."""
     candidate = config.candidate(name)
     resources = task_resources(candidate.params, cluster_has_gpus)
     return [FoldJob(name, fold, wanted, settings, **resources) for fold in folds]

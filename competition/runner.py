@@ -8,7 +8,9 @@ over the k fold models' outputs, or comes from a model refit on all rows ([cv] t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 import sys
@@ -22,6 +24,7 @@ import pandas as pd
 from .candidates import candidate_class
 from .config import Config
 from .errors import CudaRequired, FoldMismatch, UnknownCandidate
+from .executors import JobResult, jobs_for, make_executor, run_jobs
 from .predictions import done_folds, fold_dir, read_meta, run_dir, write_source_outputs
 from .fold_run import (RunContext, check_augmentations, fit_candidate, make_candidate, now, predict_rows, prepare,
                        training_rows, versions)
@@ -149,29 +152,8 @@ def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dic
     return report
 
 
-def run_candidate(context: RunContext, name: str, folds: Sequence[int], force: bool, progress: bool,
-                  echo: Callable[[str], None]) -> dict:
-    """Run one candidate's selected folds here, then choose its test/dev outputs when all folds are done."""
-    from .executors import LocalExecutor, jobs_for, run_jobs
-
-    wanted, settings, to_run, skipped = plan_candidate(context, name, folds, force, echo)
-    executor = LocalExecutor()
-    results = run_jobs(executor, context, jobs_for(context.config, name, to_run, wanted, settings, False),
-                       progress=progress, echo=echo)
-    return finish_candidate(context, name, wanted, settings, [r.job.fold for r in results if r.error is None],
-                            skipped, force, echo)
-
-
 def _needs_cuda(context: RunContext, name: str) -> bool:
     return make_candidate(context, name, run_dir(context.config, name) / "fold_0" / "work").needs_cuda()
-
-
-def _needs_cuda_missing(context: RunContext, name: str) -> bool:
-    if not _needs_cuda(context, name):
-        return False
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def resolve_names(config: Config, names: Sequence[str] | None) -> list[str]:
@@ -224,40 +206,65 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
 
     Returns {name: {"kind", "config_hash", "ran", "skipped", "folds_done", "k", "complete",
     "test_output", "failed" (ray only: {fold: error})}} or {"skipped": "needs CUDA"} for a
-    CUDA-only candidate on a CPU machine (CudaRequired instead with require_all).
-    executor "ray" runs every (candidate, fold) as one Ray task (see competition.executors).
+    CUDA-only candidate where the executor has no GPU (CudaRequired instead with require_all).
+    Every candidate is planned first, then all pending folds go to the executor (see
+    competition.executors) and each candidate is finished as soon as its folds have reported: the
+    local executor runs them one after another (candidate by candidate, the first error stops the
+    run), "ray" runs every (candidate, fold) at once as a Ray task and reports failed ones.
     `refresh` re-runs the folds (as force) with endpoint answers asked again, not read from cache.
     """
     force = force or refresh
-    if executor != "local" or ray_address:
-        import contextlib
-
-        # Ray's driver prints worker and raylet messages on stdout; keep stdout for results (--json).
-        with contextlib.redirect_stdout(sys.stderr):
-            results = _run_distributed(config, names, folds, force, data_dir, require_all, progress, echo,
-                                       executor, ray_address, refresh)
-        return {**results, **build_seed_groups(config, results, echo)}
     names = resolve_names(config, names)
-    context = dataclasses.replace(prepare(config, data_dir), refresh=refresh)
-    selected = _selected_folds(context, folds)
-    check_augmentations(context, names)
-    echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows, "
-         + (f"{len(context.dev)} dev rows (hold-out)" if context.dev is not None else "no dev hold-out")
-         + f"; test output by {config.cv.test_strategy}")
-    echo("config: " + json.dumps({"metric": dataclasses.asdict(config.metric), "cv": dataclasses.asdict(config.cv)},
-                                 sort_keys=True))
-    results = {}
-    for name in names:
-        settings = candidate_settings(config, name)
-        echo(f"{name}: " + json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str))
-        if _needs_cuda_missing(context, name):
-            message = f"candidate {name!r} needs CUDA and this machine has none"
-            if require_all:
-                raise CudaRequired(f"{message}: run it on a GPU machine, or drop --require-all to skip it")
-            echo(f"{name}: skipped ({message})")
-            results[name] = {"kind": settings["kind"], "skipped": "needs CUDA"}
-            continue
-        results[name] = run_candidate(context, name, selected, force, progress, echo)
+    results, plans, jobs = {}, {}, []
+    with contextlib.ExitStack() as stack:
+        if executor != "local":
+            # Ray's driver prints worker and raylet messages on stdout; keep stdout for results (--json).
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        jobs_executor = make_executor(executor, ray_address)
+        stack.callback(jobs_executor.close)
+        context = dataclasses.replace(prepare(config, data_dir), refresh=refresh)
+        selected = _selected_folds(context, folds)
+        check_augmentations(context, names)
+        echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows, "
+             + (f"{len(context.dev)} dev rows (hold-out)" if context.dev is not None else "no dev hold-out")
+             + f"; test output by {config.cv.test_strategy}; executor {jobs_executor.name}")
+        echo("config: " + json.dumps({"metric": dataclasses.asdict(config.metric), "cv": dataclasses.asdict(config.cv)},
+                                     sort_keys=True))
+        # Asked at most once, and only when a candidate needs the answer: locally it imports torch.
+        has_gpus = functools.cache(jobs_executor.cluster_has_gpus)
+        for name in names:
+            settings = candidate_settings(config, name)
+            echo(f"{name}: " + json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str))
+            if _needs_cuda(context, name) and not has_gpus():
+                message = f"candidate {name!r} needs CUDA and {jobs_executor.where} has no GPU"
+                if require_all:
+                    raise CudaRequired(f"{message}: run it where there is one, or drop --require-all to skip it")
+                echo(f"{name}: skipped ({message})")
+                results[name] = {"kind": settings["kind"], "skipped": "needs CUDA"}
+                continue
+            wanted, settings, to_run, skipped = plan_candidate(context, name, selected, force, echo)
+            plans[name] = (wanted, settings, to_run, skipped)
+            jobs += jobs_for(config, name, to_run, wanted, settings, has_gpus)
+
+        reported: dict[str, list[JobResult]] = {name: [] for name in plans}
+
+        def finish(name: str) -> None:
+            wanted, settings, _, skipped = plans[name]
+            ran = sorted(result.job.fold for result in reported[name] if result.error is None)
+            failed = {result.job.fold: result.error for result in reported[name] if result.error is not None}
+            results[name] = finish_candidate(context, name, wanted, settings, ran, skipped, force, echo, failed)
+
+        # Ray submits every job here; the local executor runs each one as the loop below asks for it.
+        outcomes = stack.enter_context(contextlib.closing(run_jobs(jobs_executor, context, jobs, progress, echo)))
+        for name, (_, _, to_run, _) in plans.items():
+            if not to_run:
+                finish(name)
+        for outcome in outcomes:
+            name = outcome.job.name
+            reported[name].append(outcome)
+            if len(reported[name]) == len(plans[name][2]):
+                finish(name)
+    results = {name: results[name] for name in names}
     return {**results, **build_seed_groups(config, results, echo)}
 
 
@@ -268,42 +275,3 @@ def _selected_folds(context: RunContext, folds: Sequence[int] | None) -> list[in
         raise FoldMismatch(f"--folds {','.join(map(str, bad))}: the folds are 0..{context.k - 1} "
                            f"({context.config.cv.folds_file})")
     return selected
-
-
-def _run_distributed(config: Config, names, folds, force, data_dir, require_all, progress, echo,
-                     executor_name: str, ray_address: str | None, refresh: bool = False) -> dict:
-    """Plan every candidate's pending folds, run them all at once on the executor, then finish each."""
-    from .executors import jobs_for, make_executor, run_jobs
-
-    names = resolve_names(config, names)
-    executor = make_executor(executor_name, ray_address)
-    try:
-        context = dataclasses.replace(prepare(config, data_dir), refresh=refresh)
-        selected = _selected_folds(context, folds)
-        check_augmentations(context, names)
-        echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows "
-             f"on executor {executor_name}")
-        has_gpus = executor.cluster_has_gpus()
-        results, plans, jobs = {}, {}, []
-        for name in names:
-            settings = candidate_settings(config, name)
-            echo(f"{name}: " + json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str))
-            if not has_gpus and _needs_cuda(context, name):
-                message = f"candidate {name!r} needs CUDA and the {executor_name} executor has no GPU"
-                if require_all:
-                    raise CudaRequired(f"{message}: run it on a GPU cluster, or drop --require-all to skip it")
-                echo(f"{name}: skipped ({message})")
-                results[name] = {"kind": settings["kind"], "skipped": "needs CUDA"}
-                continue
-            wanted, settings, to_run, skipped = plan_candidate(context, name, selected, force, echo)
-            plans[name] = (wanted, settings, skipped)
-            jobs += jobs_for(config, name, to_run, wanted, settings, has_gpus)
-        outcomes = run_jobs(executor, context, jobs, progress=progress, echo=echo)
-    finally:
-        executor.close()
-    for name, (wanted, settings, skipped) in plans.items():
-        mine = [outcome for outcome in outcomes if outcome.job.name == name]
-        ran = sorted(o.job.fold for o in mine if o.error is None)
-        failed = {o.job.fold: o.error for o in mine if o.error is not None}
-        results[name] = finish_candidate(context, name, wanted, settings, ran, skipped, force, echo, failed)
-    return {name: results[name] for name in names if name in results}

@@ -58,27 +58,37 @@ def prediction_files(root) -> dict[str, bytes]:
 
 
 def test_resources_follow_kind_device_and_launcher():
-    assert task_resources(LeadParams(), cluster_has_gpus=True) == {"num_cpus": 1.0, "num_gpus": 0}
-    assert task_resources(QLoRAParams(), cluster_has_gpus=True)["num_gpus"] == 1
-    assert task_resources(QLoRAParams(), cluster_has_gpus=False)["num_gpus"] == 0
-    assert task_resources(QLoRAParams(require_cuda=True), cluster_has_gpus=False)["num_gpus"] == 1
-    assert task_resources(QLoRAParams(device="cpu"), cluster_has_gpus=True)["num_gpus"] == 0
+    assert task_resources(LeadParams(), cluster_has_gpus=lambda: True) == {"num_cpus": 1.0, "num_gpus": 0}
+    assert task_resources(QLoRAParams(), cluster_has_gpus=lambda: True)["num_gpus"] == 1
+    assert task_resources(QLoRAParams(), cluster_has_gpus=lambda: False)["num_gpus"] == 0
+    assert task_resources(QLoRAParams(require_cuda=True), cluster_has_gpus=lambda: False)["num_gpus"] == 1
+    assert task_resources(QLoRAParams(device="cpu"), cluster_has_gpus=lambda: True)["num_gpus"] == 0
     four = QLoRAParams(launcher="accelerate", num_processes=4)
-    assert task_resources(four, cluster_has_gpus=True)["num_gpus"] == 4
-    assert task_resources(QLoRAParams(num_cpus=4), cluster_has_gpus=False) == {"num_cpus": 4.0,
+    assert task_resources(four, cluster_has_gpus=lambda: True)["num_gpus"] == 4
+    assert task_resources(QLoRAParams(num_cpus=4), cluster_has_gpus=lambda: False) == {"num_cpus": 4.0,
                                                                                         "num_gpus": 0}
-    assert task_resources(PromptParams(), cluster_has_gpus=True) == {"num_cpus": 1.0, "num_gpus": 1}
+    assert task_resources(PromptParams(), cluster_has_gpus=lambda: True) == {"num_cpus": 1.0, "num_gpus": 1}
+
+
+def test_the_gpu_question_is_asked_only_for_a_model_on_device_auto():
+    """Locally the answer imports torch (seconds): a lead or CPU-only run must not pay for it."""
+    def never() -> bool:
+        raise AssertionError("cluster_has_gpus asked")
+
+    assert task_resources(LeadParams(), cluster_has_gpus=never)["num_gpus"] == 0
+    assert task_resources(QLoRAParams(device="cpu"), cluster_has_gpus=never)["num_gpus"] == 0
+    assert task_resources(QLoRAParams(device="cuda"), cluster_has_gpus=never)["num_gpus"] == 1
 
 
 def test_launched_fold_reserves_num_processes_times_num_cpus():
     """launcher = "accelerate" runs num_processes processes of num_cpus threads each (issue 20)."""
     on_cpu = QLoRAParams(launcher="accelerate", num_processes=2, num_cpus=3, device="cpu")
-    assert task_resources(on_cpu, cluster_has_gpus=True) == {"num_cpus": 6.0, "num_gpus": 0}
+    assert task_resources(on_cpu, cluster_has_gpus=lambda: True) == {"num_cpus": 6.0, "num_gpus": 0}
     seq2seq = Seq2SeqParams(launcher="accelerate", num_processes=2)
-    assert task_resources(seq2seq, cluster_has_gpus=False) == {"num_cpus": 2.0, "num_gpus": 0}
-    assert task_resources(seq2seq, cluster_has_gpus=True) == {"num_cpus": 2.0, "num_gpus": 2}
+    assert task_resources(seq2seq, cluster_has_gpus=lambda: False) == {"num_cpus": 2.0, "num_gpus": 0}
+    assert task_resources(seq2seq, cluster_has_gpus=lambda: True) == {"num_cpus": 2.0, "num_gpus": 2}
     unlaunched = QLoRAParams(num_processes=4, num_cpus=3)  # num_processes only counts under a launcher
-    assert task_resources(unlaunched, cluster_has_gpus=False) == {"num_cpus": 3.0, "num_gpus": 0}
+    assert task_resources(unlaunched, cluster_has_gpus=lambda: False) == {"num_cpus": 3.0, "num_gpus": 0}
 
 
 def test_ray_missing_says_how_to_install(monkeypatch, cli, korean_workspace):
@@ -167,10 +177,10 @@ def test_killed_worker_is_reported_and_rerun_runs_only_that_fold(ray_cluster, cl
     root = workspace(tmp_path, korean_rows, "unused", cli)
     context = prepare(load_config(root / "competition.toml"))
     wanted, settings, to_run, _ = plan_candidate(context, "lead", range(FOLDS), False, print)
-    jobs = jobs_for(context.config, "lead", to_run, wanted, settings, cluster_has_gpus=False)
+    jobs = jobs_for(context.config, "lead", to_run, wanted, settings, cluster_has_gpus=lambda: False)
     jobs[1] = FoldJob(jobs[1].name, 1, wanted, {**settings, "crash": KillsItsWorker()})
     lines = []
-    outcomes = run_jobs(RayExecutor(), context, jobs, progress=False, echo=lines.append)
+    outcomes = list(run_jobs(RayExecutor(), context, jobs, progress=False, echo=lines.append))
     assert sorted(o.job.fold for o in outcomes if o.error is None) == [0, 2]
     plan, errors = lines[0], lines[1:]  # the plan is printed before any task runs
     assert plan == "ray plan: lead folds 0,1,2: 1 CPU, 0 GPUs each"
@@ -215,9 +225,9 @@ def test_ray_task_gets_the_num_cpus_of_its_candidate(ray_cluster, tmp_path):
     (tmp_path / "competition.toml").write_text('[candidates.t5]\nkind = "seq2seq"\nnum_cpus = 2\n', encoding="utf-8")
     config = load_config(tmp_path / "competition.toml")
     probe = RecordsAssignedResources(tmp_path / "assigned.json")
-    jobs = jobs_for(config, "t5", [0], {}, {"probe": probe}, cluster_has_gpus=False)
+    jobs = jobs_for(config, "t5", [0], {}, {"probe": probe}, cluster_has_gpus=lambda: False)
     assert (jobs[0].num_cpus, jobs[0].num_gpus) == (2.0, 0)
-    outcomes = run_jobs(RayExecutor(), None, jobs, progress=False)
+    outcomes = list(run_jobs(RayExecutor(), None, jobs, progress=False))
     assert outcomes[0].error and "probe done" in outcomes[0].error
     assert json.loads((tmp_path / "assigned.json").read_text()) == {"CPU": 2.0}
 
@@ -232,9 +242,9 @@ def test_launched_fold_gets_num_processes_times_num_cpus_from_ray(ray_cluster, t
                                                'num_processes = 2\nnum_cpus = 1\n', encoding="utf-8")
     config = load_config(tmp_path / "competition.toml")
     probe = RecordsAssignedResources(tmp_path / "assigned.json")
-    jobs = jobs_for(config, "t5", [0], {}, {"probe": probe}, cluster_has_gpus=False)
+    jobs = jobs_for(config, "t5", [0], {}, {"probe": probe}, cluster_has_gpus=lambda: False)
     lines = []
-    outcomes = run_jobs(RayExecutor(), None, jobs, progress=False, echo=lines.append)
+    outcomes = list(run_jobs(RayExecutor(), None, jobs, progress=False, echo=lines.append))
     assert lines[0] == "ray plan: t5 folds 0: 2 CPUs, 0 GPUs each"
     assert outcomes[0].error and "probe done" in outcomes[0].error
     assert json.loads((tmp_path / "assigned.json").read_text()) == {"CPU": 2.0}

@@ -118,6 +118,105 @@ def test_a_crashed_run_resumes_with_only_the_missing_folds(workspace, cli, monke
     assert finished_at(config, "lead")[0] == after[0]
 
 
+def test_local_failure_in_a_later_candidate_leaves_the_earlier_one_finished(workspace, monkeypatch):
+    """Locally each candidate is finished (test output chosen, meta written) before the next one's
+    folds run, so an error in retrieval's fold 1 keeps lead's finished outputs."""
+    from competition.candidates.retrieval import RetrievalCandidate
+
+    config = load_config(workspace / "competition.toml")
+    original_fit = RetrievalCandidate.fit
+
+    def fail_in_fold_1(self, train_rows, fold):
+        if fold == 1:
+            raise RuntimeError("out of memory in fold 1")
+        return original_fit(self, train_rows, fold)
+
+    monkeypatch.setattr(RetrievalCandidate, "fit", fail_in_fold_1)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_candidates(config, ["lead", "retrieval"], progress=False)
+    assert (run_dir(config, "lead") / "test.csv").exists() and (run_dir(config, "lead") / "meta.json").exists()
+    assert read_meta(run_dir(config, "lead") / "meta.json")["finished_at"] <= \
+        read_meta(run_dir(config, "retrieval") / "fold_0" / "meta.json")["started_at"]
+    assert (run_dir(config, "retrieval") / "fold_0" / "meta.json").exists()
+    assert not (run_dir(config, "retrieval") / "fold_1" / "meta.json").exists()
+    assert not (run_dir(config, "retrieval") / "test.csv").exists()
+
+
+class OutOfOrderExecutor:
+    """An executor that reports jobs in the order given as (name, fold) pairs, running each one
+    only when it is reported; a pair in `failing` is reported failed without running."""
+
+    name = "fake"
+    where = "the fake cluster"
+
+    def __init__(self, events: list[str], order=(), failing=()):
+        self.events, self.order, self.failing = events, list(order), set(failing)
+
+    def cluster_has_gpus(self) -> bool:
+        return False
+
+    def plan(self, jobs) -> list[str]:
+        return [f"fake plan: {len(jobs)} jobs"]
+
+    def run(self, context, jobs):
+        by_key = {(job.name, job.fold): job for job in jobs}
+        order = self.order or list(by_key)
+        assert sorted(order) == sorted(by_key)
+        self.events.append(f"submit {len(jobs)}")
+        return self._report(context, [by_key[key] for key in order])
+
+    def _report(self, context, jobs):
+        from competition.executors import JobResult
+        from competition.fold_run import run_fold
+
+        for job in jobs:
+            if (job.name, job.fold) in self.failing:
+                yield JobResult(job, error="RuntimeError: node lost")
+                continue
+            self.events.append(f"run {job.name}/{job.fold}")
+            yield JobResult(job, meta=run_fold(context, job.name, job.fold, job.wanted, job.settings))
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
+def test_each_candidate_is_finished_when_its_last_fold_reports_in_any_order(workspace, monkeypatch):
+    """One run path for every executor: plan all, submit all, finish a candidate as soon as its
+    last fold reports (a failed fold included); one with nothing pending is finished at once."""
+    from competition import runner
+
+    config = load_config(workspace / "competition.toml")
+    events: list[str] = []
+    original_finish = runner.finish_candidate
+
+    def recorded_finish(context, name, *args):
+        report = original_finish(context, name, *args)
+        events.append(f"finish {name}")
+        return report
+
+    monkeypatch.setattr(runner, "finish_candidate", recorded_finish)
+    order = [("retrieval", 2), ("lead", 0), ("retrieval", 0), ("retrieval", 1), ("lead", 2), ("lead", 1)]
+    executor = OutOfOrderExecutor(events, order, failing=[("lead", 2)])
+    monkeypatch.setattr(runner, "make_executor", lambda name, address: executor)
+    lines: list[str] = []
+    report = run_candidates(config, ["lead", "retrieval"], progress=False, echo=lines.append, executor="fake")
+    assert events == ["submit 6", "run retrieval/2", "run lead/0", "run retrieval/0", "run retrieval/1",
+                      "finish retrieval", "run lead/1", "finish lead", "close"]
+    assert list(report) == ["lead", "retrieval"]
+    assert report["retrieval"]["ran"] == [0, 1, 2] and report["retrieval"]["test_output"] == "mbr"
+    assert report["lead"]["ran"] == [0, 1] and not report["lead"]["complete"]
+    assert report["lead"]["failed"] == {"2": "RuntimeError: node lost"}
+    assert "fake plan: 6 jobs" in lines and "lead: fold 2 failed: RuntimeError: node lost" in lines
+    assert not (run_dir(config, "lead") / "test.csv").exists()
+
+    events.clear()
+    executor.order, executor.failing = [], set()
+    again = run_candidates(config, ["lead", "retrieval"], progress=False, echo=lines.append, executor="fake")
+    assert events == ["submit 1", "finish retrieval", "run lead/2", "finish lead", "close"]
+    assert again["retrieval"]["ran"] == [] and again["retrieval"]["test_output"] == "unchanged"
+    assert again["lead"]["ran"] == [2] and again["lead"]["skipped"] == [0, 1] and again["lead"]["complete"]
+
+
 def test_changed_params_make_folds_stale_and_force_reruns(workspace, cli):
     config = load_config(workspace / "competition.toml")
     run_candidates(config, ["lead"], progress=False)
