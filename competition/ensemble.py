@@ -15,19 +15,25 @@ weights chosen on all OOF rows.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+import difflib
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .config import Config, EnsembleConfig, config_hash
+from .data import references
 from .errors import ConfigError, FoldMismatch, UnknownCandidate
+from .fold_run import RunContext, prepare
 from .mbr import TIE, mbr_choose, pairwise_utilities
 from .metric import METRICS, RougeScorer, get_scorer
+from .predictions import (done_folds, list_sources, load_dev, load_fold_dev, load_fold_test, load_meta, load_oof,
+                          load_test, write_fold, write_source_outputs)
 from .progress import progress as show_progress
 from .provenance import require_current, rerun_command
 from .tracking import log_ensemble
+
 
 def ensemble_final(utilities: np.ndarray, quality: np.ndarray, weights: Sequence[float]) -> float:
     """OOF final of the MBR ensemble with `weights`; quality is (rows, members) row finals."""
@@ -131,10 +137,6 @@ def diagnostics(quality: np.ndarray, chosen: np.ndarray, names: Sequence[str], r
 def resolve_members(config: Config, ensemble: EnsembleConfig, folds: Sequence[int] = ()) -> list[str]:
     """Member names: the listed sources, or with "*" every enabled candidate whose `folds` are all
     done (one skipped for lack of CUDA, or half run, is left out rather than failing the ensemble)."""
-    import difflib
-
-    from .predictions import done_folds, list_sources
-
     sources = list_sources(config)
     if "*" in ensemble.members:
         names = [name for name, candidate in config.candidates.items()
@@ -199,16 +201,62 @@ def _combine(frames: list[pd.DataFrame | None], members: list[str], fnames: list
     return pd.DataFrame({"fname": fnames, "summary": summaries}), chosen
 
 
+@dataclass
+class EnsembleInputs:
+    """The resolve step's answer: the section, its members (current, on the current folds) and their
+    OOF outputs aligned to the labelled rows."""
+
+    name: str
+    ensemble: EnsembleConfig
+    context: RunContext
+    members: list[str]
+    oof_outputs: list[list[str]]  # per member, its OOF summary of each labelled row
+    scorer: RougeScorer
+
+    @property
+    def fnames(self) -> list[str]:
+        return self.context.rows["fname"].tolist()
+
+    @property
+    def fold_of(self) -> np.ndarray:
+        return self.context.fold_of.astype(int)
+
+
+@dataclass
+class MemberScores:
+    """The score step's answer: how good each member is on each row, and how alike they are."""
+
+    f1: np.ndarray  # (rows, members, metrics) F1 against the references
+    quality: np.ndarray  # (rows, members) row finals
+    utilities: np.ndarray  # (rows, members, members) pairwise agreement (zeros for method "best")
+
+
+@dataclass
+class EnsembleChoice:
+    """The choose step's answer: nested per-row choices (fold k chosen on the other folds), the
+    weights chosen on all rows for test and dev, and the diagnostics of the nested choice."""
+
+    chosen: np.ndarray  # per row, the member whose OOF output the ensemble takes
+    fold_weights: dict[int, np.ndarray]
+    all_weights: np.ndarray
+    optimistic_final: float  # the OOF final with the weights chosen on all rows
+    diagnostics: dict
+
+
 def run_ensemble(config: Config, name: str, workers: int | None = None, progress: bool = False) -> dict:
     """Build ensemble `name` from its members' files, write runs/NAME/ like a candidate, report."""
-    from .data import references
-    from .predictions import (load_dev, load_fold_dev, load_fold_test, load_meta, load_oof, load_test,
-                              write_fold, write_source_outputs)
-    from .fold_run import prepare
+    inputs = resolve_ensemble(config, name)
+    scores = score_members(inputs, workers, progress)
+    choice = choose_members(inputs, scores)
+    test_chosen, dev_final = write_ensemble(inputs, choice, workers, progress)
+    log_ensemble(config, name)
+    return ensemble_report(inputs, scores, choice, test_chosen, dev_final)
 
+
+def resolve_ensemble(config: Config, name: str) -> EnsembleInputs:
+    """The [ensembles.NAME] section, its members and their OOF outputs; refuses an unknown name, bad
+    settings, a member that is not current or was run on other folds."""
     if name not in config.ensembles:
-        import difflib
-
         close = difflib.get_close_matches(name, list(config.ensembles), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownCandidate(f"no ensemble {name!r} in {config.path or 'competition.toml'}{hint}: "
@@ -217,8 +265,7 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
     context = prepare(config)  # the rows, folds, test and dev the runner predicts, and their hashes
     fnames = context.rows["fname"].tolist()
     fold_of = context.fold_of.astype(int)
-    fold_numbers = sorted(set(fold_of.tolist()))
-    members = resolve_members(config, ensemble, fold_numbers)
+    members = resolve_members(config, ensemble, sorted(set(fold_of.tolist())))
     _check(ensemble, members)
     scorer = get_scorer(config.metric.tokenizer, config.metric.convention, config.metric.multi_ref)
     oof_outputs = []
@@ -230,24 +277,43 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
             raise FoldMismatch(f"member {member!r} was run with other folds than {config.cv.folds_file}: "
                                f"rerun it with `{rerun_command(config, member)}`")
         oof_outputs.append(_aligned(oof, fnames, f"runs/{member} OOF"))
+    return EnsembleInputs(name, ensemble, context, members, oof_outputs, scorer)
 
-    refs = references(context.rows)
 
-    member_scores = [scorer.score(outputs, refs).per_row[:, :, 2] for outputs in
-                     show_progress(oof_outputs, desc="score members", unit="members", enabled=progress)]
-    f1 = np.stack(member_scores, axis=1)  # (rows, members, metrics)
-    quality = f1.mean(axis=2) * 100
-    if ensemble.method == "best":
-        utilities = np.zeros((len(fnames), len(members), len(members)))
+def score_members(inputs: EnsembleInputs, workers: int | None = None, progress: bool = False) -> MemberScores:
+    """Each member's F1 per row against the references and, unless the method only picks the best
+    member, the members' pairwise agreement per row (MBR's utilities)."""
+    refs = references(inputs.context.rows)
+    member_scores = [inputs.scorer.score(outputs, refs).per_row[:, :, 2] for outputs in
+                     show_progress(inputs.oof_outputs, desc="score members", unit="members", enabled=progress)]
+    f1 = np.stack(member_scores, axis=1)
+    members = len(inputs.members)
+    if inputs.ensemble.method == "best":
+        utilities = np.zeros((len(inputs.fnames), members, members))
     else:
-        utilities = pairwise_utilities(oof_outputs, scorer, ensemble.utility, workers, progress)
+        utilities = pairwise_utilities(inputs.oof_outputs, inputs.scorer, inputs.ensemble.utility, workers, progress)
+    return MemberScores(f1, f1.mean(axis=2) * 100, utilities)
 
-    chosen, fold_weights = nested_choice(ensemble, utilities, quality, fold_of)
-    all_weights = choose_weights(ensemble, utilities, quality)
-    rows = np.arange(len(fnames))
-    optimistic = quality[rows, mbr_choose(utilities, all_weights)].mean()
-    chosen_f1 = f1[rows, chosen].mean(axis=0)
 
+def choose_members(inputs: EnsembleInputs, scores: MemberScores) -> EnsembleChoice:
+    """Weights per held-out fold (chosen on the other folds) and on all rows, the nested per-row
+    choice, its optimistic counterpart and diagnostics."""
+    ensemble, config = inputs.ensemble, inputs.context.config
+    chosen, fold_weights = nested_choice(ensemble, scores.utilities, scores.quality, inputs.fold_of)
+    all_weights = choose_weights(ensemble, scores.utilities, scores.quality)
+    rows = np.arange(len(chosen))
+    optimistic = float(scores.quality[rows, mbr_choose(scores.utilities, all_weights)].mean())
+    return EnsembleChoice(chosen, fold_weights, all_weights, optimistic,
+                          diagnostics(scores.quality, chosen, inputs.members, config.cv.bootstrap, config.cv.seed))
+
+
+def write_ensemble(inputs: EnsembleInputs, choice: EnsembleChoice, workers: int | None = None,
+                   progress: bool = False) -> tuple[dict[str, int], float | None]:
+    """Write runs/NAME/ like a candidate: per fold the nested OOF choice and the test (dev) outputs
+    combined with that fold's weights, then test and dev combined with the all-rows weights.
+    Returns the test rows each member supplied and the dev final (None without dev)."""
+    ensemble, context, members, scorer = inputs.ensemble, inputs.context, inputs.members, inputs.scorer
+    config, name, fnames, fold_of = context.config, inputs.name, inputs.fnames, inputs.fold_of
     settings = {**asdict(ensemble), "members": members}
     meta = {"name": name, "kind": "ensemble", "method": ensemble.method, "utility": ensemble.utility,
             "members": members, "member_hashes": {member: (load_meta(config, member) or {}).get("config_hash")
@@ -257,11 +323,11 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
     dev_fnames = context.dev["fname"].tolist() if context.dev is not None else None
     fold_tests = [load_fold_test(config, member) for member in members]
     fold_devs = [load_fold_dev(config, member) for member in members]
-    for fold in show_progress(sorted(fold_weights), desc="write folds", unit="folds", enabled=progress):
-        weights = fold_weights[fold]
-        held_out = fold_of == fold
-        oof_frame = pd.DataFrame({"fname": [fnames[i] for i in np.flatnonzero(held_out)],
-                                  "summary": [oof_outputs[chosen[i]][i] for i in np.flatnonzero(held_out)]})
+    for fold in show_progress(sorted(choice.fold_weights), desc="write folds", unit="folds", enabled=progress):
+        weights = choice.fold_weights[fold]
+        held_out = np.flatnonzero(fold_of == fold)
+        oof_frame = pd.DataFrame({"fname": [fnames[i] for i in held_out],
+                                  "summary": [inputs.oof_outputs[choice.chosen[i]][i] for i in held_out]})
         test_frame, _ = _combine([tests.get(fold) for tests in fold_tests], members, test_fnames,
                                  f"fold {fold} test", scorer, ensemble.utility, weights, workers)
         dev_frame = None
@@ -272,31 +338,35 @@ def run_ensemble(config: Config, name: str, workers: int | None = None, progress
                    {**meta, "fold": fold, "weights": dict(zip(members, weights.tolist()))})
 
     test_frame, test_choice = _combine([load_test(config, m) for m in members], members, test_fnames, "test.csv",
-                                       scorer, ensemble.utility, all_weights, workers)
+                                       scorer, ensemble.utility, choice.all_weights, workers)
     dev_frame, dev_final = None, None
     if dev_fnames is not None:
         dev_frame, _ = _combine([load_dev(config, m) for m in members], members, dev_fnames, "dev.csv",
-                                scorer, ensemble.utility, all_weights, workers)
+                                scorer, ensemble.utility, choice.all_weights, workers)
         if dev_frame is not None:
-            dev_refs = references(context.dev)
-            dev_final = scorer.score(dev_frame["summary"].tolist(), dev_refs).final
+            dev_final = scorer.score(dev_frame["summary"].tolist(), references(context.dev)).final
     write_source_outputs(config, name, test_frame, dev_frame,
-                         {**meta, "weights": dict(zip(members, all_weights.tolist()))})
-    test_chosen = dict(zip(members, np.bincount(test_choice, minlength=len(members)).tolist()))
-    log_ensemble(config, name)
+                         {**meta, "weights": dict(zip(members, choice.all_weights.tolist()))})
+    return dict(zip(members, np.bincount(test_choice, minlength=len(members)).tolist())), dev_final
 
+
+def ensemble_report(inputs: EnsembleInputs, scores: MemberScores, choice: EnsembleChoice,
+                    test_chosen: dict[str, int], dev_final: float | None) -> dict:
+    """What `competition ensemble --json` prints."""
+    members, ensemble = inputs.members, inputs.ensemble
+    chosen_f1 = scores.f1[np.arange(len(choice.chosen)), choice.chosen].mean(axis=0)
     return {
-        "name": name,
+        "name": inputs.name,
         "method": ensemble.method,
         "utility": ensemble.utility,
         "members": members,
-        "member_finals": dict(zip(members, quality.mean(axis=0).tolist())),
-        "weights": dict(zip(members, all_weights.tolist())),
-        "fold_weights": {fold: dict(zip(members, w.tolist())) for fold, w in fold_weights.items()},
+        "member_finals": dict(zip(members, scores.quality.mean(axis=0).tolist())),
+        "weights": dict(zip(members, choice.all_weights.tolist())),
+        "fold_weights": {fold: dict(zip(members, w.tolist())) for fold, w in choice.fold_weights.items()},
         "oof": {**dict(zip(METRICS, chosen_f1.tolist())), "final": float(chosen_f1.mean() * 100)},
         "oof_final": float(chosen_f1.mean() * 100),
-        "optimistic_final": float(optimistic),
+        "optimistic_final": choice.optimistic_final,
         "dev_final": dev_final,
-        "diagnostics": diagnostics(quality, chosen, members, config.cv.bootstrap, config.cv.seed),
+        "diagnostics": choice.diagnostics,
         "test_chosen": test_chosen,
     }
