@@ -6,6 +6,8 @@ augmented copy of a held-out dialogue can never inflate CV.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -13,8 +15,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import pandas as pd
+from tqdm.auto import tqdm
 
+from .chat import ChatClient
 from .errors import CompetitionError, DataError
+from .generation import clean_output, generate
+from .predictions import atomic_write_csv
+from .prompts import render
 
 AUGMENTED_COLUMNS = ["fname", "source_fname", "augmentation", "dialogue", "summary", "topic"]
 _SPEAKER = re.compile(r"#Person(\d+)#")
@@ -238,14 +245,8 @@ def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_cod
     """A generator from a local causal LM (path or hub id): chat template, batched greedy decoding.
     With `cache_path`, outputs are appended every `chunk` prompts, so a killed job resumes."""
     def complete(prompts: list[str]) -> list[str]:
-        import hashlib
-        import json
-
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from tqdm.auto import tqdm
 
-        from .generation import generate
-        from .prompts import render
 
         def key(prompt: str) -> str:
             return hashlib.sha256(f"{model_path}\n{max_new_tokens}\n{prompt}".encode()).hexdigest()
@@ -288,7 +289,6 @@ def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_cod
 
 def clean_generated(text: str, cut: bool = False) -> str:
     """The shared output cleaner, keeping one line per dialogue turn."""
-    from .generation import clean_output
 
     return clean_output(text, cut, keep_lines=True)
 
@@ -298,7 +298,6 @@ def api_completer(endpoint, cache_path: Path, max_tokens: int = 1024, temperatur
     """A generator from an OpenAI-compatible endpoint: cleaned outputs ("" when answered empty
     twice: counted on stderr, not cached, asked again next time); non-empty answers are cached, so a
     killed or stopped run resumes. `refresh` re-sends cached prompts."""
-    from .chat import ChatClient
 
     client = ChatClient(endpoint, cache_path, label="augment", clean=clean_generated, refresh=refresh)
 
@@ -316,6 +315,5 @@ def api_completer(endpoint, cache_path: Path, max_tokens: int = 1024, temperatur
 
 def write_augmented(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write an augmentation file atomically (temp file + rename), fields quoted as RFC 4180 asks."""
-    from .predictions import atomic_write_csv
 
     return atomic_write_csv(path, frame[AUGMENTED_COLUMNS])

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from .errors import CompetitionError
 from .generation import clean_output
 
@@ -200,8 +202,6 @@ class ResponseCache:
 
 
 def _stderr_line(line: str) -> None:
-    from tqdm.auto import tqdm
-
     tqdm.write(line, file=sys.stderr)
 
 
@@ -320,7 +320,6 @@ class ChatClient:
 
     async def _send_all(self, todo: list[tuple[str, dict]], texts: dict[str, str]) -> _Progress:
         from openai import AsyncOpenAI
-        from tqdm.auto import tqdm
 
         endpoint = self.endpoint
         key = self.api_key()

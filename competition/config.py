@@ -21,8 +21,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .choices import ENSEMBLE_METHODS, PICK_BY, STRATEGIES, parse_strategy
-from .errors import ConfigError
+from .candidates import params_class
+from .choices import CONVENTIONS, ENSEMBLE_METHODS, MULTI_REF_RULES, PICK_BY, STRATEGIES, parse_strategy
+from .errors import ConfigError, UnknownCandidate
+from .mbr import UTILITIES
+from .tokenizers import TOKENIZERS
 
 DEFAULT_CONFIG = "competition.toml"
 
@@ -63,10 +66,6 @@ class MetricConfig:
     cache_mb: int = 1024  # token cache runs/.cache/tokens.sqlite, least recently used evicted; 0 = off
 
     def __post_init__(self) -> None:
-        # The registries the scorer uses, imported here: metric.py pulls in numpy and rapidfuzz.
-        from .metric import CONVENTIONS, MULTI_REF_RULES
-        from .tokenizers import TOKENIZERS
-
         problems = []
         if self.tokenizer not in TOKENIZERS:
             problems.append(f"tokenizer = {self.tokenizer!r}: choose {_choices(sorted(TOKENIZERS))}")
@@ -96,7 +95,6 @@ class CVConfig:
     pick_by: str = "test_matched"  # history's final pick and submit's default source: test_matched or oof
 
     def __post_init__(self) -> None:
-
         problems = []
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 2:
             problems.append(f"k = {self.k!r}: use at least 2 folds")
@@ -163,7 +161,6 @@ class EnsembleConfig:
 
     def __post_init__(self) -> None:
         # Raised as ValueError so build_dataclass reports it with every other config problem.
-        from .mbr import UTILITIES
 
         problems = []
         if self.method not in ENSEMBLE_METHODS:
@@ -195,8 +192,6 @@ class Config:
         return path if path.is_absolute() else self.root / path
 
     def candidate(self, name: str) -> CandidateConfig:
-        from .errors import UnknownCandidate
-
         if name not in self.candidates:
             close = difflib.get_close_matches(name, list(self.candidates), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -257,8 +252,6 @@ def build_dataclass(cls: type, table: dict, section: str, problems: list[str],
 
 
 def _candidate(name: str, table: dict, problems: list[str]) -> CandidateConfig | None:
-    from .candidates import params_class
-
     section = f"candidates.{name}"
     kind = table.get("kind")
     if not isinstance(kind, str):

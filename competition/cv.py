@@ -10,12 +10,17 @@ Every text is tokenised once per process (the metric's cache), so this takes sec
 """
 from __future__ import annotations
 
+import difflib
+
 import numpy as np
 import pandas as pd
 
 from .config import Config
+from .data import load_from_config, references
 from .errors import FoldMismatch, UnknownCandidate
+from .folds import check_folds, labelled_rows
 from .metric import METRICS, RougeResult, get_scorer
+from .predictions import done_folds, list_sources, load_dev, load_meta, load_oof
 from .progress import progress as show_progress
 from .provenance import input_hashes, source_problems
 from .shift import matched_weights, workspace_profile
@@ -27,8 +32,6 @@ def _scorer(config: Config):
 
 def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
     """(folds checked against the data, labelled rows by fname, hold-out dev or None, test rows)."""
-    from .data import load_from_config
-    from .folds import check_folds, labelled_rows
 
     data = load_from_config(config, data_dir)
     rows = labelled_rows(config, data)
@@ -39,8 +42,6 @@ def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def _oof_result(config: Config, oof: pd.DataFrame, labelled: pd.DataFrame, name: str) -> RougeResult:
-    from .data import references
-
     unknown = [f for f in oof["fname"] if f not in labelled.index]
     if unknown:
         raise FoldMismatch(f"runs/{name} has out-of-fold rows that are not in the data (e.g. {unknown[0]}): "
@@ -51,7 +52,6 @@ def _oof_result(config: Config, oof: pd.DataFrame, labelled: pd.DataFrame, name:
 
 def oof_scores(config: Config, name: str, data_dir=None) -> RougeResult:
     """ROUGE of each row of `load_oof(config, name)`, in that order."""
-    from .predictions import load_oof
 
     _, labelled, _, _ = _labelled(config, data_dir)
     return _oof_result(config, load_oof(config, name), labelled, name)
@@ -91,8 +91,6 @@ def coverage(folds: pd.DataFrame, oof: pd.DataFrame) -> dict:
 
 
 def _source_meta(config: Config, name: str) -> dict:
-    from .predictions import done_folds, load_meta
-
     meta = load_meta(config, name) or {}
     if not meta:
         for fold in done_folds(config, name):
@@ -116,7 +114,6 @@ def test_matched(config: Config, result: RougeResult, fnames: pd.Series, profile
 def _dev_scores(config: Config, predicted: pd.Series, dev: pd.DataFrame, profile) -> dict:
     """Dev final on every dev row, and on the rows with no near-duplicate (cosine >= [cv]
     near_duplicates) in the labelled rows: the part of dev that looks like the test."""
-    from .data import references
 
     scores = _scorer(config).score(predicted.loc[dev["fname"]].tolist(), references(dev))
     out = {"dev_final": scores.final, "dev_novel_final": None, "dev_novel_rows": None}
@@ -130,8 +127,6 @@ def _dev_scores(config: Config, predicted: pd.Series, dev: pd.DataFrame, profile
 
 def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
            hashes: dict, profile=None) -> dict:
-    from .predictions import load_dev, load_oof
-
     k = int(folds["fold"].max()) + 1
     meta = _source_meta(config, name)
     try:
@@ -195,9 +190,7 @@ def pick_score(entry: dict, pick_by: str) -> float:
 def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, progress: bool = False) -> list[dict]:
     """One entry per source with predictions (or the named ones): complete sources by OOF final
     (best first), then incomplete ones, never silently ranked among them."""
-    import difflib
 
-    from .predictions import list_sources
 
     sources = list_sources(config)
     if names:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .errors import DataError
 from .tokenizers import cached_tokens
+from .workspace import SAMPLE_DIR
 
 SPLITS = ("train", "dev", "test", "sample_submission")
 REQUIRED_COLUMNS = {
@@ -210,7 +211,6 @@ def data_folder(config, data_dir: str | Path | None = None) -> Path:
     folder = config.resolve(config.data.dir)
     if folder.exists() or dataclasses.asdict(config.data) != dataclasses.asdict(type(config.data)()):
         return folder
-    from .workspace import SAMPLE_DIR
 
     if str(folder) not in _noted_sample:
         _noted_sample.add(str(folder))

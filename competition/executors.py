@@ -14,6 +14,7 @@ Which Ray cluster and how it is joined is ray_cluster's (RayConnection).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Callable, Iterator, Protocol, Sequence
 
 from .candidates.parts import Launch, Placement
@@ -89,8 +90,6 @@ class LocalExecutor:
     where = "this machine"
 
     def cluster_has_gpus(self) -> bool:
-        import importlib.util
-
         if importlib.util.find_spec("torch") is None:
             return False
         import torch

@@ -16,7 +16,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CompetitionError
+from .candidates import candidate_class
+from .cv import leaderboard
+from .errors import CompetitionError, UnknownCandidate
+from .generation import decoding_kwargs
+from .modeling import load_tokenizer, merged_causal_lm, model_source, resolve_device
+from .predictions import fold_dir, load_meta, run_dir
+from .provenance import INPUT_KEYS, TUNED_SUFFIX, candidate_seed, candidate_settings, source_problems, workspace_inputs
+from .search import LENGTH_KEYS
 
 EXPORTS_DIR = "exports"
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -54,9 +61,6 @@ def check_trains(config, name: str):
 def trained_candidate(config, name: str, fold: int | None):
     """The candidate object of a trained fold (None: the refit model), refusing kinds without
     weights and models not trained yet."""
-    from .candidates import candidate_class
-    from .predictions import fold_dir, run_dir
-    from .provenance import candidate_seed
 
     candidate = check_trains(config, name)
     folder = (run_dir(config, name) / "refit" if fold is None else fold_dir(config, name, fold)) / "work"
@@ -73,7 +77,6 @@ def trained_candidate(config, name: str, fold: int | None):
 
 def default_fold(config, name: str) -> int | None:
     """The refit model when there is one, else the lowest trained fold."""
-    from .predictions import run_dir
 
     check_trains(config, name)
     if (run_dir(config, name) / "refit" / "work" / "train.json").exists():
@@ -88,9 +91,6 @@ def default_fold(config, name: str) -> int | None:
 
 def decoding_params(config, name: str) -> tuple[object, bool, str]:
     """(params with NAME@tuned's setting applied when it is current, tuned?, a note for the card)."""
-    from .predictions import load_meta
-    from .provenance import TUNED_SUFFIX, source_problems, workspace_inputs
-    from .search import LENGTH_KEYS
 
     params = config.candidate(name).params
     tuned = load_meta(config, name + TUNED_SUFFIX)
@@ -140,7 +140,6 @@ def export_model(config, name: str, fold: int | None = None, out: Path | None = 
 def _qlora_weights(instance, folder: Path, merge: bool, dtype: str):
     """(generation config, tokenizer, merged?) after writing the adapter as trained, or the base
     with it merged in (a quantized base dequantised first)."""
-    from .modeling import load_tokenizer, model_source
 
     params = instance.params
     tokenizer = load_tokenizer(params, str(instance.adapter_dir()))  # the tokenizer saved with the adapter
@@ -151,8 +150,6 @@ def _qlora_weights(instance, folder: Path, merge: bool, dtype: str):
         tokenizer.save_pretrained(str(folder))
         return _generation_config(model_source(params)), tokenizer, False
     import torch
-
-    from .modeling import merged_causal_lm, resolve_device
 
     # Merged in float32 (a 4-bit base dequantised first), then cast: the rounding happens once, at the end.
     merged = merged_causal_lm(params, resolve_device(params), instance.adapter_dir(), torch.float32)
@@ -187,7 +184,6 @@ def _generation_config(source: str):
 
 def _write_generation_config(generation_config, tokenizer, params, folder: Path) -> dict:
     """generation_config.json: the model's own, with the decoding `competition run` passes."""
-    from .generation import decoding_kwargs
 
     settings = decoding_kwargs(params, tokenizer, generation_config)
     generation_config.update(**settings)
@@ -197,8 +193,6 @@ def _write_generation_config(generation_config, tokenizer, params, folder: Path)
 
 def model_card(config, name: str, fold: int | None, instance, report: ExportReport, note: str) -> str:
     """README.md of an export: what it is, how to load it, the config, data hashes and scores."""
-    from .predictions import load_meta
-    from .provenance import INPUT_KEYS, candidate_settings
 
     meta = load_meta(config, name, fold) if fold is not None else load_meta(config, name)
     train = json.loads((instance.workdir / "train.json").read_text(encoding="utf-8"))
@@ -273,8 +267,6 @@ def _number(value) -> str:
 
 def _scores(config, name: str) -> dict | None:
     """The leaderboard's OOF and test-matched finals of `name` (None without predictions)."""
-    from .cv import leaderboard
-    from .errors import UnknownCandidate
 
     try:
         entry = leaderboard(config, [name])[0]

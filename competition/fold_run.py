@@ -11,16 +11,23 @@ import dataclasses
 import datetime
 import platform
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .augment import check_unique_fnames, fold_training_rows, read_augmented
+from .candidates import candidate_class
 from .config import Config
+from .data import load_from_config
 from .errors import FoldMismatch
+from .folds import check_folds, labelled_rows
+from .launch import command_for, launcher_of, run_launcher
 from .predictions import fold_dir, write_fold
 from .provenance import candidate_seed, input_hashes
+from .validation import RowGroups
 
 _VERSIONED = ("competition", "numpy", "pandas", "scikit-learn", "kiwipiepy", "torch", "transformers", "peft", "trl")
 
@@ -31,7 +38,6 @@ def now() -> str:
 
 def versions() -> dict:
     """Python and package versions, for meta.json."""
-    from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
     for package in _VERSIONED:
@@ -59,8 +65,6 @@ class RunContext:
 
 def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
     """Load the data and the folds, check they match (FoldMismatch) and hash the inputs."""
-    from .data import load_from_config
-    from .folds import check_folds, labelled_rows
 
     data = load_from_config(config, data_dir)
     rows = labelled_rows(config, data).reset_index(drop=True)
@@ -78,7 +82,6 @@ def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
 
 def augmented_rows(context: RunContext, name: str) -> list[pd.DataFrame]:
     """The candidate's augmentation files, read and validated."""
-    from .augment import read_augmented
 
     return [read_augmented(context.config.resolve(path)) for path in context.config.candidate(name).augmentations]
 
@@ -87,7 +90,6 @@ def check_augmentations(context: RunContext, names: Sequence[str]) -> None:
     """Refuse (DataError) augmentation files whose fnames repeat each other's or a labelled, test or
     dev row's, before any fold of any candidate runs: a fold's own check would let some folds train
     before another fold meets the clash (a held-out row's fname is not among that fold's training rows)."""
-    from .augment import check_unique_fnames
 
     reserved = {"the labelled data": context.rows["fname"], "the test data": context.test["fname"]}
     if context.dev is not None:
@@ -102,14 +104,11 @@ def training_rows(context: RunContext, name: str, mask: np.ndarray) -> pd.DataFr
     train = context.rows[mask].reset_index(drop=True)
     if not context.config.candidate(name).augmentations:
         return train
-    from .augment import fold_training_rows
 
     return fold_training_rows(train, augmented_rows(context, name))
 
 
 def make_candidate(context: RunContext, name: str, workdir: Path):
-    from .candidates import candidate_class
-
     candidate_config = context.config.candidate(name)
     instance = candidate_class(candidate_config.kind)(name, candidate_config.params, workdir,
                                                        candidate_seed(context.config, name))
@@ -127,7 +126,6 @@ def row_groups(context: RunContext, name: str):
     """What a validation split inside a fold's training keeps together: the near-duplicate clusters
     the folds were built with ([cv] near_duplicates, checked against folds.json by prepare) and
     each augmented row's source (clusters are computed only if a training validates)."""
-    from .validation import RowGroups
 
     sources = {str(fname): str(source) for frame in augmented_rows(context, name)
                for fname, source in zip(frame["fname"], frame["source_fname"])}
@@ -147,7 +145,6 @@ def predict_rows(instance, rows: pd.DataFrame, what: str) -> tuple[pd.DataFrame,
 def fit_candidate(context: RunContext, name: str, instance, train: pd.DataFrame, fold: int | None) -> None:
     """instance.fit, after training under `accelerate launch` when the candidate asks for it
     (the fit here then finds the saved training and only loads it; see competition.launch)."""
-    from .launch import command_for, launcher_of, run_launcher
 
     if launcher_of(instance.params) == "accelerate":
         run_launcher(command_for(context.config, name, fold, context.data_dir), cwd=context.config.root)

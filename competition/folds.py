@@ -29,6 +29,9 @@ import pandas as pd
 from .choices import parse_strategy
 from .data import rows_sha256
 from .errors import ConfigError, FoldMismatch, MissingFolds
+from .predictions import atomic_write_text
+from .shift import near_duplicate_clusters
+from .similarity import cluster_stats, components
 
 _LENGTH_BINS = 10
 
@@ -101,7 +104,6 @@ def _stratified_units(labels: np.ndarray, units: np.ndarray, k: int, rng: np.ran
 
 def _joined(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """Groups of rows linked by an equal value or by one cluster (connected components)."""
-    from .similarity import components  # scipy: see build_folds
 
     links = []
     for labels in (pd.factorize(values)[0], clusters):
@@ -191,10 +193,7 @@ def build_folds(config, rows: pd.DataFrame, k: int | None = None, seed: int | No
     Returns folds.json's content plus "path" and "changed" (False when identical files were
     already there). Refuses to replace different folds unless `force`.
     """
-    from .predictions import atomic_write_text
     # The near-duplicate search needs scipy and sklearn: loaded when folds are built, not with the config.
-    from .shift import near_duplicate_clusters
-    from .similarity import cluster_stats
 
     k = config.cv.k if k is None else k
     seed = config.cv.seed if seed is None else seed

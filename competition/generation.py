@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .candidates.lead import lead_text
 from .progress import progress as show_progress
 from .prompts import DEFAULT_MARKER
 
@@ -138,7 +139,6 @@ def clean_output(text: str, cut: bool = False, keep_lines: bool = False) -> str:
 def lead_fallback(dialogue: str, turns: int = 2) -> str:
     """The `lead` candidate's output for one row (its first `turns` turns, default turn_format):
     what a model that says nothing is replaced with."""
-    from .candidates.lead import lead_text
 
     return lead_text(str(dialogue), turns)
 

@@ -19,6 +19,7 @@ import pandas as pd
 from .choices import HISTORY_SORT_KEYS
 from .config import Config
 from .errors import SubmissionError
+from .submission import read_log
 
 SORT_KEYS = HISTORY_SORT_KEYS
 # Used for "CV agrees" when the best-CV submission has no 95% interval in the log.
@@ -168,7 +169,6 @@ def final_picks(rows: Sequence[dict], tolerance: float = DEFAULT_CV_TOLERANCE, p
 
 def history_report(config: Config, sort: str = "id", tolerance: float = DEFAULT_CV_TOLERANCE) -> dict:
     """Everything `competition history` shows, as plain data."""
-    from .submission import read_log
 
     rows = history_rows(read_log(config))
     return {

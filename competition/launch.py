@@ -12,13 +12,16 @@ COMPETITION_ERROR_FILE (LaunchRefused, exit code 2 in the CLI); the launcher run
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from .candidates.parts import Launch
 from .errors import CompetitionError, ConfigError
+from .predictions import atomic_write_text
 
 # Where a launched rank writes the one line of a user mistake (set by run_launcher, read by train_fold).
 ERROR_FILE_VARIABLE = "COMPETITION_ERROR_FILE"
@@ -92,7 +95,6 @@ def command_for(config, name: str, fold: int | None, data_dir: str | Path | None
 
 def free_port() -> int:
     """A TCP port nobody listens on now (for torch.distributed's rendezvous)."""
-    import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -104,7 +106,6 @@ def run_launcher(command: Sequence[str], cwd: str | Path | None = None) -> None:
 
     LaunchRefused carries a rank's one-line user mistake; LaunchFailed names the command otherwise.
     """
-    import tempfile
 
     environment = {name: value for name, value in os.environ.items()
                    if name not in STRAY_RANK_VARIABLES and not name.startswith("TORCHELASTIC_")}
@@ -126,7 +127,6 @@ def report_refusal(error: Exception) -> bool:
     target = os.environ.get(ERROR_FILE_VARIABLE)
     if not target:
         return False
-    from .predictions import atomic_write_text
 
     try:
         atomic_write_text(target, str(error))

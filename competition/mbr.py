@@ -11,6 +11,7 @@ convention both directions are scored and each output is scored as the hypothesi
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 from typing import Sequence
 
@@ -60,7 +61,6 @@ def _pair_utilities(scorer: RougeScorer, hyps: list[str], refs: list[str], utili
                     scored.append(_score_range(chunk))
                     reporter.update(chunk[1] - chunk[0])
             else:
-                import multiprocessing
 
                 with multiprocessing.get_context("fork").Pool(workers) as pool:
                     for chunk, part in zip(chunks, pool.imap(_score_range, chunks)):

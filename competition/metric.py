@@ -20,6 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
+from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
@@ -337,7 +338,6 @@ class RougeScorer:
         """What a pair's scores depend on: the tokens (tokenizer identity), the convention and this
         module's code and libraries (any change to them is a new identity: old scores never answer);
         "" (no persistent scores) for a tokenizer without an identity or code that cannot be read."""
-        from importlib.metadata import version
 
         if not self.tokenizer.identity:
             return ""

@@ -10,8 +10,13 @@ import importlib.util
 from pathlib import Path
 from typing import Callable
 
+from . import cv, folds, runner
 from .config import Config
+from .cv import pick_score
+from .data import data_folder, describe, load_from_config
 from .errors import CompetitionError, UnknownCandidate
+from .submission import DuplicateSubmission, submit
+from .workspace import SAMPLE_DIR
 
 
 def with_data_dir(config: Config, data_dir: str | Path | None) -> Config:
@@ -25,7 +30,6 @@ def with_data_dir(config: Config, data_dir: str | Path | None) -> Config:
 
 def choose_source(config: Config, board: list[dict]) -> str:
     """[submit] source when set, else the complete source with the best CV by [cv] pick_by."""
-    from .cv import pick_score
 
     if config.submit.source:
         return config.submit.source
@@ -47,10 +51,6 @@ def run_pipeline(config: Config, data_dir: str | Path | None = None, require_all
                  note: str = "make submit", echo: Callable[[str], None] = print) -> dict:
     """Run every stage and submit; returns {"data", "folds", "runs", "ensembles", "leaderboard",
     "source", "submission", "new"} where new is False when the same file was already logged."""
-    from . import cv, folds, runner
-    from .data import data_folder, describe, load_from_config
-    from .submission import DuplicateSubmission, submit
-    from .workspace import SAMPLE_DIR
 
     config = with_data_dir(config, data_dir)
     data = load_from_config(config)

@@ -14,10 +14,12 @@ that looks complete; meta.json is written last, so a fold counts as done only wh
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,7 +81,6 @@ def write_temp(path: Path, text: str) -> Path:
 def remove_stale_temps(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
     """Delete the temp files a killed writer left in `folder` and its sub-folders up to two levels
     down (runs/NAME/fold_K), never a recent one (a writer may still be renaming it)."""
-    import time
 
     removed = []
     if not folder.is_dir():
@@ -182,7 +183,6 @@ def list_sources(config) -> list[str]:
 def _require_source(config, name: str) -> Path:
     folder = run_dir(config, name)
     if not folder.is_dir():
-        import difflib
 
         close = difflib.get_close_matches(name, list_sources(config), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

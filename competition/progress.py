@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Iterable, Iterator
 
+from tqdm.auto import tqdm
+
 
 def on_terminal() -> bool:
     """Whether stderr is an interactive terminal (bars) or not (one line per stage)."""
@@ -81,7 +83,6 @@ def progress(iterable: Iterable | None = None, *, desc: str, total: int | None =
     if not enabled:
         return Silent(iterable, total, desc, unit)
     if on_terminal():
-        from tqdm.auto import tqdm
 
         return tqdm(iterable, total=total, desc=desc, unit=unit.rstrip("s") or unit, file=sys.stderr, leave=leave,
                     dynamic_ncols=True)

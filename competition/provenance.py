@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .candidates import candidate_class
 from .candidates.parts import Trainer, hashed_settings
-from .data import rows_sha256
+from .config import config_hash
+from .data import load_from_config, rows_sha256
 from .errors import FoldMismatch
+from .folds import check_folds, folds_sha256, labelled_rows
 from .predictions import load_meta, run_dir
 
 INPUT_KEYS = ("data_sha256", "folds_sha256", "test_sha256", "dev_sha256")
@@ -81,7 +84,6 @@ def candidate_seed(config, name: str) -> int:
 
 def candidate_settings(config, name: str) -> dict:
     """What a candidate's predictions depend on besides the data: hashed into its config hash."""
-    from .candidates import candidate_class
 
     candidate = config.candidate(name)
     # hashed_settings: keys added since a config was written count only once set, so an unchanged
@@ -101,7 +103,6 @@ def candidate_settings(config, name: str) -> dict:
 
 def candidate_hash(config, name: str) -> tuple[str, dict]:
     """(config hash, settings) of a candidate as competition.toml and its files say now."""
-    from .config import config_hash
 
     settings = candidate_settings(config, name)
     augmented = {path: file_sha256(config.resolve(path)) for path in settings["augmentations"]
@@ -111,7 +112,6 @@ def candidate_hash(config, name: str) -> tuple[str, dict]:
 
 def input_hashes(config, rows: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFrame | None) -> dict:
     """The current inputs: labelled rows, folds file, test dialogues, hold-out dev rows."""
-    from .folds import folds_sha256
 
     return {"data_sha256": rows_sha256(rows), "folds_sha256": folds_sha256(config),
             "test_sha256": rows_sha256(test[["fname", "dialogue"]]),
@@ -120,8 +120,6 @@ def input_hashes(config, rows: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFra
 
 def workspace_inputs(config) -> tuple[dict, int]:
     """(input_hashes, k) of the workspace as it is now, after checking the folds match the data."""
-    from .data import load_from_config
-    from .folds import check_folds, labelled_rows
 
     data = load_from_config(config)
     rows = labelled_rows(config, data)

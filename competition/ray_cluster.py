@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -116,8 +117,6 @@ def _cluster(ray, how: str) -> RayCluster:
 
 
 def _new_log_path() -> str:
-    import tempfile
-
     handle, path = tempfile.mkstemp(prefix="competition-ray-", suffix=".log")
     os.close(handle)
     return path

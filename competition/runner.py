@@ -23,11 +23,14 @@ import pandas as pd
 
 from .candidates import candidate_class
 from .config import Config
+from .ensemble import run_ensemble
 from .errors import CudaRequired, FoldMismatch, UnknownCandidate
 from .executors import JobResult, jobs_for, make_executor, run_jobs
-from .predictions import done_folds, fold_dir, read_meta, run_dir, write_source_outputs
 from .fold_run import (RunContext, check_augmentations, fit_candidate, make_candidate, now, predict_rows, prepare,
                        training_rows, versions)
+from .mbr import mbr_select
+from .metric import get_scorer
+from .predictions import done_folds, fold_dir, load_fold_dev, load_fold_test, read_meta, run_dir, write_source_outputs
 from .provenance import candidate_hash, candidate_settings, fold_is_current
 from .tracking import log_candidate
 
@@ -38,8 +41,6 @@ def _stderr(line: str) -> None:
 
 def choose_outputs(context: RunContext, name: str, scorer) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """MBR over the k fold models' test (and dev) outputs, row by row."""
-    from .mbr import mbr_select
-    from .predictions import load_fold_dev, load_fold_test
 
     chosen_counts = {}
     frames = []
@@ -112,7 +113,6 @@ def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dic
                      skipped: list[int], force: bool, echo: Callable[[str], None],
                      failed: dict[int, str] | None = None) -> dict:
     """Report a candidate's folds and choose its test/dev outputs once every fold is done."""
-    from .metric import get_scorer
 
     config = context.config
     digest = wanted["config_hash"]
@@ -181,7 +181,6 @@ def resolve_names(config: Config, names: Sequence[str] | None) -> list[str]:
 def build_seed_groups(config: Config, results: dict, echo: Callable[[str], None]) -> dict:
     """After a run: NAME of each candidate with seeds = [...] whose seed sources all ran and are
     complete, written as their per-row MBR (an ensemble source); a report per NAME built."""
-    from .ensemble import run_ensemble
 
     built = {}
     for name, members in config.seed_groups.items():

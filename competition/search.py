@@ -14,10 +14,12 @@ import json
 import math
 import os
 import random
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CompetitionError, ConfigError
+from .predictions import atomic_write_text
 
 # Generation parameters a setting may change; "length_control"/"length_scale" are ours (below).
 GENERATION_KEYS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "repetition_penalty",
@@ -128,8 +130,6 @@ class TrialStore:
                                "and search again (or rerun with the options it was scored with)")
 
     def append(self, trial: Trial) -> None:
-        from .predictions import atomic_write_text
-
         if not self.path.exists():
             atomic_write_text(self.path, json.dumps({"inputs": self.inputs}, ensure_ascii=False) + "\n")
         with open(self.path, "ab+") as out:  # appends go to the end; reading finds how the file ends
@@ -187,7 +187,6 @@ def load_space(path: str | Path | None, params) -> dict[str, list]:
         if path.suffix == ".json":
             space = json.loads(text)
         else:
-            import tomllib
 
             space = tomllib.loads(text)
     except ValueError as error:  # JSONDecodeError and TOMLDecodeError both are

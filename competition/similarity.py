@@ -8,12 +8,14 @@ sparse, and each block of at most BLOCK_ROWS query rows meets all target rows in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import scipy.sparse as sparse
 
 from .tokenizers import cached_tokens
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 BLOCK_ROWS = 1000
 DENSE_FEATURES = 400
@@ -99,11 +101,12 @@ def self_nearest(vectors: sparse.csr_matrix, threshold: float | None = None) -> 
 def components(count: int, pairs: np.ndarray) -> np.ndarray:
     """Connected-component label of each of `count` rows linked by `pairs`, numbered in order of
     each component's first row (so the same rows in the same order give the same labels)."""
+    from scipy.sparse import coo_matrix  # scipy: 0.3 s to import, needed by the near-duplicate search only
     from scipy.sparse.csgraph import connected_components
 
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
     # Renumber by first occurrence: scipy's numbering is already so, but this does not rely on it.
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)

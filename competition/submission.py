@@ -10,6 +10,7 @@ lose or corrupt a row.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import io
@@ -25,8 +26,12 @@ from typing import Iterator, Sequence
 import pandas as pd
 
 from .config import Config
+from .cv import leaderboard
+from .data import data_folder, read_split
 from .errors import SubmissionError, UnknownCandidate
-from .predictions import atomic_write_text, csv_text, write_temp
+from .metric import get_scorer
+from .predictions import atomic_write_text, csv_text, list_sources, load_test, write_temp
+from .provenance import require_current, workspace_inputs
 from .tracking import log_submission, record_leaderboard
 
 LOG_FILE = "log.csv"
@@ -170,7 +175,6 @@ def _number(value) -> str:
 def local_scores(config: Config, source: str) -> dict:
     """The source's OOF ROUGE, 95% interval, test-matched final and interval, dev finals (all rows,
     novel rows) and config hash from cv.leaderboard."""
-    from .cv import leaderboard
 
     entries = leaderboard(config, [source])
     if not entries:
@@ -198,11 +202,8 @@ def local_scores(config: Config, source: str) -> dict:
 
 
 def _source_predictions(config: Config, source: str) -> pd.DataFrame:
-    from .predictions import list_sources, load_test
-
     sources = list_sources(config)
     if source not in sources:
-        import difflib
 
         close = difflib.get_close_matches(source, sources, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; sources with predictions: {', '.join(sources) or 'none'}"
@@ -222,8 +223,6 @@ def _refuse_duplicate(log: pd.DataFrame, digest: str, source: str) -> None:
 def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = False) -> dict:
     """Write `submissions/NNNN-SOURCE.csv` from SOURCE's test predictions and log it; returns the
     new log row. Refuses a malformed file, and a file already logged unless `allow_duplicate`."""
-    from .data import data_folder, read_split
-    from .provenance import require_current, workspace_inputs
 
     sample_path = data_folder(config) / config.data.sample_submission
     sample_ids = read_split(sample_path, "sample_submission")["fname"].tolist()
@@ -355,7 +354,6 @@ def read_submission(path: Path) -> pd.DataFrame:
 def diff_submissions(config: Config, first: str, second: str, examples: int = 3) -> dict:
     """Rows whose summaries differ, the mean ROUGE of A against B over all rows, and the most
     different rows side by side."""
-    from .metric import get_scorer
 
     path_a, path_b = submission_file(config, first), submission_file(config, second)
     frame_a, frame_b = read_submission(path_a), read_submission(path_b)

@@ -11,9 +11,12 @@ import json
 import re
 import unicodedata
 from functools import cached_property
+from importlib import metadata
 from typing import Callable, Protocol, Sequence
 
 from . import token_cache
+from .errors import ConfigError
+from .progress import progress
 
 
 class Tokenizer(Protocol):
@@ -43,12 +46,10 @@ class KiwiTokenizer:
 
     @cached_property
     def identity(self) -> str:
-        from importlib.metadata import PackageNotFoundError, version
-
         def installed(package: str) -> str:
             try:
-                return version(package)
-            except PackageNotFoundError:
+                return metadata.version(package)
+            except metadata.PackageNotFoundError:
                 return "none"
 
         # num_workers changes the speed, never the tokens.
@@ -66,7 +67,6 @@ class KiwiTokenizer:
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         if not texts:
             return []
-        from .progress import progress
 
         # The batch API is ~5x faster than one call per text even on one worker. A bar (or a closing
         # line in a log) where the wait is long enough to want one: ~650 dialogues/s on 2 cores.
@@ -118,7 +118,6 @@ _token_cache: dict[str, dict[str, list[str]]] = {}
 
 def get_tokenizer(name: str) -> Tokenizer:
     """The shared instance of a tokenizer by name (Kiwi loads its model on first use)."""
-    from .errors import ConfigError
 
     if name not in TOKENIZERS:
         raise ConfigError(f"unknown tokenizer {name!r}: choose one of {', '.join(sorted(TOKENIZERS))}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import re
 import sys
@@ -20,7 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config
-from .predictions import done_folds, fold_dir, load_meta, run_dir
+from .cv import leaderboard, oof_scores
+from .metric import RougeResult
+from .predictions import done_folds, fold_dir, load_meta, load_oof, run_dir
+from .provenance import TUNED_SUFFIX, candidate_settings
 
 PARAM_VALUE_LIMIT = 500  # MLflow 3 takes 6,000 characters, older servers 500; meta.json has the full value
 TAG_VALUE_LIMIT = 5000
@@ -79,7 +83,6 @@ def _open(config: Config) -> tuple[Any, str] | None:
         return None
     name = experiment_name(config)
     if (uri, name) not in _stores:
-        import logging
 
         # MLflow's store logs its table migrations at INFO on stderr: noise between our progress lines.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -220,9 +223,6 @@ def _result_key(*parts: Any) -> str:
 def _fold_values(config: Config, name: str, values: _Values, data_dir) -> list[tuple[Path, str | None]]:
     """Per-fold ROUGE (F1 x 100, the leaderboard's scale), timings and training curves; returns the
     train.json files to keep as artifacts."""
-    from .cv import oof_scores
-    from .metric import RougeResult
-    from .predictions import load_oof
 
     oof = load_oof(config, name)
     result = oof_scores(config, name, data_dir)
@@ -263,7 +263,6 @@ def _training_curve(path: Path, prefix: str, values: _Values) -> list[tuple[Path
 def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, data_dir=None,
                 extra: _Values | None = None) -> str | None:
     """One run for source `name` as cv's leaderboard scores it now, once per written result."""
-    from .cv import leaderboard
 
     meta_path = run_dir(config, name) / "meta.json"
     if not meta_path.is_file():
@@ -331,7 +330,6 @@ def log_tune(config: Config, name: str, trials: list, best, nested_final: float 
              untuned_final: float | None, data_dir=None) -> str | None:
     """Log NAME@tuned like a candidate: the base's params with the chosen setting, the nested and
     untuned finals, and every trial's subsample (and confirmed full) final by trial number."""
-    from .provenance import TUNED_SUFFIX, candidate_settings
 
     def action(store):
         extra = _Values()

@@ -12,14 +12,18 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from .config import load_config
+from .errors import CompetitionError
+from .fold_run import make_candidate, prepare, training_rows
+from .launch import report_refusal
+from .predictions import fold_dir, run_dir
+
 
 def train_fold(config_path: str | Path, name: str, fold: int | None, data_dir: str | Path | None = None) -> None:
     """Fit candidate `name` on the training rows of `fold` (None: every labelled row) into its workdir."""
-    import numpy as np
 
-    from .config import load_config
-    from .predictions import fold_dir, run_dir
-    from .fold_run import make_candidate, prepare, training_rows
 
     config = load_config(config_path)
     context = prepare(config, data_dir)
@@ -38,8 +42,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", required=True, help="fold number, or 'refit' for the model on all rows")
     parser.add_argument("--data", default=None, help="folder with the competition files (default: [data] dir)")
     args = parser.parse_args(argv)
-    from .errors import CompetitionError
-    from .launch import report_refusal
 
     try:
         train_fold(args.config, args.candidate, None if args.fold == "refit" else int(args.fold), args.data)

@@ -14,7 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from .candidates.parts import Generation, Inference, Placement, field_names, hashed_settings
+from .config import config_hash
+from .data import rows_sha256
 from .errors import ConfigError
+from .modeling import is_main_process, launched_distributed, world_size
+from .predictions import atomic_write_json, read_meta
+from .provenance import params_models
 from .validation import validation_arguments
 
 # Params that do not change training (generation, inference, where a job runs): editing them keeps the
@@ -27,9 +32,6 @@ def training_fingerprint(params, train_rows: pd.DataFrame, extra: dict | None = 
     """What a trained adapter or model depends on: training params (not generation ones), the
     local base model's files (provenance.params_models), the rows, and `extra` (the candidate's
     training_inputs)."""
-    from .config import config_hash
-    from .data import rows_sha256
-    from .provenance import params_models
 
     training = {k: v for k, v in hashed_settings(params).items() if k not in NOT_TRAINING}
     return config_hash({"params": training, "models": params_models(params), "rows": rows_sha256(train_rows),
@@ -39,7 +41,6 @@ def training_fingerprint(params, train_rows: pd.DataFrame, extra: dict | None = 
 def finished_training(workdir: Path, weights: Path, fingerprint: str) -> dict | None:
     """workdir's train.json when a training with `fingerprint` finished and saved `weights`, else
     None (train again). An unreadable train.json (cut by a kill or a full disk) counts as unfinished."""
-    from .predictions import read_meta
 
     done = read_meta(workdir / REPORT_FILE) if weights.exists() else None
     if isinstance(done, dict) and done.get("fingerprint") == fingerprint:
@@ -77,7 +78,6 @@ def training_arguments(args_class: type, params, workdir: Path, seed: int, devic
 def check_not_a_stray_rank() -> None:
     """Refuse to train when WORLD_SIZE > 1 was left in the environment (by a scheduler) without a
     launcher: the trainer would start a process group and wait forever for the other ranks."""
-    from .modeling import launched_distributed, world_size
 
     if world_size() > 1 and not launched_distributed():
         raise ConfigError(f"WORLD_SIZE={world_size()} is set but this process was not started by "
@@ -135,7 +135,6 @@ def save_training(trainer, workdir: Path, weights: Path, report: dict, device: s
     After a barrier every rank checks the weights are there, so a refusal stops all of them rather
     than leave the others waiting at the next barrier.
     """
-    from .modeling import is_main_process
 
     folder = weights.parent
     main = is_main_process(device)
@@ -161,7 +160,6 @@ def save_training(trainer, workdir: Path, weights: Path, report: dict, device: s
                           "(checkpoints/ is kept, so training resumes)")
     if main:
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nothing reads: meta.json has the config
-        from .predictions import atomic_write_json
 
         atomic_write_json(workdir / REPORT_FILE, report)
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)

@@ -17,6 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import CompetitionError, ConfigError
+from .metric import get_scorer
+from .predictions import fold_dir, read_meta, run_dir
+from .shift import near_duplicate_clusters
 
 # The metrics train.json's curve records per step, as the Trainer names them.
 CURVE_KEYS = ("loss", "eval_loss", "eval_rouge_final")
@@ -43,7 +46,6 @@ class RowGroups:
         fnames = self.labelled["fname"].astype(str).tolist()
         if self.threshold <= 0:
             return {fname: fname for fname in fnames}
-        from .shift import near_duplicate_clusters
 
         labels = near_duplicate_clusters(self.labelled["dialogue"].tolist(), self.tokenizer, self.threshold)
         return {fname: f"cluster{label}" for fname, label in zip(fnames, labels)}
@@ -118,7 +120,6 @@ def rouge_callback(summarise: Callable[[object], list[str]], references: Sequenc
     written into the evaluation's line of the log history (train.json's curve, checkpoints)."""
     from transformers import TrainerCallback
 
-    from .metric import get_scorer
 
     scorer = get_scorer(metric.tokenizer, metric.convention, metric.multi_ref)
 
@@ -177,7 +178,6 @@ class NoCurves(CompetitionError):
 def fold_curves(config, name: str) -> dict[str, dict]:
     """Each trained fold's (and the refit model's) train.json curve and chosen step, by label
     ("fold 0", ..., "refit"); NoCurves when none has one."""
-    from .predictions import fold_dir, read_meta, run_dir
 
     found = {}
     folds = sorted(int(path.name.split("_")[1]) for path in run_dir(config, name).glob("fold_*")

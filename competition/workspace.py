@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .config import load_config
 from .errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -31,7 +32,6 @@ def init_workspace(folder: str | Path, example: bool = False, force: bool = Fals
     `template`, which must load), folds/, submissions/, data/README.md (where the files come from),
     a .gitignore; with `example` the bundled sample's files in data/. Refuses to overwrite an
     existing competition.toml unless `force`."""
-    from .config import load_config
 
     folder = Path(folder)
     config_path = folder / "competition.toml"

@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ..chat import Endpoint
+from ..chat import ChatClient, Endpoint
 from ..errors import ConfigError
-from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
+from ..generation import lead_fallback
+from ..prompts import (DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM, FewShotIndex, PromptTemplate,
+                       build_messages, prompt_inputs, truncate_middle)
 from .base import Candidate
 
 
@@ -50,15 +52,11 @@ class ApiCandidate(Candidate):
         return self.workdir / "fewshot.jsonl"
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
-        from ..prompts import FewShotIndex
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.params.few_shot > 0:
             FewShotIndex.from_rows(train_rows).save(self.fewshot_path)
 
     def _messages(self, rows: pd.DataFrame) -> list[list[dict]]:
-        from ..prompts import PromptTemplate, build_messages, prompt_inputs, truncate_middle
-
         template = PromptTemplate.from_params(self.params)
         dialogues, topics, examples = prompt_inputs(rows, self.params.few_shot, self.fewshot_path)
         limit = self.params.max_dialogue_chars
@@ -66,13 +64,9 @@ class ApiCandidate(Candidate):
         return [build_messages(template, d, t, e) for d, t, e in zip(cut, topics, examples)]
 
     def client(self):
-        from ..chat import ChatClient
-
         return ChatClient(self.params, self.cache_path, label=self.name, refresh=self.refresh)  # Params is an Endpoint
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
-        from ..generation import lead_fallback
-
         if not self.params.model:
             raise ConfigError(f"[candidates.{self.name}] needs model = \"NAME\" (the model the endpoint serves)")
         client = self.client()

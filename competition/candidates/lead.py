@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..config import MetricConfig
+from ..data import references
 from ..errors import ConfigError
+from ..metric import get_scorer
 from .base import Candidate
 
 _TURN = re.compile(r"^\s*(#[A-Za-z][A-Za-z0-9]*#)\s*:\s*(.*)$")
@@ -70,8 +72,6 @@ class LeadCandidate(Candidate):
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         """Choose N with the best ROUGE final on (a sample of) the training rows."""
-        from ..data import references
-        from ..metric import get_scorer
 
         try:
             self.params.turn_format.format(speaker="#Person1#", text="x")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, distribution
 
 from ..config import InvalidValues
 from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
@@ -64,7 +66,6 @@ def installed_names(what: str) -> frozenset[str]:
     `attn_implementation` ("eager" and the AttentionInterface registry), read from its source
     files: importing transformers' training or modeling code takes seconds, and a config loads on
     every command. Falls back to importing when the source does not have the expected shape."""
-    from importlib.metadata import PackageNotFoundError, distribution
 
     path, owner, dict_name = {"optim": ("transformers/training_args.py", "OptimizerNames", None),
                               "attn_implementation": ("transformers/modeling_utils.py", "AttentionInterface",
@@ -92,7 +93,6 @@ def installed_choice_problem(key: str, value: str) -> list[str]:
         return []
     if key == "attn_implementation" and "/" in value:
         return []  # a kernel from the hub (e.g. "kernels-community/flash-attn"), loaded by transformers itself
-    import difflib
 
     names = sorted(installed_names(key))
     close = difflib.get_close_matches(value, names, n=1)

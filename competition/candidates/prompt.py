@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..generation import GenerationReport, finish, generate
+from ..modeling import load_causal_lm, load_tokenizer, resolve_device
+from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate, prompt_inputs
 from .base import Candidate
 from .parts import QUANTIZATIONS, Generation, Model, Placement, Prompt, choice_problem
 
@@ -54,8 +57,6 @@ class PromptCandidate(Candidate):
         return None
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
-        from ..prompts import FewShotIndex
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.params.few_shot > 0:
             FewShotIndex.from_rows(train_rows).save(self.fewshot_path)
@@ -63,7 +64,6 @@ class PromptCandidate(Candidate):
     def load(self):
         """(model, tokenizer) for prediction, loaded once per candidate object."""
         if self._model is None:
-            from ..modeling import load_tokenizer, resolve_device
 
             device = resolve_device(self.params)
             self._tokenizer = load_tokenizer(self.params)
@@ -72,13 +72,11 @@ class PromptCandidate(Candidate):
 
     def load_model(self, device: str):
         """The model that predicts: the base as configured, with the trained adapter attached."""
-        from ..modeling import load_causal_lm
 
         return load_causal_lm(self.params, device, adapter=self.adapter_dir())
 
     def prompts(self, rows: pd.DataFrame, tokenizer, max_prompt_tokens: int):
         """(prompt texts, builder) for `rows`, few-shot examples from the saved training rows."""
-        from ..prompts import PromptBuilder, PromptTemplate, prompt_inputs
 
         dialogues, topics, examples = prompt_inputs(rows, self.params.few_shot, self.fewshot_path)
         builder = PromptBuilder(tokenizer, PromptTemplate.from_params(self.params), max_prompt_tokens)
@@ -86,8 +84,6 @@ class PromptCandidate(Candidate):
         return texts, builder
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
-        from ..generation import GenerationReport, finish, generate
-
         if len(rows) == 0:
             return []
         model, tokenizer = self.load()

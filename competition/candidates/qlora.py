@@ -13,10 +13,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import MetricConfig
+from ..errors import ConfigError, DataError
+from ..generation import GenerationReport, finish, generate
+from ..modeling import (is_main_process, load_causal_lm, load_tokenizer, lora_model, merged_causal_lm, resolve_device,
+                        rows_kept_apart)
+from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
 from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training, trainer_report,
                         trainer_state_step, training_arguments)
-from ..validation import validation_inputs, validation_report, validation_split
 from ..validation import callbacks as validation_callbacks
+from ..validation import validation_inputs, validation_report, validation_split
 from . import prompt
 from .parts import Generation, Inference, Launch, LoRA, Trainer, added
 from .prompt import PromptCandidate
@@ -62,7 +67,6 @@ class QLoRACandidate(PromptCandidate):
     def load_model(self, device: str):
         """The base with the trained adapter: through 4-bit layers, or with merge_for_inference
         merged into a dequantised copy (faster kernels, the memory of a 16-bit model)."""
-        from ..modeling import load_causal_lm, merged_causal_lm
 
         if self.params.merge_for_inference and self.trained_weights().exists():
             return merged_causal_lm(self.params, device, self.adapter_dir())
@@ -72,7 +76,6 @@ class QLoRACandidate(PromptCandidate):
                        shots_from: pd.DataFrame | None = None) -> tuple[list[dict], int]:
         """(prompt/completion pairs, rows dropped because prompt + summary exceed max_length).
         Few-shot examples come from `shots_from` (validation rows take them from the rows that train)."""
-        from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
 
         dialogues = train_rows["dialogue"].tolist()
         topics = train_rows["topic"].fillna("").tolist() if "topic" in train_rows else [""] * len(train_rows)
@@ -107,8 +110,6 @@ class QLoRACandidate(PromptCandidate):
             neftune_noise_alpha=params.neftune_noise_alpha or None, completion_only_loss=True, disable_tqdm=False)
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
-        from ..modeling import is_main_process, resolve_device
-
         fingerprint, done = finished_fit(self, train_rows)
         if done is None:
             done = self._train(train_rows, fingerprint)
@@ -120,8 +121,6 @@ class QLoRACandidate(PromptCandidate):
     def _summariser(self, eval_rows: pd.DataFrame, fit_rows: pd.DataFrame, tokenizer):
         """(model -> greedy summaries, references) of up to eval_generate_rows validation rows,
         prompted as prediction prompts them (few-shot examples from the rows that train)."""
-        from ..generation import GenerationReport, finish, generate
-        from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
 
         params = self.params
         rows = eval_rows.head(params.eval_generate_rows)
@@ -148,8 +147,6 @@ class QLoRACandidate(PromptCandidate):
         from transformers import set_seed
         from trl import SFTTrainer
 
-        from ..errors import ConfigError, DataError
-        from ..modeling import load_causal_lm, load_tokenizer, lora_model, resolve_device, rows_kept_apart
 
         params = self.params
         device = resolve_device(params)

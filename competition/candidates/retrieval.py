@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import MetricConfig
+from ..mbr import mbr_select
+from ..metric import get_scorer
 from ..progress import progress as show_progress
 from ..tokenizers import cached_tokens
 from .base import Candidate
@@ -111,8 +113,6 @@ class RetrievalCandidate(Candidate):
         summaries = self._train["summary"].to_numpy()
         dialogues = self._train["dialogue"].to_numpy()
         if neighbours.shape[1] > 1:
-            from ..metric import get_scorer
-            from ..mbr import mbr_select
 
             scorer = get_scorer(self.metric.tokenizer, self.metric.convention, self.metric.multi_ref)
             choice = mbr_select([summaries[neighbours[:, j]].tolist() for j in range(neighbours.shape[1])], scorer)

@@ -14,11 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import MetricConfig
+from ..generation import GenerationReport, encode, finish, generate
+from ..modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, lora_config, model_source,
+                        resolve_device)
 from ..prompts import DEFAULT_MARKER
 from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
                         trainer_report, trainer_state_step, training_arguments)
-from ..validation import validation_inputs, validation_report, validation_split
 from ..validation import callbacks as validation_callbacks
+from ..validation import validation_inputs, validation_report, validation_split
 from .base import Candidate
 from .parts import Generation, Launch, LoRA, Model, Placement, Trainer, added
 
@@ -110,7 +113,6 @@ class Seq2SeqCandidate(Candidate):
 
     def _encode(self, tokenizer, dialogues: list[str]) -> list[list[int]]:
         """Token ids of source_prefix + dialogue, cut in the middle to encoder_max_length."""
-        from ..generation import encode
 
         texts = [self.params.source_prefix + d for d in dialogues]
         return encode(tokenizer, texts, self.params.encoder_max_length, self.params.truncation_marker)[0]
@@ -134,7 +136,6 @@ class Seq2SeqCandidate(Candidate):
 
     def _summariser(self, eval_rows: pd.DataFrame, tokenizer):
         """(model -> greedy summaries, references) of up to eval_generate_rows validation rows."""
-        from ..generation import GenerationReport, finish, generate
 
         params = self.params
         rows = eval_rows.head(params.eval_generate_rows)
@@ -154,8 +155,6 @@ class Seq2SeqCandidate(Candidate):
     def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
         from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, set_seed
 
-        from ..modeling import (attention_arguments, load_error, load_tokenizer, lora_config, model_source,
-                                resolve_device)
 
         params = self.params
         device = resolve_device(params)
@@ -208,8 +207,6 @@ class Seq2SeqCandidate(Candidate):
         if self._model is None:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-            from ..modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, model_source,
-                                    resolve_device)
 
             device = resolve_device(self.params)
             trained = self.trained_weights().exists()
@@ -226,8 +223,6 @@ class Seq2SeqCandidate(Candidate):
         return self._model, self._tokenizer
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
-        from ..generation import GenerationReport, finish, generate
-
         if len(rows) == 0:
             return []
         model, tokenizer = self.load()

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
-
 import unicodedata
+from pathlib import Path
+from typing import Any
 
 import click
 
 from ..config import Config, load_config
+from ..errors import ConfigError
+from ..predictions import RUNS_DIR, remove_stale_temps
+from ..submission import submissions_dir, tidy_submissions
+from ..token_cache import workspace
 
 
 def with_config(command):
@@ -30,8 +34,6 @@ def with_config(command):
 def tidy_workspace(config: Config) -> None:
     """What a killed command left: temp files of interrupted writes (old enough that no writer is
     still at work) and pending submissions (finished when their log row exists, else dropped)."""
-    from ..predictions import RUNS_DIR, remove_stale_temps
-    from ..submission import submissions_dir, tidy_submissions
 
     for folder in (config.resolve(RUNS_DIR), submissions_dir(config), config.resolve(config.cv.folds_file).parent):
         remove_stale_temps(folder)
@@ -42,8 +44,6 @@ def token_cache(config: Config):
     """Every tokenising command (and the processes it starts) shares the workspace's token cache,
     runs/.cache/tokens.sqlite, bounded by [metric] cache_mb (0 = off). A folder with neither
     competition.toml nor runs/ is no workspace: nothing is written there."""
-    from ..predictions import RUNS_DIR
-    from ..token_cache import workspace
 
     runs = config.resolve(RUNS_DIR)
     return workspace(runs if config.path is not None or runs.is_dir() else None, config.metric.cache_mb)
@@ -77,9 +77,7 @@ def png_option(help_text: str):
     def check(context, parameter, value):
         if value is None:
             return None
-        from pathlib import Path
 
-        from ..errors import ConfigError
 
         path = Path(value)
         if path.suffix.lower() != ".png":

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..cv import leaderboard
+from ..validation import fold_curves, plot_curves
 from .common import json_option, png_option, print_json, table, with_config
 
 
@@ -65,7 +67,6 @@ def cv_command(config, names, data_dir, curves_of, plot_path, as_json) -> None:
     if curves_of is not None or plot_path is not None:
         _curves(config, curves_of, plot_path, as_json)
         return
-    from ..cv import leaderboard
 
     board = leaderboard(config, list(names) or None, data_dir=data_dir, progress=True)
     if as_json:
@@ -91,7 +92,6 @@ def cv_command(config, names, data_dir, curves_of, plot_path, as_json) -> None:
 
 def _curves(config, name: str | None, plot_path, as_json: bool) -> None:
     """--curves NAME [--plot FILE.png]: each fold's steps, chosen step and best validation value."""
-    from ..validation import fold_curves, plot_curves
 
     if name is None:
         raise click.UsageError("--plot draws training curves: give the source with --curves NAME")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..data import describe, load_from_config
+from ..shift import duplicate_report, exact_duplicates, plot_nearest
 from .common import json_option, nearest_table, png_option, print_json, table, with_config
 
 
@@ -59,7 +60,6 @@ def check(config, data_dir, no_tokens, plot_path, as_json) -> None:
 
     Example: competition data check --data data/ --plot similarity.png
     """
-    from ..shift import duplicate_report, exact_duplicates, plot_nearest
 
     if no_tokens and plot_path:
         raise click.UsageError("--plot draws the near-duplicate search, which --no-tokens skips: drop one of them")

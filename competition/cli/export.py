@@ -5,6 +5,7 @@ import dataclasses
 
 import click
 
+from ..export import ExportError, default_fold, export_model
 from .common import json_option, print_json, with_config
 
 
@@ -29,7 +30,6 @@ def export_command(config, name, fold, merge, dtype, out, as_json) -> None:
 
     Example: competition export qwen3_qlora --fold 0 --merge
     """
-    from ..export import ExportError, default_fold, export_model
 
     if fold is None:
         chosen = default_fold(config, name)

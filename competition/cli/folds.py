@@ -5,6 +5,9 @@ import copy
 
 import click
 
+from ..data import load_from_config
+from ..folds import build_folds, labelled_rows, load_folds
+from ..shift import workspace_profile
 from .common import json_option, nearest_table, print_json, with_config
 
 
@@ -35,9 +38,6 @@ def build(config, k, seed, strategy, include_dev, force, data_dir, as_json) -> N
 
     Example: competition folds build --k 5 --seed 42 --strategy group:topic
     """
-    from ..data import load_from_config
-    from ..folds import build_folds, labelled_rows, load_folds
-    from ..shift import workspace_profile
 
     if include_dev:
         config = copy.deepcopy(config)

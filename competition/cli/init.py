@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..workspace import init_workspace
 from .common import json_option, print_json
 
 
@@ -20,7 +21,6 @@ def init_command(folder, example, force, config_path, as_json) -> None:
 
     Example: competition init my-team --example && cd my-team && competition pipeline
     """
-    from ..workspace import init_workspace
 
     report = init_workspace(folder, example=example, force=force, template=config_path)
     if as_json:

@@ -9,6 +9,7 @@ import click
 from ..choices import EXECUTORS
 from ..executors import ExecutorError
 from ..ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection
+from ..runner import resolve_names, run_candidates
 from .common import json_option, print_json, table, with_config
 
 
@@ -57,7 +58,6 @@ def run_command(config, names, folds_text, force, refresh, data_dir, require_all
 
     Example: competition run lead retrieval --folds 0,2 --executor ray --ray-address auto
     """
-    from ..runner import resolve_names, run_candidates
 
     folds = _parse_folds(folds_text)
     if executor == "local" and (ray_address or ray_timeout is not None):

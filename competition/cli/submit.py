@@ -4,6 +4,9 @@ from __future__ import annotations
 import click
 
 from ..choices import HISTORY_SORT_KEYS
+from ..history import GAPS, history_report, plot_history
+from ..pipeline import run_pipeline, with_data_dir
+from ..submission import diff_submissions, record_scores, submit
 from .common import json_option, png_option, print_json, table, with_config
 
 
@@ -52,8 +55,6 @@ def submit_command(config, source, note, allow_duplicate, data_dir, as_json) -> 
 
     Example: competition submit lead --note "lead-3 baseline"
     """
-    from ..pipeline import with_data_dir
-    from ..submission import submit
 
     row = submit(with_data_dir(config, data_dir), source, note=note, allow_duplicate=allow_duplicate)
     if as_json:
@@ -81,7 +82,6 @@ def lb_record(config, submission_id, public, private, as_json) -> None:
 
     Example: competition lb record 3 --public 42.8153
     """
-    from ..submission import record_scores
 
     row = record_scores(config, submission_id, public=public, private=private)
     if as_json:
@@ -113,7 +113,6 @@ def history_command(config, sort_key, plot_path, cv_tolerance, as_json) -> None:
 
     Example: competition history --sort public --plot history.png
     """
-    from ..history import GAPS, history_report, plot_history
 
     report = history_report(config, sort_key, cv_tolerance)
     if plot_path:
@@ -154,7 +153,6 @@ def diff_command(config, first, second, examples, as_json) -> None:
 
     Example: competition diff 3 5
     """
-    from ..submission import diff_submissions
 
     report = diff_submissions(config, first, second, examples)
     if as_json:
@@ -182,7 +180,6 @@ def pipeline_command(config, data_dir, require_all, note, as_json) -> None:
 
     Example: competition pipeline --data data/
     """
-    from ..pipeline import run_pipeline
 
     result = run_pipeline(config, data_dir, require_all, note,
                           echo=lambda line: click.echo(line, err=as_json))
