@@ -11,7 +11,7 @@ from competition.generation import (GenerationReport, clean_output, finish, gene
                                     truncate_ids_middle)
 from competition.prompts import (DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, FewShotIndex, PromptBuilder, PromptTemplate,
                                  build_messages, render, truncate_middle, user_message)
-from tiny_models import run_through_cli
+from tiny_models import FIXED_SUMMARY, run_through_cli
 
 
 def test_truncate_middle_keeps_both_ends_and_marks_the_cut():
@@ -113,13 +113,15 @@ def test_topic_is_in_the_prompt_only_with_include_topic():
 
 
 @pytest.mark.slow
-def test_base_model_gets_a_plain_prompt_and_long_dialogues_are_cut(tiny_base_lm, korean_rows, tmp_path, capsys):
+def test_base_model_gets_a_plain_prompt_and_long_dialogues_are_cut(tiny_summariser_base_lm, korean_rows, tmp_path,
+                                                                   capsys):
     """A tokenizer without a chat template: plain-text prompts (few-shot examples as `요약:` lines);
-    a dialogue too long for max_length is cut with the configured marker and still summarised."""
+    a dialogue too long for max_length is cut with the configured marker and still summarised (by a
+    model trained to answer with FIXED_SUMMARY: its text comes back, not the lead fallback)."""
     from competition.candidates.prompt import PromptCandidate
 
-    params = PromptParams(model=str(tiny_base_lm), quantization="none", include_topic=True, few_shot=1,
-                          max_length=400, max_new_tokens=6, truncation_marker="\n[생략]\n")
+    params = PromptParams(model=str(tiny_summariser_base_lm), quantization="none", include_topic=True, few_shot=1,
+                          max_length=400, max_new_tokens=16, truncation_marker="\n[생략]\n")
     candidate = PromptCandidate("base", params, tmp_path / "work")
     candidate.fit(korean_rows.iloc[[0]], fold=0)  # the one few-shot example
     rows = korean_rows.iloc[[2, 3]].reset_index(drop=True)
@@ -134,8 +136,8 @@ def test_base_model_gets_a_plain_prompt_and_long_dialogues_are_cut(tiny_base_lm,
     assert builder.truncated == 1 and "[생략]" in texts[1] and "처음입니다" in texts[1] and "끝입니다" in texts[1]
 
     summaries = candidate.predict(rows)
-    assert len(summaries) == 2 and all(s.strip() for s in summaries)
-    assert candidate.report["inputs_truncated"] == 1
+    assert summaries == [FIXED_SUMMARY] * 2
+    assert candidate.report["empty_to_lead"] == 0 and candidate.report["inputs_truncated"] == 1
     assert "1 dialogues cut in the middle" in capsys.readouterr().err
 
 
@@ -154,20 +156,45 @@ def test_sorted_batched_generation_equals_one_by_one(tiny_causal_lm, korean_rows
 
 
 @pytest.mark.slow
-def test_prompt_candidate_predicts_every_row(tiny_causal_lm, korean_rows, tmp_path):
+def test_prompt_candidate_predicts_every_row(tiny_summariser_lm, korean_rows, tmp_path):
+    """Few-shot prompts through the chat template, batched generation and clean-up: a model trained
+    to answer with FIXED_SUMMARY gives that text back for every row, none replaced by the lead."""
     from competition.candidates.prompt import PromptCandidate
 
-    params = PromptParams(model=str(tiny_causal_lm), quantization="none", few_shot=2, max_new_tokens=6,
-                          max_length=400)
+    params = PromptParams(model=str(tiny_summariser_lm), quantization="none", few_shot=2, max_new_tokens=16,
+                          max_length=400, eval_batch_size=3)
     candidate = PromptCandidate("p", params, tmp_path / "work")
     candidate.fit(korean_rows.head(8), fold=0)
     held_out = korean_rows.tail(4).reset_index(drop=True)
     summaries = candidate.predict(held_out)
-    assert len(summaries) == 4 and all(s.strip() for s in summaries)
-    assert candidate.report["rows"] == 4
-    # few-shot pool = the training fold only
+    assert summaries == [FIXED_SUMMARY] * 4
+    assert candidate.report["rows"] == 4 and candidate.report["empty_to_lead"] == 0
+
+
+@pytest.mark.slow
+def test_few_shot_examples_come_from_the_training_rows_only(tiny_causal_lm, korean_rows, tmp_path):
+    """The pool `fit` saves is exactly the training rows; each held-out row's prompt shows few_shot
+    of them and nothing of the other held-out rows, although here each held-out row has a
+    near-twin among them (its nearest example, had the pool taken in the rows being predicted)."""
+    from competition.candidates.prompt import PromptCandidate
+    from competition.modeling import load_tokenizer
+
+    params = PromptParams(model=str(tiny_causal_lm), quantization="none", few_shot=2, max_length=2000)
+    candidate = PromptCandidate("p", params, tmp_path / "work")
+    train = korean_rows.head(8)
+    candidate.fit(train, fold=0)
     pool = FewShotIndex.load(candidate.fewshot_path).examples
-    assert {e["dialogue"] for e in pool}.isdisjoint(set(held_out["dialogue"]))
+    assert [(e["dialogue"], e["summary"]) for e in pool] == list(zip(train["dialogue"], train["summary"]))
+
+    singles = korean_rows.tail(4)
+    twins = singles.assign(fname=singles["fname"] + "_twin", dialogue=singles["dialogue"] + "\n#Person1#: 네, 고마워요.",
+                           summary=singles["summary"] + " 둘은 인사합니다.")
+    held_out = pd.concat([singles, twins], ignore_index=True)
+    texts, _ = candidate.prompts(held_out, load_tokenizer(params), params.max_length)
+    for text in texts:
+        shown = [summary for summary in train["summary"] if summary in text]
+        assert len(shown) == 2, text
+        assert not any(summary in text for summary in held_out["summary"]), text
 
 
 def test_bad_model_params_are_reported_as_config_problems():
@@ -203,7 +230,7 @@ def test_llama_style_bos_is_not_doubled(tiny_causal_lm):
 
 
 @pytest.mark.slow
-def test_prompt_kind_through_competition_run(cli, korean_workspace, tiny_causal_lm):
+def test_prompt_kind_through_competition_run(cli, korean_workspace, tiny_summariser_lm):
     run_through_cli(cli, korean_workspace, "zero_shot", (
-        f'kind = "prompt"\nmodel = "{tiny_causal_lm}"\nquantization = "none"\nfew_shot = 1\n'
-        'max_length = 600\nmax_new_tokens = 6\n'))
+        f'kind = "prompt"\nmodel = "{tiny_summariser_lm}"\nquantization = "none"\nfew_shot = 1\n'
+        'max_length = 600\nmax_new_tokens = 16\n'), fixed_summary=FIXED_SUMMARY)

@@ -3,10 +3,12 @@ one log row, on the real Korean data (dev as train) and on a tiny workspace."""
 from __future__ import annotations
 
 import io
+import re
 
 import pandas as pd
 import pytest
 
+from competition.candidates.lead import lead_text
 from competition.config import load_config
 from competition.cv import leaderboard
 from competition.pipeline import with_data_dir
@@ -25,16 +27,31 @@ kind = "retrieval"
 """
 
 
-def _check_submission(root, test_ids):
+def _check_submission(root, test, train):
+    """The one logged submission holds the source's test output, row for row; the sources here are
+    model-free, so each summary is checked against what that kind can write: the dialogue's first
+    turns (lead) or a training summary with its speakers renamed (retrieval)."""
     log = pd.read_csv(root / "submissions" / "log.csv", dtype=str, keep_default_na=False)
     assert len(log) == 1
     row = log.iloc[0]
     content = (root / "submissions" / row["file"]).read_bytes()
     frame = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
     assert frame.columns.tolist() == ["fname", "summary"]
-    assert frame["fname"].tolist() == test_ids
-    assert (frame["summary"].str.strip() != "").all()
+    assert frame["fname"].tolist() == test["fname"].tolist()
+    chosen = pd.read_csv(root / "runs" / row["source"] / "test.csv", dtype=str, keep_default_na=False)
+    assert frame["summary"].tolist() == chosen.set_index("fname").loc[test["fname"], "summary"].tolist()
+    if row["source"] == "lead":
+        assert all(any(summary == lead_text(dialogue, turns) for turns in range(1, 7))
+                   for summary, dialogue in zip(frame["summary"], test["dialogue"]))
+    else:
+        known = {untagged(summary) for summary in train["summary"]}
+        assert all(untagged(summary) in known for summary in frame["summary"])
     return row
+
+
+def untagged(summary: str) -> str:
+    """A summary without its #PersonN# tags (retrieval renames the speakers to the new dialogue's)."""
+    return re.sub(r"#Person\d+#", "#", summary)
 
 
 def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
@@ -48,7 +65,7 @@ def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
     result = cli(["pipeline", "--data", tmp_path / "competition-files"], cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "folds" / "folds.csv").exists()
-    row = _check_submission(tmp_path, test["fname"].tolist())
+    row = _check_submission(tmp_path, test, train)
     config = with_data_dir(load_config(tmp_path / "competition.toml"), tmp_path / "competition-files")
     board = leaderboard(config)
     assert [entry["name"] for entry in board if entry["complete"]] and {e["name"] for e in board} == {"lead", "retrieval"}
@@ -90,11 +107,11 @@ require_cuda = true
     result = cli(["pipeline"], cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert "big: skipped (candidate 'big' needs CUDA" in result.output
-    row = _check_submission(tmp_path, test["fname"].tolist())
+    row = _check_submission(tmp_path, test, korean_rows)
     assert row["source"] == "lead" and row["note"] == "make submit"
 
     # A second `make submit` with nothing changed reuses the runs and logs nothing new.
     again = cli(["pipeline"], cwd=tmp_path)
     assert again.exit_code == 0, again.output
     assert "nothing new logged" in again.output and "(already logged)" in again.output
-    assert _check_submission(tmp_path, test["fname"].tolist())["sha256"] == row["sha256"]
+    assert _check_submission(tmp_path, test, korean_rows)["sha256"] == row["sha256"]

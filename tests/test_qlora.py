@@ -7,7 +7,7 @@ import pytest
 
 from competition.candidates.qlora import Params, QLoRACandidate
 from competition.errors import ConfigError
-from tiny_models import run_through_cli
+from tiny_models import FIXED_SUMMARY, run_through_cli
 
 
 def tiny_params(model_dir, **overrides) -> Params:
@@ -20,13 +20,15 @@ def tiny_params(model_dir, **overrides) -> Params:
 
 @pytest.mark.slow
 def test_qlora_4bit_trains_saves_reloads_and_predicts(tiny_causal_lm, korean_rows, tmp_path):
+    """Trained on one fixed summary, the 4-bit model writes exactly it for unseen dialogues (a long
+    one cut to max_length too), none replaced by the lead text; a reload says the same."""
     import bitsandbytes as bnb
 
     from competition.modeling import completion_loss, load_causal_lm
 
     params = tiny_params(tiny_causal_lm)
     candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
-    train = korean_rows.head(8)
+    train = korean_rows.head(8).assign(summary=FIXED_SUMMARY)
     candidate.fit(train, fold=0)
     adapter = tmp_path / "work" / "adapter"
     assert (adapter / "adapter_model.safetensors").exists() and not list(adapter.glob("*.bin"))
@@ -44,14 +46,14 @@ def test_qlora_4bit_trains_saves_reloads_and_predicts(tiny_causal_lm, korean_row
     held_out = korean_rows.tail(4).reset_index(drop=True)
     held_out.loc[3, "dialogue"] = "#Person1#: 처음입니다.\n" + "#Person2#: 네 알겠어요.\n" * 300 + "#Person1#: 끝."
     summaries = candidate.predict(held_out)  # the long dialogue is cut to max_length, not an error
-    assert len(summaries) == 4 and all(s.strip() for s in summaries)
-    assert candidate.report["inputs_truncated"] == 1
+    assert summaries == [FIXED_SUMMARY] * 4
+    assert candidate.report["empty_to_lead"] == 0 and candidate.report["inputs_truncated"] == 1
 
     # A fresh object (a new process) reloads the saved adapter and says the same; fit is not redone.
     again = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
     again.fit(train, fold=0)
     assert again.train_report == candidate.train_report
-    assert again.predict(held_out) == summaries
+    assert again.predict(held_out) == summaries and again.report["empty_to_lead"] == 0
 
 
 @pytest.mark.slow
@@ -132,8 +134,9 @@ def test_shipped_model_candidate_examples_parse():
 def test_tiny_qlora_through_competition_run(cli, korean_workspace, tiny_causal_lm):
     """A user's path: competition.toml points `model` at a folder; `competition run` fills runs/NAME."""
     runs = run_through_cli(cli, korean_workspace, "tiny", (
-        f'kind = "qlora"\nmodel = "{tiny_causal_lm}"\nmax_steps = 2\nbatch_size = 4\ngrad_accumulation = 1\n'
-        'gradient_checkpointing = false\nmax_length = 512\nmax_new_tokens = 8\n'))
+        f'kind = "qlora"\nmodel = "{tiny_causal_lm}"\nmax_steps = 6\nbatch_size = 4\ngrad_accumulation = 1\n'
+        'learning_rate = 0.01\nlr_scheduler = "constant"\nwarmup = 0.0\n'
+        'gradient_checkpointing = false\nmax_length = 512\nmax_new_tokens = 16\n'), fixed_summary=FIXED_SUMMARY)
     assert (runs / "fold_0" / "work" / "adapter" / "adapter_model.safetensors").exists()
     meta = json.loads((runs / "fold_0" / "meta.json").read_text())
     assert meta["kind"] == "qlora" and meta["config"]["params"]["model"] == str(tiny_causal_lm)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from competition.candidates.seq2seq import Params, Seq2SeqCandidate, found_tags
-from tiny_models import run_through_cli
+from tiny_models import FIXED_T5_SUMMARY, run_through_cli
 
 
 def tiny_params(model_dir, **overrides) -> Params:
@@ -57,11 +57,14 @@ def _summary_loss(model, tokenizer, rows) -> float:
 @pytest.mark.parametrize("use_lora", [False, True])
 @pytest.mark.slow
 def test_seq2seq_trains_saves_reloads_and_predicts(tiny_t5, korean_rows, tmp_path, use_lora):
+    """Trained on one fixed summary, the saved model writes exactly it for unseen dialogues (a long
+    one cut to encoder_max_length too), none replaced by the lead text; a reload says the same."""
     from transformers import AutoModelForSeq2SeqLM
 
-    params = tiny_params(tiny_t5, use_lora=use_lora, learning_rate=1e-2 if use_lora else 3e-3)
+    # a constant learning rate and no LoRA dropout: 8 steps are enough to learn the text either way
+    params = tiny_params(tiny_t5, use_lora=use_lora, learning_rate=1e-2, lr_scheduler="constant", lora_dropout=0.0)
     candidate = Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0)
-    train = korean_rows.head(8)
+    train = korean_rows.head(8).assign(summary=FIXED_T5_SUMMARY)
     candidate.fit(train, fold=0)
     model_dir = tmp_path / "work" / "model"
     # one safetensors model (LoRA merged in), its tokenizer; no adapter, no pickle
@@ -77,11 +80,14 @@ def test_seq2seq_trains_saves_reloads_and_predicts(tiny_t5, korean_rows, tmp_pat
     assert _summary_loss(model, tokenizer, train) < _summary_loss(base, tokenizer, train) - 0.1
 
     held_out = korean_rows.tail(4).reset_index(drop=True)
+    held_out.loc[3, "dialogue"] = "#Person1#: 처음입니다.\n" + "#Person2#: 네 알겠어요.\n" * 300 + "#Person1#: 끝."
     summaries = candidate.predict(held_out)
-    assert len(summaries) == 4 and all(s.strip() for s in summaries)
+    assert summaries == [FIXED_T5_SUMMARY] * 4
+    assert candidate.report["empty_to_lead"] == 0 and candidate.report["inputs_truncated"] == 1
     fresh = Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0)
     fresh.fit(train, fold=0)  # same params and rows: the saved model is kept
-    assert fresh.predict(held_out) == summaries
+    assert fresh.train_report == candidate.train_report
+    assert fresh.predict(held_out) == summaries and fresh.report["empty_to_lead"] == 0
 
 
 @pytest.mark.slow
@@ -118,6 +124,6 @@ def test_long_dialogue_is_cut_in_the_middle_not_crashing(tiny_t5, korean_rows, t
 @pytest.mark.slow
 def test_tiny_seq2seq_through_competition_run(cli, korean_workspace, tiny_t5):
     runs = run_through_cli(cli, korean_workspace, "t5", (
-        f'kind = "seq2seq"\nmodel = "{tiny_t5}"\nmax_steps = 2\nbatch_size = 4\nmax_new_tokens = 8\n'
-        'num_beams = 2\n'))
+        f'kind = "seq2seq"\nmodel = "{tiny_t5}"\nmax_steps = 8\nbatch_size = 4\nlearning_rate = 0.01\n'
+        'lr_scheduler = "constant"\nwarmup = 0.0\nmax_new_tokens = 16\nnum_beams = 2\n'), fixed_summary=FIXED_T5_SUMMARY)
     assert (runs / "fold_1" / "work" / "model" / "model.safetensors").exists()

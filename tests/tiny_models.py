@@ -1,5 +1,9 @@
 """Tiny random-weight models saved to a folder, loaded through the same `from_pretrained` path a
-user's model directory takes: a Qwen3-style causal LM with a ChatML template and a T5."""
+user's model directory takes: a Qwen3-style causal LM with a ChatML template and a T5.
+
+A random tiny model mostly says nothing a summary keeps, and an empty output becomes the lead text
+(generation.finish), so a test that wants to see generated text trains on one fixed summary first:
+a few steps at a high learning rate and the model writes exactly that text for any dialogue."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +14,11 @@ from korean_fixture import DIALOGUES
 
 # Tags found in the data; kept as whole tokens by the trained tokenizer.
 TAGS = ["#Person1#", "#Person2#", "#Person3#", "#PhoneNumber#", "#Address#"]
+
+# What the tiny models are trained to say. The T5 target has no #Person1#: the candidate adds the
+# tags as new tokens, and their fresh embeddings need more steps than these tests afford.
+FIXED_SUMMARY = "#Person1#은 우산을 찾습니다."
+FIXED_T5_SUMMARY = "우산을 찾습니다."
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -121,6 +130,45 @@ def tiny_base_lm(tiny_causal_lm, tmp_path_factory) -> Path:
     return folder
 
 
+def train_to_say(model_dir: Path, folder: Path, summary: str = FIXED_SUMMARY) -> Path:
+    """`model_dir` fine-tuned (LoRA, merged) until it answers every prompt with `summary`, saved to
+    `folder` with its tokenizer: a model for the kinds that do not train (prompt)."""
+    import pandas as pd
+    import torch
+    from transformers import AutoTokenizer
+
+    from competition.candidates.qlora import Params, QLoRACandidate
+    from competition.modeling import merged_causal_lm
+
+    folder = Path(folder)
+    params = Params(model=str(model_dir), quantization="none", max_steps=6, batch_size=4, grad_accumulation=1,
+                    learning_rate=1e-2, lr_scheduler="constant", warmup=0.0, save_steps=50, max_length=512,
+                    gradient_checkpointing=False)
+    rows = pd.DataFrame(DIALOGUES, columns=["fname", "dialogue", "summary", "topic"]).assign(summary=summary)
+    trainer = QLoRACandidate("says", params, folder / "training", seed=0)
+    trainer.fit(rows, fold=None)
+    merged_causal_lm(params, "cpu", trainer.adapter_dir(), dtype=torch.float32).save_pretrained(folder / "model")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder / "model")
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_summariser_lm(tiny_causal_lm, tmp_path_factory) -> Path:
+    """The tiny Qwen3 trained to answer every prompt (chat or plain, few-shot or not) with FIXED_SUMMARY."""
+    return train_to_say(tiny_causal_lm, tmp_path_factory.mktemp("tiny-qwen3-says"))
+
+
+@pytest.fixture(scope="session")
+def tiny_summariser_base_lm(tiny_summariser_lm, tmp_path_factory) -> Path:
+    """tiny_summariser_lm without its chat template (plain-text prompts, like a base model)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3-says-base")
+    shutil.copytree(tiny_summariser_lm, folder, dirs_exist_ok=True)
+    (folder / "chat_template.jinja").unlink()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_opt(tmp_path_factory) -> Path:
     return build_tiny_opt(tmp_path_factory.mktemp("tiny-opt"))
@@ -131,15 +179,26 @@ def tiny_t5(tmp_path_factory) -> Path:
     return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
 
 
-def run_through_cli(cli, workspace: Path, name: str, table: str) -> Path:
+def run_through_cli(cli, workspace: Path, name: str, table: str, fixed_summary: str | None = None) -> Path:
     """Add [candidates.NAME] (TOML body `table`) to a workspace with k = 2, build folds, run
-    `competition run NAME`, check runs/NAME has a non-empty summary for every row and that
-    `competition cv` ranks it as complete with a numeric OOF final."""
+    `competition run NAME`, check runs/NAME has a summary for every row that no fold replaced by
+    the lead text (an empty output), and that `competition cv` ranks it as complete with a numeric
+    OOF final.
+
+    With `fixed_summary`, every training (and dev) summary is first set to that text, and every OOF
+    and test summary must then be exactly it (a candidate trained enough writes it; a prompt model
+    must have been trained to say it), with an OOF final of 100."""
     import json
     import math
 
     import pandas as pd
 
+    data = workspace / "data"
+    if fixed_summary is not None:
+        for split in ("train", "dev"):
+            if (data / f"{split}.csv").exists():
+                rows = pd.read_csv(data / f"{split}.csv", keep_default_na=False)
+                rows.assign(summary=fixed_summary).to_csv(data / f"{split}.csv", index=False)
     config = (workspace / "competition.toml").read_text(encoding="utf-8")
     config += f"[cv]\nk = 2\n\n[candidates.{name}]\n{table}\n"
     (workspace / "competition.toml").write_text(config, encoding="utf-8")
@@ -147,16 +206,26 @@ def run_through_cli(cli, workspace: Path, name: str, table: str) -> Path:
     result = cli(["run", name], cwd=workspace)
     assert result.exit_code == 0, result.output
     runs = workspace / "runs" / name
+    for fold in (0, 1):
+        reports = json.loads((runs / f"fold_{fold}" / "meta.json").read_text(encoding="utf-8"))["reports"]
+        # Every model kind reports how many outputs were empty and became the lead text.
+        assert {"oof", "test"} <= set(reports), reports
+        assert all(report["empty_to_lead"] == 0 for report in reports.values()), (fold, reports)
     oof = pd.concat([pd.read_csv(runs / f"fold_{k}" / "oof.csv", keep_default_na=False) for k in (0, 1)])
-    train = pd.read_csv(workspace / "data" / "train.csv")
+    train = pd.read_csv(data / "train.csv")
     assert sorted(oof["fname"]) == sorted(train["fname"]) and (oof["summary"].str.strip() != "").all()
     test = pd.read_csv(runs / "test.csv", keep_default_na=False)
-    expected = pd.read_csv(workspace / "data" / "test.csv")["fname"].tolist()
+    expected = pd.read_csv(data / "test.csv")["fname"].tolist()
     assert test["fname"].tolist() == expected and (test["summary"].str.strip() != "").all()
+    if fixed_summary is not None:
+        assert oof["summary"].tolist() == [fixed_summary] * len(oof)
+        assert test["summary"].tolist() == [fixed_summary] * len(test)
     result = cli(["cv", "--json"], cwd=workspace)
     assert result.exit_code == 0, result.output
     entry = {e["name"]: e for e in json.loads(result.stdout)}[name]
     assert entry["complete"] and entry["folds_done"] == entry["k"] == 2, entry
     final = entry["oof"]["final"]
     assert isinstance(final, float) and math.isfinite(final) and 0 <= final <= 100
+    if fixed_summary is not None:
+        assert final == pytest.approx(100, abs=1e-3)
     return runs
