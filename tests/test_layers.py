@@ -102,3 +102,50 @@ def test_cli_choices_come_from_the_registries():
         param = option(commands[command], name)
         assert isinstance(param.type, click.Choice) and tuple(param.type.choices) == names, (command, name)
     assert tuple(SEARCHES) == choices.SEARCH_METHODS
+
+
+# The only modules imported inside functions, each for the reason given: everything else (our own
+# modules, the standard library, numpy, pandas) is imported at the top, where a reader looks.
+LAZY_IMPORTS = {
+    "torch": "2-4 s to import; only model candidates, export and GPU checks need it",
+    "transformers": "imports torch; model candidates only",
+    "peft": "imports torch; LoRA candidates only",
+    "trl": "imports torch and transformers; qlora training only",
+    "bitsandbytes": "imports torch; 4-bit loading only",
+    "accelerate": "imports torch; multi-process training only",
+    "datasets": "imports pyarrow; training data only",
+    "ray": "optional extra; --executor ray only",
+    "optuna": "optional extra; tune --method tpe only",
+    "mlflow": "optional extra; [tracking] only",
+    "openai": "the api candidate and augment's endpoint only",
+    "httpx2": "comes with openai; the endpoint client only",
+    "kiwipiepy": "loads a model for seconds; the token cache answers most texts without it",
+    "matplotlib": "plots only",
+    "sklearn": "the near-duplicate search only",
+    "scipy": "0.3 s to import; the near-duplicate search only",
+}
+
+
+def function_level_imports() -> list[str]:
+    """'path:line module' for every import statement inside a function body."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom):
+                    module = "." * node.level + (node.module or "")
+                elif isinstance(node, ast.Import):
+                    module = node.names[0].name
+                else:
+                    continue
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {module}")
+    return sorted(set(found))
+
+
+def test_functions_import_only_the_heavy_optional_dependencies():
+    found = function_level_imports()
+    assert any(entry.endswith(" torch") for entry in found)  # the walk sees function bodies
+    misplaced = [entry for entry in found if entry.split()[1].split(".")[0] not in LAZY_IMPORTS]
+    assert misplaced == []

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..ensemble import run_ensemble
+from ..predictions import list_sources
 from .common import json_option, print_json, table, with_config
 
 
@@ -35,8 +37,6 @@ def ensemble(config, names, run_all, workers, as_json) -> None:
 
     Example: competition ensemble mbr_all --json
     """
-    from ..ensemble import run_ensemble
-    from ..predictions import list_sources
 
     if run_all:
         names = tuple(name for name, section in config.ensembles.items() if section.enabled)
