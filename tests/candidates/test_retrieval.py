@@ -1,46 +1,11 @@
-"""Model-free candidates: lead (first N turns, N tuned) and retrieval (nearest training dialogue)."""
+"""The retrieval candidate (nearest training dialogue, its speakers remapped), and both model-free
+baselines on the real Korean dev rows."""
 from __future__ import annotations
 
-import json
-
 import pandas as pd
-import pytest
 
-from competition.candidates.lead import LeadCandidate, Params as LeadParams, lead_text, split_turns
 from competition.candidates.retrieval import Params as RetrievalParams, RetrievalCandidate, remap_speakers
-from competition.config import MetricConfig, build_dataclass
-
-DIALOGUE = "#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.\n이어지는 말입니다.\n#Person1#: 우산을 찾아요."
-
-
-def test_split_turns_and_lead_text_by_hand():
-    assert split_turns(DIALOGUE) == [("#Person1#", "안녕하세요."), ("#Person2#", "네, 안녕하세요. 이어지는 말입니다."),
-                                     ("#Person1#", "우산을 찾아요.")]
-    assert lead_text(DIALOGUE, 1) == "#Person1#: 안녕하세요."
-    assert lead_text(DIALOGUE, 2, "{speaker}는 {text}") == "#Person1#는 안녕하세요. #Person2#는 네, 안녕하세요. 이어지는 말입니다."
-    assert lead_text(DIALOGUE, 9, "{text}", joiner="\n") == "안녕하세요.\n네, 안녕하세요. 이어지는 말입니다.\n우산을 찾아요."
-    assert lead_text("태그 없는 대화", 2) == "태그 없는 대화"
-
-
-def test_lead_tunes_n_on_its_training_rows(tmp_path, korean_rows):
-    # References are exactly the first two turns: tuning must find N = 2 and say so in work/lead.json.
-    rows = korean_rows.assign(summary=[lead_text(d, 2) for d in korean_rows["dialogue"]])
-    candidate = LeadCandidate("lead", LeadParams(max_turns=5), tmp_path / "work")
-    candidate.fit(rows, fold=0)
-    assert candidate.turns_ == 2
-    report = json.loads((tmp_path / "work" / "lead.json").read_text())
-    assert report["turns"] == 2 and report["tuning_finals"]["2"] == pytest.approx(100.0)
-    assert candidate.predict(rows.head(3)) == rows["summary"].head(3).tolist()
-    fixed = LeadCandidate("lead", LeadParams(turns=1), tmp_path / "fixed")
-    fixed.fit(rows, fold=None)
-    assert fixed.predict(rows.head(1)) == [lead_text(rows["dialogue"].iloc[0], 1)]
-
-
-def test_lead_params_refuse_bad_values():
-    problems: list[str] = []
-    build_dataclass(LeadParams, {"min_turns": 3, "max_turns": 2}, "candidates.lead", problems)
-    build_dataclass(LeadParams, {"turn_format": "{speaker}"}, "candidates.lead", problems)
-    assert "1 <= min_turns <= max_turns" in problems[0] and "must contain {text}" in problems[1]
+from competition.config import MetricConfig
 
 
 def test_remap_speakers_follows_order_of_appearance():
@@ -102,3 +67,4 @@ def test_baselines_on_real_korean_dev(tmp_path, shared_data, cli):
         finals[name] = oof_scores(config, name).final
     # Measured: lead ~21.8, retrieval ~20.9 on these rows; a broken candidate scores far lower.
     assert finals["lead"] > 18 and finals["retrieval"] > 17, finals
+
