@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from competition.metric import RougeScorer
 from korean_fixture import DIALOGUES
 
 # The tiny models' session fixtures (tiny_causal_lm, tiny_t5, ...), registered once for the whole
@@ -66,6 +67,12 @@ def korean_workspace(tmp_path, korean_rows) -> Path:
     dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])
     test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
     return write_workspace(tmp_path, korean_rows, test, dev)
+
+
+@pytest.fixture
+def words_scorer() -> RougeScorer:
+    """Official ROUGE on whitespace tokens, for the hand-made MBR and ensemble cases."""
+    return RougeScorer("whitespace", "official", "mean")
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from conftest import write_workspace
 from competition.config import load_config
 from competition.data import load_from_config
 from competition.folds import build_folds, load_folds
-from competition.metric import get_scorer
 from competition.predictions import atomic_write_text, load_fold_test, load_oof, load_test, read_meta, run_dir
-from competition.mbr import mbr_select
 from competition.runner import run_candidates
 
 CONFIG = """
@@ -249,18 +247,6 @@ def test_refit_fits_once_on_every_row(workspace):
     test = read(workspace / "data" / "test.csv")
     assert load_test(config, "lead")["summary"].tolist() == [lead_text(d, 2) for d in test["dialogue"]]
     assert json.loads((run_dir(config, "lead") / "meta.json").read_text())["test_strategy"] == "refit"
-
-
-def test_mbr_picks_the_output_closest_to_the_others():
-    scorer = get_scorer("whitespace", "rouge-score", "mean")
-    outputs = [["a b c d", "same", "p q"],
-               ["a b c", "same", "p q"],
-               ["x y z", "same", "r s"]]
-    # Row 0: "a b c d" and "a b c" agree with each other (F1 is symmetric: a tie, the lower index
-    # wins); "x y z" agrees with nobody. Row 1: all equal. Row 2: "p q" twice, tie -> index 0.
-    chosen = mbr_select(outputs, scorer)
-    assert chosen.tolist() == [0, 0, 0]
-    assert mbr_select([["a b", "x"], ["z", "x y"], ["a b", "x y"]], scorer).tolist() == [0, 1]
 
 
 def test_refusals_name_the_fix(workspace, cli):
