@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from competition.config import load_config
+from competition.data import load_from_config
+from competition.folds import build_folds
 from competition.metric import RougeScorer
 from korean_fixture import DIALOGUES
 
@@ -58,6 +61,31 @@ def write_workspace(root: Path, train: pd.DataFrame, test: pd.DataFrame, dev: pd
     else:
         config = '[data]\ndev = ""\n' + config
     (root / "competition.toml").write_text(config, encoding="utf-8")
+    return root
+
+
+LEAD_AND_RETRIEVAL = """
+[cv]
+k = 3
+bootstrap = 100
+
+[candidates.lead]
+kind = "lead"
+max_turns = 4
+
+[candidates.retrieval]
+kind = "retrieval"
+"""
+
+
+def real_dev_workspace(root: Path, shared_data: Path) -> Path:
+    """90 real Korean dev rows as train, 30 more as a dev hold-out, 20 real test rows; the lead and
+    retrieval candidates of LEAD_AND_RETRIEVAL, k = 3 folds built (the runner and fold-run tests)."""
+    rows = pd.read_csv(shared_data / "dialogsum-ko" / "dev.csv", dtype=str, keep_default_na=False)
+    test = pd.read_csv(shared_data / "dialogsum-ko" / "test.csv", dtype=str, keep_default_na=False).head(20)
+    root = write_workspace(root, rows.head(90), test, rows.iloc[90:120], LEAD_AND_RETRIEVAL)
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
     return root
 
 
