@@ -64,6 +64,11 @@ def write_workspace(root: Path, train: pd.DataFrame, test: pd.DataFrame, dev: pd
     return root
 
 
+def first_turns(frame: pd.DataFrame) -> list[str]:
+    """Each dialogue's first turn: the predictions of the metric and `competition score` tests."""
+    return [dialogue.split("\n")[0] for dialogue in frame["dialogue"]]
+
+
 LEAD_AND_RETRIEVAL = """
 [cv]
 k = 3

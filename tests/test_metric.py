@@ -1,13 +1,13 @@
-"""The metric: hand-checkable cases, edge cases, then both oracles on real data; `competition score`."""
+"""The metric: hand-checkable cases, edge cases, then both oracles on real and random texts
+(`competition score` on files: test_scoring.py)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 
-from competition.data import read_split, references
+from conftest import first_turns
+
+from competition.data import read_split
 from competition.errors import ConfigError
 from competition.metric import RougeScorer, score
 from competition.tokenizers import get_tokenizer
@@ -112,14 +112,6 @@ def test_max_picks_the_best_reference_per_metric():
     assert best.per_row[0].tolist() == pairs.max(axis=0).tolist()
 
 
-def test_hangul_survives_kiwi():
-    tokens = get_tokenizer("kiwi").tokenize_many(["파란 우산을 잃어버렸어요.", "#Person1#: 안녕하세요"])
-    assert {"우산", "을", "잃어버리"} <= set(tokens[0])
-    assert "안녕" in tokens[1]
-    # Korean identical text is not scored 0.0 (as Google's default tokenizer would).
-    assert score(["우산"], ["우산"], convention="rouge-score").f1["rouge1"] == 1.0
-
-
 def test_google_default_tokenizer_scores_korean_zero():
     """Why we never use rouge-score's default tokenizer: it keeps only [a-z0-9]."""
     from rouge_score import rouge_scorer
@@ -158,10 +150,6 @@ class FixedTokens:
 
     def tokenize(self, text):
         return self.tokens[text]
-
-
-def first_turns(frame: pd.DataFrame) -> list[str]:
-    return [dialogue.split("\n")[0] for dialogue in frame["dialogue"]]
 
 
 def rouge_101_scores(tokenizer, hyps, refs) -> np.ndarray:
@@ -227,96 +215,6 @@ def test_documented_korean_dev_finals(korean_dev):
     assert score(hyps, refs, convention="rouge-score").final == pytest.approx(14.7160, abs=5e-5)
 
 
-# -- `competition score` ------------------------------------------------------------------------
-@pytest.fixture
-def dev_predictions(tmp_path, shared_data):
-    """First-turn predictions for dialogsum-ko/dev.csv, written as fname,summary."""
-    dev = read_split(shared_data / "dialogsum-ko" / "dev.csv", "dev")
-    path = tmp_path / "first_turn.csv"
-    pd.DataFrame({"fname": dev["fname"], "summary": first_turns(dev)}).to_csv(path, index=False)
-    return path, shared_data / "dialogsum-ko" / "dev.csv", dev
-
-
-def test_score_cli_json_gives_the_official_final(cli, tmp_path, dev_predictions):
-    predictions, refs, dev = dev_predictions
-    result = cli(["score", predictions, "--refs", refs, "--json"], cwd=tmp_path)
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    expected = RougeScorer("kiwi", "official").score(first_turns(dev), references(dev))
-    assert report["rows"] == 499
-    assert report["final"] == pytest.approx(expected.final, abs=1e-9)
-    assert report["final"] == pytest.approx(15.78, abs=0.005)
-    # One unit everywhere: R1/R2/RL F1 x 100, like the final (before, 0.2x next to a final of 15.78).
-    assert report["rouge1"]["f1"] == pytest.approx(expected.f1["rouge1"] * 100, abs=1e-10)
-    assert report["final"] == pytest.approx(np.mean([report[m]["f1"] for m in METRICS]), abs=1e-9)
-
-
-def test_score_cli_rouge_score_convention_and_table(cli, tmp_path, dev_predictions):
-    predictions, refs, _ = dev_predictions
-    result = cli(["score", predictions, "--refs", refs, "--convention", "rouge-score", "--json"], cwd=tmp_path)
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["final"] == pytest.approx(14.72, abs=0.005)
-    table = cli(["score", predictions, "--refs", refs], cwd=tmp_path)
-    assert table.exit_code == 0, table.output
-    assert "15.78" in table.output and "final" in table.output
-
-
-def test_score_cli_by_topic_breaks_down(cli, tmp_path, dev_predictions):
-    predictions, refs, dev = dev_predictions
-    result = cli(["score", predictions, "--refs", refs, "--by", "topic", "--json"], cwd=tmp_path)
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    assert set(report["by"]) == set(dev["topic"])
-    assert sum(part["rows"] for part in report["by"].values()) == 499
-    weighted = sum(part["final"] * part["rows"] for part in report["by"].values()) / 499
-    assert weighted == pytest.approx(report["final"], abs=1e-9)
-    table = cli(["score", predictions, "--refs", refs, "--by", "topic"], cwd=tmp_path)
-    assert table.exit_code == 0 and dev["topic"].iloc[0] in table.output
-
-
-def test_score_cli_rejects_missing_and_extra_ids(cli, tmp_path, korean_rows):
-    refs = tmp_path / "refs.csv"
-    korean_rows.to_csv(refs, index=False)
-    predictions = tmp_path / "preds.csv"
-    frame = pd.DataFrame({"fname": list(korean_rows["fname"][2:]) + ["zz_1"], "summary": "요약"})
-    frame.to_csv(predictions, index=False)
-    result = cli(["score", predictions, "--refs", refs], cwd=tmp_path)
-    assert result.exit_code == 2
-    assert "Traceback" not in result.output
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1
-    assert "2 reference id(s) have no prediction" in message and "f_0" in message
-    assert "1 predicted id(s) are not in" in message and "zz_1" in message
-
-
-def test_score_cli_rejects_unknown_by_column(cli, tmp_path, korean_rows):
-    refs = tmp_path / "refs.csv"
-    korean_rows.to_csv(refs, index=False)
-    predictions = tmp_path / "preds.csv"
-    korean_rows[["fname", "summary"]].to_csv(predictions, index=False)
-    result = cli(["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--by", "speaker"],
-                 cwd=tmp_path)
-    assert result.exit_code == 2 and "--by speaker" in result.output
-    ok = cli(["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--json"], cwd=tmp_path)
-    assert json.loads(ok.output)["final"] == pytest.approx(100 * (1 - 5e-9), abs=1e-9)
-
-
-def test_score_cli_multi_reference_jsonl(cli, tmp_path):
-    refs = tmp_path / "refs.jsonl"
-    rows = [{"fname": "a", "dialogue": "d", "summary1": "x y z", "summary2": "p q r", "summary3": "x y r"},
-            {"fname": "b", "dialogue": "d", "summary1": "m n", "summary2": "m n"}]
-    refs.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
-    predictions = tmp_path / "preds.csv"
-    pd.DataFrame({"fname": ["b", "a"], "summary": ["m n", "x y z"]}).to_csv(predictions, index=False)
-    args = ["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--convention", "rouge-score",
-            "--json"]
-    mean = json.loads(cli(args, cwd=tmp_path).output)
-    # Row a: F1 vs its three references 1, 0, 2/3 (R1) -> mean 5/9; row b: 1.
-    assert mean["rouge1"]["f1"] == pytest.approx((5 / 9 + 1) / 2 * 100, abs=1e-10)
-    best = json.loads(cli(args + ["--multi-ref", "max"], cwd=tmp_path).output)
-    assert best["final"] == pytest.approx(100.0, abs=1e-12)
-
-
 def test_official_equals_rouge_101_on_random_texts():
     """Sentences, repeated words, empty pieces (". ."): the cases real data reaches rarely."""
     import random
@@ -370,20 +268,3 @@ def test_lcs_words_follow_rouge_101_tie_break():
         expected = set(_recon_lcs(list(ref), list(hyp))._ngrams)
         assert _lcs_words(ref, hyp) == expected
         assert _lcs_words(ref, hyp, shared=len(set(ref) & set(hyp))) == expected
-
-
-def test_score_cli_counts_empty_predictions_and_strict_refuses_them(cli, tmp_path, korean_rows):
-    """Before, empty and NaN summaries scored silently."""
-    refs = tmp_path / "refs.csv"
-    korean_rows.to_csv(refs, index=False)
-    predictions = tmp_path / "preds.csv"
-    frame = korean_rows[["fname", "summary"]].copy()
-    frame.loc[[1, 4], "summary"] = ""
-    frame.loc[6, "summary"] = None  # written as an empty field, read back as "" (a NaN in pandas)
-    frame.to_csv(predictions, index=False)
-    result = cli(["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--json"], cwd=tmp_path)
-    assert result.exit_code == 0
-    assert json.loads(result.stdout)["empty_predictions"] == 3
-    assert "warning: 3 of 12 predictions in" in result.stderr and "--strict" in result.stderr
-    strict = cli(["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--strict"], cwd=tmp_path)
-    assert strict.exit_code == 2 and "3 of 12 predictions are empty (e.g. f_1, f_4, f_6)" in strict.output
