@@ -221,3 +221,12 @@ def test_config_hashes_survive_new_keys():
     loss = parse_config({"candidates": {"q": {"kind": "qlora", "model": "m", "eval_rows": 0.1,
                                               "eval_metric": "loss"}}})
     assert "metric" in candidate_hash(rouge, "q")[1] and "metric" not in candidate_hash(loss, "q")[1]
+
+
+def test_a_tuned_member_is_rebuilt_by_tune():
+    from competition.config import Config
+    from competition.ensemble import rerun_command
+
+    assert rerun_command(Config(), "t5@tuned") == "competition tune t5"
+    assert rerun_command(Config(), "t5") == "competition run t5"
+
