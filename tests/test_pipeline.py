@@ -28,9 +28,8 @@ kind = "retrieval"
 
 
 def _check_submission(root, test, train):
-    """The one logged submission holds the source's test output, row for row; the sources here are
-    model-free, so each summary is checked against what that kind can write: the dialogue's first
-    turns (lead) or a training summary with its speakers renamed (retrieval)."""
+    """The one logged submission holds its source's test output, row for row, and that output is
+    what the source's kind writes (the sources here are model-free: see _written_by)."""
     log = pd.read_csv(root / "submissions" / "log.csv", dtype=str, keep_default_na=False)
     assert len(log) == 1
     row = log.iloc[0]
@@ -38,19 +37,30 @@ def _check_submission(root, test, train):
     frame = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
     assert frame.columns.tolist() == ["fname", "summary"]
     assert frame["fname"].tolist() == test["fname"].tolist()
-    chosen = pd.read_csv(root / "runs" / row["source"] / "test.csv", dtype=str, keep_default_na=False)
-    assert frame["summary"].tolist() == chosen.set_index("fname").loc[test["fname"], "summary"].tolist()
-    if row["source"] == "lead":
-        assert all(any(summary == lead_text(dialogue, turns) for turns in range(1, 7))
-                   for summary, dialogue in zip(frame["summary"], test["dialogue"]))
-    else:
-        known = {untagged(summary) for summary in train["summary"]}
-        assert all(untagged(summary) in known for summary in frame["summary"])
+    assert frame["summary"].tolist() == _source_test_output(root, row["source"], test)
+    _written_by(row["source"], frame["summary"].tolist(), test, train)
     return row
 
 
-def untagged(summary: str) -> str:
-    """A summary without its #PersonN# tags (retrieval renames the speakers to the new dialogue's)."""
+def _source_test_output(root, source: str, test) -> list[str]:
+    """runs/SOURCE/test.csv's summaries in the order of the test rows."""
+    chosen = pd.read_csv(root / "runs" / source / "test.csv", dtype=str, keep_default_na=False)
+    return chosen.set_index("fname").loc[test["fname"], "summary"].tolist()
+
+
+def _written_by(kind: str, summaries: list[str], test, train) -> None:
+    """Each summary is the dialogue's first turns (lead, N tuned in 1..6) or a training summary with
+    its #PersonN# speakers renamed to the new dialogue's (retrieval)."""
+    if kind == "lead":
+        assert all(any(summary == lead_text(dialogue, turns) for turns in range(1, 7))
+                   for summary, dialogue in zip(summaries, test["dialogue"]))
+    else:
+        assert kind == "retrieval", kind
+        known = {_untagged(summary) for summary in train["summary"]}
+        assert all(_untagged(summary) in known for summary in summaries)
+
+
+def _untagged(summary: str) -> str:
     return re.sub(r"#Person\d+#", "#", summary)
 
 
@@ -66,6 +76,8 @@ def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "folds" / "folds.csv").exists()
     row = _check_submission(tmp_path, test, train)
+    for source in ("lead", "retrieval"):  # the chosen one is checked above; both outputs are checked here
+        _written_by(source, _source_test_output(tmp_path, source, test), test, train)
     config = with_data_dir(load_config(tmp_path / "competition.toml"), tmp_path / "competition-files")
     board = leaderboard(config)
     assert [entry["name"] for entry in board if entry["complete"]] and {e["name"] for e in board} == {"lead", "retrieval"}
