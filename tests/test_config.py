@@ -1,4 +1,5 @@
-"""competition.toml -> dataclasses: refusals that name the key, --config, the shipped default file."""
+"""competition.toml -> dataclasses: refusals that name the key, --config, the shipped default file,
+seeds = [...] expanded into one candidate per seed and their MBR ensemble."""
 from __future__ import annotations
 
 import dataclasses
@@ -289,3 +290,34 @@ def test_candidate_seed_is_a_whole_number(tmp_path):
     config = load_config(tmp_path / "competition.toml")
     assert candidate_seed(config, "a") == 5 and candidate_seed(config, "b") == 9
     assert candidate_hash(config, "a")[0] != candidate_hash(config, "b")[0]  # the seed is part of the hash
+
+
+# -- seeds = [13, 42, 77]: one candidate NAME#sSEED per seed, NAME their MBR ---------------------
+def test_seeds_expand_into_one_candidate_per_seed_and_an_mbr_ensemble():
+    config = parse_config({"candidates": {"lead": {"kind": "lead", "seeds": [13, 42, 77], "turns": 2}}})
+    members = ["lead#s13", "lead#s42", "lead#s77"]
+    assert list(config.candidates) == members and config.seed_groups == {"lead": members}
+    assert [config.candidates[m].seed for m in members] == [13, 42, 77]
+    assert all(config.candidates[m].params.turns == 2 and not config.candidates[m].seeds for m in members)
+    ensemble = config.ensembles["lead"]
+    assert (ensemble.members, ensemble.method) == (members, "mbr")
+
+
+@pytest.mark.parametrize("table, expected", [
+    ({"seeds": [13]}, "seeds = [13] should be two or more distinct whole numbers >= 0"),
+    ({"seeds": [13, 13]}, "seeds = [13, 13] should be two or more distinct"),
+    ({"seeds": [1, -2]}, "seeds = [1, -2] should be two or more"),
+    ({"seeds": "13"}, "seeds = '13' should be two or more"),
+    ({"seeds": [1, 2], "seed": 3}, "seed = 3 and seeds = [1, 2]: keep one of them"),
+])
+def test_bad_seeds_are_config_errors(table, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_config({"candidates": {"lead": {"kind": "lead", **table}}})
+    assert f"[candidates.lead] {expected}" in str(error.value)
+
+
+def test_a_seed_group_clashing_with_an_ensemble_is_refused():
+    with pytest.raises(ConfigError, match="names used by both a candidate and an ensemble: lead"):
+        parse_config({"candidates": {"lead": {"kind": "lead", "seeds": [1, 2]}},
+                      "ensembles": {"lead": {"method": "best"}}})
+

@@ -1,5 +1,5 @@
 """The runner: complete fold files, resumption after a crash, staleness, --force, MBR and refit
-test outputs, refusals."""
+test outputs, refusals, a seed group's members run and their MBR ranked by cv."""
 from __future__ import annotations
 
 import json
@@ -265,3 +265,32 @@ def test_extra_folds_from_a_larger_k_are_removed(workspace):
     assert report["k"] == 2 and report["ran"] == [0, 1]
     assert not (run_dir(config, "lead") / "fold_2").exists()
     assert len(load_oof(config, "lead")) == 90 and np.isin(load_oof(config, "lead")["fold"], [0, 1]).all()
+
+
+def test_three_seeds_give_three_sources_and_their_mbr_ranked_by_cv(cli, korean_workspace):
+    config = korean_workspace / "competition.toml"
+    config.write_text(config.read_text() + '[cv]\nk = 2\n\n[candidates.lead]\nkind = "lead"\nseeds = [13, 42, 77]\n',
+                      encoding="utf-8")
+    assert cli(["folds", "build"], cwd=korean_workspace).exit_code == 0
+    result = cli(["run", "lead", "--json"], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    members = ["lead#s13", "lead#s42", "lead#s77"]
+    assert list(report) == [*members, "lead"]
+    assert report["lead"]["members"] == members and report["lead"]["complete"]
+    hashes = set()
+    for member, seed in zip(members, (13, 42, 77)):
+        meta = json.loads((korean_workspace / "runs" / member / "fold_0" / "meta.json").read_text())
+        assert meta["config"]["seed"] == seed and meta["name"] == member
+        hashes.add(meta["config_hash"])
+    assert len(hashes) == 3  # own config hash, own cache
+    source = json.loads((korean_workspace / "runs" / "lead" / "meta.json").read_text())
+    assert source["kind"] == "ensemble" and source["members"] == members
+
+    board = {entry["name"]: entry for entry in json.loads(cli(["cv", "--json"], cwd=korean_workspace).stdout)}
+    assert set(members) | {"lead"} <= set(board)
+    assert all(board[name]["complete"] for name in [*members, "lead"])
+
+    again = json.loads(cli(["run", "--json"], cwd=korean_workspace).stdout)  # every enabled seed, all cached
+    assert all(again[member]["ran"] == [] for member in members) and again["lead"]["complete"]
+
