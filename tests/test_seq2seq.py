@@ -61,8 +61,10 @@ def test_seq2seq_trains_saves_reloads_and_predicts(tiny_t5, korean_rows, tmp_pat
     one cut to encoder_max_length too), none replaced by the lead text; a reload says the same."""
     from transformers import AutoModelForSeq2SeqLM
 
-    # a constant learning rate and no LoRA dropout: 8 steps are enough to learn the text either way
-    params = tiny_params(tiny_t5, use_lora=use_lora, learning_rate=1e-2, lr_scheduler="constant", lora_dropout=0.0)
+    # 8 steps at 1e-2 learn the text for seeds 0-3 with these schedules (a constant rate makes the
+    # full fine-tune overshoot for some seeds; a decaying one leaves LoRA short for some)
+    params = tiny_params(tiny_t5, use_lora=use_lora, learning_rate=1e-2, lora_dropout=0.0,
+                         lr_scheduler="constant" if use_lora else "linear")
     candidate = Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0)
     train = korean_rows.head(8).assign(summary=FIXED_T5_SUMMARY)
     candidate.fit(train, fold=0)
@@ -125,5 +127,5 @@ def test_long_dialogue_is_cut_in_the_middle_not_crashing(tiny_t5, korean_rows, t
 def test_tiny_seq2seq_through_competition_run(cli, korean_workspace, tiny_t5):
     runs = run_through_cli(cli, korean_workspace, "t5", (
         f'kind = "seq2seq"\nmodel = "{tiny_t5}"\nmax_steps = 8\nbatch_size = 4\nlearning_rate = 0.01\n'
-        'lr_scheduler = "constant"\nwarmup = 0.0\nmax_new_tokens = 16\nnum_beams = 2\n'), fixed_summary=FIXED_T5_SUMMARY)
+        'lr_scheduler = "linear"\nwarmup = 0.0\nmax_new_tokens = 16\nnum_beams = 2\n'), fixed_summary=FIXED_T5_SUMMARY)
     assert (runs / "fold_1" / "work" / "model" / "model.safetensors").exists()
