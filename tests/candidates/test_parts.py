@@ -226,3 +226,16 @@ def test_new_keys_at_their_defaults_keep_every_training_fingerprint(korean_rows)
     base = training_fingerprint(params_class("qlora")(), korean_rows)
     assert training_fingerprint(params_class("qlora")(optim="adafactor"), korean_rows) != base
     assert training_fingerprint(params_class("qlora")(eval_rows=0.1), korean_rows) != base
+
+
+def test_bad_model_params_are_reported_as_config_problems():
+    from competition.config import parse_config
+
+    raw = {"candidates": {"q": {"kind": "qlora", "quantization": "3bit", "lora_rank": 8},
+                          "s": {"kind": "seq2seq", "num_beams": 0}, "p": {"kind": "prompt", "num_cpus": 0}}}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    message = str(error.value)
+    assert "quantization = '3bit' should be one of 4bit, 8bit, none" in message
+    assert "did you mean 'lora_r'?" in message and "num_beams = 0 should be 1 or more" in message
+    assert "num_cpus = 0.0 should be more than 0" in message

@@ -281,3 +281,10 @@ def test_merge_for_inference_predicts_the_same_without_4bit_layers_or_retraining
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     assert not any("lora_" in name for name, _ in model.named_parameters())
     assert merged.predict(held_out) == through_4bit
+
+
+def test_needs_cuda_only_when_declared(tmp_path):
+    from competition.candidates.qlora import QLoRACandidate
+
+    assert not QLoRACandidate("q", Params(), tmp_path).needs_cuda()
+    assert QLoRACandidate("q", Params(require_cuda=True), tmp_path).needs_cuda()
