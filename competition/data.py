@@ -184,10 +184,39 @@ def check_test_ids(test: pd.DataFrame, sample: pd.DataFrame, test_path: str, sam
                         f"use the files of the same release")
 
 
+# The files last read by this process, keyed by their paths and contents (hashing is ~100x cheaper
+# than parsing and validating): `submit` reads them for the leaderboard and again for provenance.
+_loaded: dict[tuple, CompetitionData] = {}
+
+
+def _file_key(path: Path) -> tuple:
+    try:
+        return (str(path.resolve()), hashlib.blake2b(path.read_bytes(), digest_size=16).digest())
+    except OSError:
+        return (str(path), None)
+
+
+def _copied(data: CompetitionData) -> CompetitionData:
+    """Fresh frames for the caller (they may be changed in place); the copies are cheap."""
+    return dataclasses.replace(data, **{field.name: getattr(data, field.name).copy()
+                                        for field in dataclasses.fields(data) if getattr(data, field.name) is not None})
+
+
 def load_data(data_dir: str | Path, train: str = "train.csv", dev: str = "dev.csv", test: str = "test.csv",
               sample_submission: str = "sample_submission.csv") -> CompetitionData:
-    """Read and validate the competition files in `data_dir`; dev "" means no dev file."""
+    """Read and validate the competition files in `data_dir`; dev "" means no dev file. A second
+    call on unchanged files gets copies of what the first one read."""
     data_dir = Path(data_dir)
+    key = tuple(_file_key(data_dir / name) if name else None for name in (train, dev, test, sample_submission))
+    if key in _loaded:
+        return _copied(_loaded[key])
+    data = _read_data(data_dir, train, dev, test, sample_submission)
+    _loaded.clear()
+    _loaded[key] = data
+    return _copied(data)
+
+
+def _read_data(data_dir: Path, train: str, dev: str, test: str, sample_submission: str) -> CompetitionData:
     if not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} not found: put train.csv, dev.csv, test.csv and "
                         f"sample_submission.csv there, or pass --data DIR")
@@ -226,10 +255,24 @@ def load_from_config(config, data_dir: str | Path | None = None) -> CompetitionD
     return load_data(data_folder(config, data_dir), files.train, files.dev, files.test, files.sample_submission)
 
 
+# rows_sha256 of frames hashed before in this process, by pandas' fast per-row hash of the same
+# columns (submit fingerprints the same train, dev and test twice).
+_fingerprints: dict[tuple, str] = {}
+
+
 def rows_sha256(frame: pd.DataFrame) -> str:
     """A fingerprint of rows (ids, dialogues, references), independent of row order."""
     columns = ["fname", "dialogue"] + summary_columns(frame)
     ordered = frame.sort_values("fname")[columns]
+    key = (tuple(columns), pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes())
+    if key not in _fingerprints:
+        if len(_fingerprints) > 16:
+            _fingerprints.clear()
+        _fingerprints[key] = _rows_sha256(ordered)
+    return _fingerprints[key]
+
+
+def _rows_sha256(ordered: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for row in ordered.itertuples(index=False):
         digest.update(json.dumps(list(row), ensure_ascii=False).encode())

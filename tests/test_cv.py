@@ -158,3 +158,29 @@ def test_bootstrap_interval_by_hand():
     assert lo < values.mean() < hi and bootstrap_interval(values, 500, seed=1) == [lo, hi]
     # The standard error of the mean is ~2.9 here: a 95% interval is about +-5.7.
     assert 4 < (hi - lo) / 2 < 7.5
+
+
+def test_bootstrap_from_cached_counts_equals_drawing_per_call(monkeypatch):
+    """cv counts each row's draws once per (rows, resamples, seed) and reuses them for every source:
+    the intervals equal those of drawing the same resamples per call, weighted or not."""
+    from competition import cv
+
+    rng = np.random.default_rng(3)
+    values, weights = rng.uniform(0, 100, 700), rng.uniform(0, 2, 700)
+    weights[:50] = 0.0
+    cached = [bootstrap_interval(values, 400, seed=5), bootstrap_interval(values, 400, seed=5, weights=weights)]
+    assert cv._resample_counts(700, 400, 5).sum(axis=1).tolist() == [700.0] * 400  # every resample draws 700 rows
+    monkeypatch.setattr(cv, "COUNTS_CELLS", 0)  # too big to cache: drawn per call
+    cv._resample_counts.cache_clear()
+    drawn = [bootstrap_interval(values, 400, seed=5), bootstrap_interval(values, 400, seed=5, weights=weights)]
+    assert np.allclose(cached, drawn, rtol=0, atol=1e-9)
+    assert drawn[0] != drawn[1]  # the weights count
+    assert bootstrap_interval(values, 400, seed=6) != cached[0]  # another seed, other resamples
+
+
+def test_member_is_isin():
+    from competition.cv import member
+
+    values = pd.Series(["a", "b", "z", "a", ""])
+    assert member(values, pd.Index(["a", "b", "c"])).tolist() == values.isin(["a", "b", "c"]).tolist()
+    assert member(values, pd.Index(["a", "a", "z"])).tolist() == [True, False, True, True, False]

@@ -207,6 +207,39 @@ def test_rows_sha256_ignores_order_but_not_content(korean_rows):
     assert rows_sha256(changed) != rows_sha256(korean_rows)
 
 
+def test_rows_sha256_remembered_is_the_digest_of_the_rows(korean_rows, monkeypatch):
+    """The in-process memo answers only frames with the same rows: a one-character edit, a column's
+    dtype or another column set is hashed again, and every answer equals the digest computed afresh."""
+    from competition import data
+
+    first = rows_sha256(korean_rows)
+    edited = korean_rows.copy()
+    edited.loc[3, "dialogue"] = edited.loc[3, "dialogue"][:-1] + "!"
+    calls = []
+    real = data._rows_sha256
+    monkeypatch.setattr(data, "_rows_sha256", lambda ordered: calls.append(len(ordered)) or real(ordered))
+    assert rows_sha256(korean_rows.iloc[::-1]) == first and calls == []  # remembered
+    assert rows_sha256(edited) != first and calls == [len(korean_rows)]
+    assert rows_sha256(edited) == real(edited.sort_values("fname")[["fname", "dialogue", "summary"]])
+    assert rows_sha256(korean_rows[["fname", "dialogue"]]) == real(korean_rows.sort_values("fname")[["fname", "dialogue"]])
+
+
+def test_a_second_load_is_a_copy_and_an_edited_file_is_read_again(workspace):
+    """load_data remembers the files it read: callers get frames of their own, and a file edited in
+    place (same size) is read again, not answered from memory."""
+    data_dir = workspace / "data"
+    for _ in range(2):  # read from the files, then remembered
+        loaded = load_data(data_dir)
+        loaded.train.loc[0, "summary"] = "바뀐 요약"  # a caller changing its frame in place
+    second = load_data(data_dir)
+    assert second.train.loc[0, "summary"] != "바뀐 요약"
+    text = (data_dir / "train.csv").read_text(encoding="utf-8")
+    old = second.train.loc[0, "summary"]
+    new = old[:-1] + ("가" if old[-1] != "가" else "나")
+    (data_dir / "train.csv").write_text(text.replace(old, new, 1), encoding="utf-8")
+    assert load_data(data_dir).train.loc[0, "summary"] == new
+
+
 # -- summary ------------------------------------------------------------------------------------
 def test_summary_json(cli, korean_workspace, korean_rows):
     result = cli(["data", "check", "--data", korean_workspace / "data", "--json"], cwd=korean_workspace)
