@@ -42,12 +42,19 @@ def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 
-def _oof_result(config: Config, oof: pd.DataFrame, labelled: pd.DataFrame, name: str) -> RougeResult:
-    unknown = [f for f in oof["fname"] if f not in labelled.index]
-    if unknown:
-        raise FoldMismatch(f"runs/{name} has out-of-fold rows that are not in the data (e.g. {unknown[0]}): "
+def _oof_result(config: Config, oof: pd.DataFrame, labelled: pd.DataFrame, name: str,
+                label_refs: list[list[str]] | None = None) -> RougeResult:
+    """ROUGE of each OOF row; `label_refs` = references(labelled) when the caller has them (cv
+    scores every source against the same rows)."""
+    positions = labelled.index.get_indexer(oof["fname"])
+    if (positions < 0).any():
+        raise FoldMismatch(f"runs/{name} has out-of-fold rows that are not in the data (e.g. "
+                           f"{oof['fname'].iloc[int(np.argmax(positions < 0))]}): "
                            f"re-run it with `competition run {name} --force`")
-    refs = references(labelled.loc[oof["fname"]].reset_index())
+    if label_refs is None:
+        refs = references(labelled.iloc[positions].reset_index())
+    else:
+        refs = [label_refs[position] for position in positions]
     return _scorer(config).score(oof["summary"].tolist(), refs)
 
 
@@ -158,7 +165,7 @@ def _dev_scores(config: Config, predicted: pd.Series, dev: pd.DataFrame, profile
 
 
 def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
-           hashes: dict, profile=None) -> dict:
+           hashes: dict, profile=None, label_refs: list[list[str]] | None = None) -> dict:
     k = int(folds["fold"].max()) + 1
     meta = _source_meta(config, name)
     try:
@@ -170,7 +177,7 @@ def _entry(config: Config, name: str, folds: pd.DataFrame, labelled: pd.DataFram
     done = sorted(set(oof["fold"].astype(int)) & set(range(k)))
     # Score each fold row once (the first prediction if duplicated), only rows of the current folds.
     usable = oof[member(oof["fname"], pd.Index(folds["fname"]))].drop_duplicates("fname").reset_index(drop=True)
-    result = _oof_result(config, usable, labelled, name)
+    result = _oof_result(config, usable, labelled, name, label_refs)
     fold_of = folds.set_index("fname")["fold"].loc[usable["fname"]].to_numpy()
     per_fold = np.array([result.per_row[fold_of == fold][:, :, 2].mean(axis=0)
                          for fold in done if (fold_of == fold).any()]).reshape(-1, 3)
@@ -238,6 +245,7 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
     folds, labelled, dev, test = _labelled(config, data_dir)
     hashes = input_hashes(config, labelled.reset_index(), test, dev)
     profile = workspace_profile(config, folds, labelled.reset_index(), dev, test)
-    board = [_entry(config, name, folds, labelled, dev, hashes, profile)
+    label_refs = references(labelled.reset_index())
+    board = [_entry(config, name, folds, labelled, dev, hashes, profile, label_refs)
              for name in show_progress(sources, desc="cv", unit="sources", enabled=progress)]
     return sorted(board, key=lambda entry: (not entry["complete"], -entry["oof"]["final"], entry["name"]))

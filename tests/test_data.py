@@ -224,6 +224,23 @@ def test_rows_sha256_remembered_is_the_digest_of_the_rows(korean_rows, monkeypat
     assert rows_sha256(korean_rows[["fname", "dialogue"]]) == real(korean_rows.sort_values("fname")[["fname", "dialogue"]])
 
 
+def test_rows_sha256_is_kept_in_the_workspace_cache(korean_rows, tmp_path, monkeypatch):
+    """Another command (a new process: the in-process memo empty) reads the fingerprint from the
+    workspace's token cache instead of hashing every row again; edited rows are hashed afresh."""
+    from competition import data, token_cache
+
+    with token_cache.workspace(tmp_path / "runs", 64):
+        digest = rows_sha256(korean_rows)
+        data._fingerprints.clear()
+        real = data._rows_sha256
+        calls = []
+        monkeypatch.setattr(data, "_rows_sha256", lambda ordered: calls.append(len(ordered)) or real(ordered))
+        assert rows_sha256(korean_rows) == digest and calls == []
+        edited = korean_rows.assign(summary=korean_rows["summary"] + ".")
+        assert rows_sha256(edited) != digest and calls == [len(korean_rows)]
+    assert (tmp_path / "runs" / ".cache" / "tokens.sqlite").exists()
+
+
 def test_a_second_load_is_a_copy_and_an_edited_file_is_read_again(workspace):
     """load_data remembers the files it read: callers get frames of their own, and a file edited in
     place (same size) is read again, not answered from memory."""
