@@ -122,10 +122,14 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base_lm(tiny_causal_lm, tmp_path_factory) -> Path:
     """The tiny Qwen3 without a chat template, like a base (non-chat) model: prompts are plain text."""
+    return without_chat_template(tiny_causal_lm, tmp_path_factory.mktemp("tiny-qwen3-base"))
+
+
+def without_chat_template(model_dir: Path, folder: Path) -> Path:
+    """A copy of `model_dir` in `folder` whose tokenizer has no chat template (a base model's)."""
     import shutil
 
-    folder = tmp_path_factory.mktemp("tiny-qwen3-base")
-    shutil.copytree(tiny_causal_lm, folder, dirs_exist_ok=True)
+    shutil.copytree(model_dir, folder, dirs_exist_ok=True)
     (folder / "chat_template.jinja").unlink()
     return folder
 
@@ -161,12 +165,7 @@ def tiny_summariser_lm(tiny_causal_lm, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_summariser_base_lm(tiny_summariser_lm, tmp_path_factory) -> Path:
     """tiny_summariser_lm without its chat template (plain-text prompts, like a base model)."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("tiny-qwen3-says-base")
-    shutil.copytree(tiny_summariser_lm, folder, dirs_exist_ok=True)
-    (folder / "chat_template.jinja").unlink()
-    return folder
+    return without_chat_template(tiny_summariser_lm, tmp_path_factory.mktemp("tiny-qwen3-says-base"))
 
 
 @pytest.fixture(scope="session")
