@@ -219,8 +219,6 @@ def test_official_equals_rouge_101_on_random_texts():
     """Sentences, repeated words, empty pieces (". ."): the cases real data reaches rarely."""
     import random
 
-    from rouge import Rouge
-
     generator = random.Random(8)
     words = ["a", "b", "c", "d", "e", "f", ".", "."]
 

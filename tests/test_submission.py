@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from competition.config import load_config
-from competition.errors import SubmissionError, UnknownCandidate
-from competition.submission import LOG_COLUMNS, DuplicateSubmission, leaderboard_csv, read_log, submit
+from competition.errors import SubmissionError
+from competition.submission import LOG_COLUMNS, leaderboard_csv, read_log, submit
 
 HOSTILE = [
     "#Person1#은 우산을, 그리고 모자를 찾습니다.",
