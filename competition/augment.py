@@ -247,7 +247,6 @@ def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_cod
     def complete(prompts: list[str]) -> list[str]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
         def key(prompt: str) -> str:
             return hashlib.sha256(f"{model_path}\n{max_new_tokens}\n{prompt}".encode()).hexdigest()
 

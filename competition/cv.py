@@ -41,7 +41,6 @@ def _labelled(config: Config, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame
     return folds, rows.drop_duplicates("fname").set_index("fname"), dev, data.test
 
 
-
 def _oof_result(config: Config, oof: pd.DataFrame, labelled: pd.DataFrame, name: str,
                 label_refs: list[list[str]] | None = None) -> RougeResult:
     """ROUGE of each OOF row; `label_refs` = references(labelled) when the caller has them (cv
@@ -229,7 +228,6 @@ def pick_score(entry: dict, pick_by: str) -> float:
 def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, progress: bool = False) -> list[dict]:
     """One entry per source with predictions (or the named ones): complete sources by OOF final
     (best first), then incomplete ones, never silently ranked among them."""
-
 
     sources = list_sources(config)
     if names:

@@ -24,7 +24,6 @@ from .predictions import fold_dir, run_dir
 def train_fold(config_path: str | Path, name: str, fold: int | None, data_dir: str | Path | None = None) -> None:
     """Fit candidate `name` on the training rows of `fold` (None: every labelled row) into its workdir."""
 
-
     config = load_config(config_path)
     context = prepare(config, data_dir)
     if fold is None:

@@ -120,7 +120,6 @@ def rouge_callback(summarise: Callable[[object], list[str]], references: Sequenc
     written into the evaluation's line of the log history (train.json's curve, checkpoints)."""
     from transformers import TrainerCallback
 
-
     scorer = get_scorer(metric.tokenizer, metric.convention, metric.multi_ref)
 
     class ValidationRouge(TrainerCallback):

@@ -147,7 +147,6 @@ class QLoRACandidate(PromptCandidate):
         from transformers import set_seed
         from trl import SFTTrainer
 
-
         params = self.params
         device = resolve_device(params)
         check_not_a_stray_rank()

@@ -155,7 +155,6 @@ class Seq2SeqCandidate(Candidate):
     def _train(self, train_rows: pd.DataFrame, fingerprint: str) -> dict:
         from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, set_seed
 
-
         params = self.params
         device = resolve_device(params)
         check_not_a_stray_rank()
@@ -206,7 +205,6 @@ class Seq2SeqCandidate(Candidate):
         """(model, tokenizer): the fine-tuned model in workdir, else the base model untrained."""
         if self._model is None:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
 
             device = resolve_device(self.params)
             trained = self.trained_weights().exists()

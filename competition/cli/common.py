@@ -78,7 +78,6 @@ def png_option(help_text: str):
         if value is None:
             return None
 
-
         path = Path(value)
         if path.suffix.lower() != ".png":
             raise ConfigError(f"--plot {value}: the name does not end in .png, and the plot is a PNG image: "

@@ -110,7 +110,6 @@ def test_the_one_trainer_builder_gives_both_kinds_their_trainer_settings(tmp_pat
         assert args.output_dir == str(tmp_path / "checkpoints") and args.use_cpu and not args.bf16
 
 
-
 # -- optimizer, regularisation, attention and LoRA variants (issue 18): checked at load, on the built objects --
 
 @pytest.mark.parametrize("table, expected", [
