@@ -229,6 +229,7 @@ def test_rows_sha256_is_kept_in_the_workspace_cache(korean_rows, tmp_path, monke
     workspace's token cache instead of hashing every row again; edited rows are hashed afresh."""
     from competition import data, token_cache
 
+    data._fingerprints.clear()  # earlier tests fingerprinted these rows without a workspace
     with token_cache.workspace(tmp_path / "runs", 64):
         digest = rows_sha256(korean_rows)
         data._fingerprints.clear()

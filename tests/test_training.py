@@ -126,7 +126,7 @@ def test_weights_cut_off_from_their_report_are_trained_again(tiny_causal_lm, kor
     vouching for B's adapter."""
     from safetensors.torch import load_file
 
-    from competition import predictions
+    from competition import training
     from competition.candidates.qlora import Params, QLoRACandidate
 
     settings = dict(model=str(tiny_causal_lm), max_steps=1, batch_size=4, grad_accumulation=1, warmup=0.0,
@@ -140,17 +140,17 @@ def test_weights_cut_off_from_their_report_are_trained_again(tiny_causal_lm, kor
     QLoRACandidate("tiny", params_a, tmp_path / "work", seed=0).fit(rows, fold=0)
     weights_a = load_file(adapter)
 
-    write_json = predictions.atomic_write_json
+    write_json = training.atomic_write_json
 
     def killed_before_the_report(path, value):
         if Path(path).name == "train.json":
             raise KeyboardInterrupt
         return write_json(path, value)
 
-    monkeypatch.setattr(predictions, "atomic_write_json", killed_before_the_report)
+    monkeypatch.setattr(training, "atomic_write_json", killed_before_the_report)
     with pytest.raises(KeyboardInterrupt):
         QLoRACandidate("tiny", params_b, tmp_path / "work", seed=0).fit(rows, fold=0)
-    monkeypatch.setattr(predictions, "atomic_write_json", write_json)
+    monkeypatch.setattr(training, "atomic_write_json", write_json)
     assert any(not load_file(adapter)[key].equal(weights_a[key]) for key in weights_a)  # B's adapter on disk
 
     again = QLoRACandidate("tiny", params_a, tmp_path / "work", seed=0)

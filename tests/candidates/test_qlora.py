@@ -121,7 +121,7 @@ def test_shipped_model_candidate_examples_parse():
 
     from competition.config import parse_config
 
-    text = (Path(__file__).resolve().parents[1] / "competition.toml").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[2] / "competition.toml").read_text(encoding="utf-8")
     section = text.split("# --- model candidates ---")[1].split("# --- ensembles ---")[0]
     lines = [line[2:] for line in section.splitlines() if line.startswith("# ")]
     body = "\n".join(line for line in lines if line.startswith("[") or re.match(r"^[a-z_0-9]+ = ", line))
