@@ -69,6 +69,36 @@ def _transaction(db: sqlite3.Connection, mode: str = "") -> Iterator[None]:
     db.execute("COMMIT")
 
 
+def cut_short(path: Path, recheck_seconds: float = 0.2) -> str | None:
+    """Why `path` is a cut file (shorter than its own header says: a full disk, a half copy), or
+    None. Read from the file's bytes, not through sqlite (which counts the pages of a WAL), only
+    while no writer is at work (no -wal or -journal beside it), and seen twice `recheck_seconds`
+    apart: a file another process is creating or checkpointing this instant is not cut."""
+    said = None
+    for attempt in range(2):
+        if attempt:
+            time.sleep(recheck_seconds)
+        busy = [Path(f"{path}{suffix}") for suffix in ("-wal", "-journal")]
+        if any(beside.exists() for beside in busy):
+            return None
+        try:
+            with open(path, "rb") as file:
+                header = file.read(100)
+            size = path.stat().st_size
+        except OSError:
+            return None
+        # The header's page count is valid only when the change counter matches version-valid-for.
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\x00") or header[24:28] != header[92:96]:
+            return None
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        expected = page_size * int.from_bytes(header[28:32], "big")
+        if size >= expected or any(beside.exists() for beside in busy):
+            return None
+        said = f"file is {size} bytes, its header says {expected}"
+    return said
+
+
 class TokenStore:
     """One sqlite file of values (tokens, pair scores); lookups and writes are batched (one query
     per CHUNK keys, one transaction per write)."""
@@ -86,12 +116,9 @@ class TokenStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False)
         try:
-            if self.path.exists() and not (Path(f"{self.path}-wal").exists() or self.path.stat().st_size == 0):
-                # A file shorter than its header says was cut (a full disk, a half copy).
-                page_size, pages = (db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count"))
-                if self.path.stat().st_size < page_size * pages:
-                    raise sqlite3.DatabaseError(f"file is {self.path.stat().st_size} bytes, its header says "
-                                                f"{page_size * pages}")
+            cut = cut_short(self.path)
+            if cut:
+                raise sqlite3.DatabaseError(cut)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent; a power cut may drop the last write
             if self._stamp(db) != (APPLICATION_ID, FORMAT):

@@ -186,6 +186,38 @@ def filled(tmp_path, count: int = 3000) -> tuple[Path, list[str]]:
     return path, texts
 
 
+def test_a_file_another_process_is_writing_is_not_taken_for_a_cut_one(tmp_path, monkeypatch, capfd):
+    """The race CI once hit: a process opening the cache saw no -wal file, then the writer created
+    it; sqlite counted the WAL's pages against the shorter main file and the cache was deleted as
+    cut. The check reads the file's own header and looks for a writer again, so it keeps the file."""
+    path, texts = filled(tmp_path)
+    identity = get_tokenizer("whitespace").identity
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")  # its pages stay in the WAL: the main file is shorter
+    writer.execute("BEGIN IMMEDIATE")
+    writer.executemany("INSERT OR REPLACE INTO entries (key, check_, value, used) VALUES (?, ?, ?, 0)",
+                       [(key + 10 ** 15, key, "x" * 3000, ) for key in range(300)])
+    writer.execute("COMMIT")
+    wal = Path(f"{path}-wal")
+    assert wal.exists() and wal.stat().st_size > path.stat().st_size
+    real_exists = Path.exists
+    looked = []
+
+    def exists_later(self):  # the first look for the writer's -wal comes just before it is created
+        if self == wal and not looked:
+            looked.append(self)
+            return False
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists_later)
+    store = token_cache.TokenStore(path, 64)
+    assert store.get(identity, texts) == [t.split() for t in texts]  # nothing was deleted
+    store.close()
+    writer.close()
+    assert looked and "warning" not in capfd.readouterr().err
+
+
 def test_a_truncated_cache_file_is_rebuilt_with_a_warning(tmp_path, store_at, capfd):
     path, texts = filled(tmp_path)
     size = path.stat().st_size
