@@ -64,8 +64,9 @@ def oof_scores(config: Config, name: str, data_dir=None) -> RougeResult:
     return _oof_result(config, load_oof(config, name), labelled, name)
 
 
-# A resample-count matrix is cached only up to this many cells (8 bytes each): larger runs draw per call.
-COUNTS_CELLS = 30_000_000
+# A resample-count matrix is cached only up to this many cells (8 bytes each, 2 matrices kept: at
+# most 240 MB held by the process); 12.5k rows x 1,000 resamples fits, larger runs draw per call.
+COUNTS_CELLS = 15_000_000
 
 
 @functools.lru_cache(maxsize=2)
