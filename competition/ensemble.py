@@ -28,10 +28,10 @@ from .errors import ConfigError, FoldMismatch, UnknownCandidate
 from .fold_run import RunContext, prepare
 from .mbr import TIE, mbr_choose, pairwise_utilities
 from .metric import METRICS, RougeScorer, get_scorer
-from .predictions import (done_folds, list_sources, load_dev, load_fold_dev, load_fold_test, load_meta, load_oof,
+from .predictions import (list_sources, load_dev, load_fold_dev, load_fold_test, load_meta, load_oof,
                           load_test, write_fold, write_source_outputs)
 from .progress import progress as show_progress
-from .provenance import require_current, rerun_command
+from .provenance import require_current, rerun_command, wildcard_members
 from .tracking import log_ensemble
 
 
@@ -139,8 +139,7 @@ def resolve_members(config: Config, ensemble: EnsembleConfig, folds: Sequence[in
     done (one skipped for lack of CUDA, or half run, is left out rather than failing the ensemble)."""
     sources = list_sources(config)
     if "*" in ensemble.members:
-        names = [name for name, candidate in config.candidates.items()
-                 if candidate.enabled and name in sources and set(folds) <= set(done_folds(config, name))]
+        names = wildcard_members(config, folds)  # provenance owns the rule: it decides when a built "*" is stale
         if not names:
             raise UnknownCandidate(f"ensemble {ensemble.name!r}: members = [\"*\"] but no candidate has "
                                    f"predictions for every fold under runs/: run `competition run` first")
@@ -155,6 +154,16 @@ def resolve_members(config: Config, ensemble: EnsembleConfig, folds: Sequence[in
             raise UnknownCandidate(f"ensemble {ensemble.name!r}: member {name!r} has no predictions under runs/"
                                    f"{hint}: run `{rerun_command(config, name)}` first")
     return names
+
+
+def member_warnings(ensemble: EnsembleConfig, members: list[str]) -> list[str]:
+    """What the resolved members make of the method: with two members every output agrees with
+    the other as much as the other with it, so MBR has nothing to choose by."""
+    if ensemble.method == "mbr" and len(members) == 2:
+        return [f"ensemble {ensemble.name!r}: MBR over two members ({', '.join(members)}) cannot choose by agreement "
+                f"(each output agrees with the other equally), so every row goes to the heavier-weighted member, the "
+                f"first on equal weights: add a third member, or use method = \"best\" or \"hill-climb\""]
+    return []
 
 
 def _check(ensemble: EnsembleConfig, members: list[str]) -> None:
@@ -369,4 +378,5 @@ def ensemble_report(inputs: EnsembleInputs, scores: MemberScores, choice: Ensemb
         "dev_final": dev_final,
         "diagnostics": choice.diagnostics,
         "test_chosen": test_chosen,
+        "warnings": member_warnings(ensemble, members),
     }

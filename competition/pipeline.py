@@ -83,6 +83,8 @@ def run_pipeline(config: Config, data_dir: str | Path | None = None, require_all
         for name in ensembles:
             try:
                 built_ensembles[name] = module.run_ensemble(config, name)
+                for warning in built_ensembles[name]["warnings"]:
+                    echo(f"      warning: {warning}")
             except CompetitionError as error:
                 # One unbuildable ensemble (e.g. its members were skipped for lack of CUDA) must not
                 # stop the submission of the sources that did run.

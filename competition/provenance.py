@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
@@ -23,7 +24,7 @@ from .config import config_hash
 from .data import load_from_config, rows_sha256
 from .errors import FoldMismatch
 from .folds import check_folds, folds_sha256, labelled_rows
-from .predictions import load_meta, run_dir
+from .predictions import done_folds, list_sources, load_meta, run_dir
 
 INPUT_KEYS = ("data_sha256", "folds_sha256", "test_sha256", "dev_sha256")
 # How a reason names each input: "... predicted on another test file".
@@ -133,6 +134,23 @@ def fold_is_current(meta: dict | None, wanted: dict) -> bool:
     return meta is not None and all(meta.get(key) == wanted.get(key) for key in FOLD_KEYS)
 
 
+def wildcard_members(config, folds: Iterable[int]) -> list[str]:
+    """What members = ["*"] stands for now: every enabled candidate with predictions for all of
+    `folds` (one skipped for lack of CUDA, or half run, is left out rather than failing the
+    ensemble), in competition.toml's order."""
+    sources, folds = set(list_sources(config)), set(folds)
+    return [name for name, candidate in config.candidates.items()
+            if candidate.enabled and name in sources and folds <= set(done_folds(config, name))]
+
+
+def ensemble_members(config, ensemble, folds: Iterable[int]) -> list[str]:
+    """The members an [ensembles.NAME] section names now: its list (each name once), or with "*"
+    the wildcard's candidates. Part of what makes a built ensemble current."""
+    if "*" in ensemble.members:
+        return wildcard_members(config, folds)
+    return list(dict.fromkeys(ensemble.members))
+
+
 def rerun_command(config, name: str) -> str:
     """The command that rebuilds `name` on the current config and inputs (run re-runs stale folds
     by itself, no --force needed; a tuned variant is rebuilt by tune)."""
@@ -190,16 +208,17 @@ def source_problems(config, name: str, hashes: dict, k: int, missing_ok: bool = 
         other = [fold for fold, meta in present.items() if key in meta and meta[key] != hashes.get(key)]
         if other:
             problems.append(f"{_listed(other)} predicted on {_inputs_changed(config, key)}")
-    problems += _output_problems(config, name, hashes, present, wanted_hash or next(iter(recorded), None), missing_ok)
+    problems += _output_problems(config, name, hashes, present, wanted_hash, missing_ok)
     source = load_meta(config, name) or {}
     if source.get("kind") == "ensemble" or name in config.ensembles:
+        problems += _member_set_problems(config, name, source, k)
         problems += _member_problems(config, name, source, hashes, k, _seen | {name})
     if name.endswith(TUNED_SUFFIX):
         problems += _base_problems(config, name, source, hashes, k)
     return problems
 
 
-def _output_problems(config, name: str, hashes: dict, folds: dict[int, dict], fold_hash: str | None,
+def _output_problems(config, name: str, hashes: dict, folds: dict[int, dict], wanted_hash: str | None,
                      missing_ok: bool) -> list[str]:
     """The chosen test/dev outputs: present, made by the folds' config from today's inputs and
     after the folds they were chosen from last ran."""
@@ -207,8 +226,14 @@ def _output_problems(config, name: str, hashes: dict, folds: dict[int, dict], fo
     if source is None or not (run_dir(config, name) / "test.csv").exists():
         return [] if missing_ok else ["no test output yet"]
     problems = []
-    if fold_hash is not None and source.get("config_hash", fold_hash) != fold_hash:
+    made_with = source.get("config_hash")
+    fold_hashes = {meta["config_hash"] for meta in folds.values() if "config_hash" in meta}
+    # Compared with what the folds record, not with competition.toml: when the config changed and
+    # nothing re-ran, folds and test output agree, and the folds' own reason already says so.
+    if made_with is not None and fold_hashes and fold_hashes != {made_with}:
         problems.append("the test output was made with another config than its folds")
+    elif made_with is not None and not fold_hashes and wanted_hash not in (None, made_with):
+        problems.append(f"the test output was made with another config of {name} than competition.toml's now")
     stale = [_inputs_changed(config, key) for key in INPUT_KEYS if key in source and source[key] != hashes.get(key)]
     if stale:
         problems.append(f"the test output was predicted on {' and on '.join(stale)}")
@@ -220,6 +245,21 @@ def _output_problems(config, name: str, hashes: dict, folds: dict[int, dict], fo
             problems.append(f"the test output was chosen before {'fold' if len(rerun) == 1 else 'folds'} "
                             f"{', '.join(map(str, rerun))} re-ran")
     return problems
+
+
+def _member_set_problems(config, name: str, source: dict, k: int) -> list[str]:
+    """A built ensemble whose section now names other members: "*" picks up a candidate run since
+    (or drops one disabled since), or the listed members were edited."""
+    built = source.get("members")
+    if name not in config.ensembles or built is None:
+        return []
+    section = config.ensembles[name]
+    now = ensemble_members(config, section, range(k))
+    if now == list(built):
+        return []
+    listed = ", ".join(now) or "no candidate with every fold run"
+    what = 'members = ["*"] now stands for' if "*" in section.members else "its members are now"
+    return [f"{what} {listed}, but it was built from {', '.join(built)}"]
 
 
 def _member_problems(config, name: str, source: dict, hashes: dict, k: int, seen: frozenset) -> list[str]:

@@ -387,3 +387,20 @@ def test_star_takes_finished_candidates_and_a_half_run_member_is_refused(member_
     assert refused.exit_code == 2
     assert "member 'half' is not current: folds 1, 2 were not run" in refused.output
     assert "competition run half" in refused.output
+
+
+def test_mbr_over_two_members_warns_that_it_cannot_choose(member_workspace, cli):
+    """Issue 25.6. Before: an MBR ensemble of two members built without a word, though every row
+    ties and goes to the first member."""
+    import json
+
+    with open(member_workspace / "competition.toml", "a", encoding="utf-8") as toml:
+        toml.write('\n[ensembles.pair]\nmembers = ["lead1", "lead2"]\n')
+    pair = cli(["ensemble", "pair", "--json"], cwd=member_workspace)
+    assert pair.exit_code == 0, pair.output
+    report = json.loads(pair.stdout)
+    assert report["diagnostics"]["chosen"] == {"lead1": 12, "lead2": 0}  # what the warning says happens
+    assert "warning: ensemble 'pair': MBR over two members (lead1, lead2) cannot choose by agreement" in pair.stderr
+    assert 'use method = "best" or "hill-climb"' in pair.stderr
+    three = cli(["ensemble", "mix"], cwd=member_workspace)
+    assert three.exit_code == 0 and "warning" not in three.stderr

@@ -109,6 +109,42 @@ def test_an_ensemble_whose_member_changed_is_not_current(workspace, cli):
     assert _board(cli, workspace)["mix"]["complete"]
 
 
+def test_a_star_ensemble_is_stale_once_another_candidate_ran(workspace, cli):
+    """Issue 25.1. Before: after a new candidate ran, cv showed the "*" ensemble complete and submit
+    wrote the old members' file again."""
+    toml = workspace / "competition.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + '\n[ensembles.every]\nmembers = ["*"]\n', encoding="utf-8")
+    assert cli(["ensemble", "every"], cwd=workspace).exit_code == 0
+    assert cli(["submit", "every"], cwd=workspace).exit_code == 0
+    toml.write_text(toml.read_text(encoding="utf-8") + '\n[candidates.retrieval_k2]\nkind = "retrieval"\ntop_k = 2\n',
+                    encoding="utf-8")
+    assert _board(cli, workspace)["every"]["complete"]  # not run yet: "*" does not take it
+    assert cli(["run", "retrieval_k2"], cwd=workspace).exit_code == 0
+    reason = 'members = ["*"] now stands for lead, retrieval, retrieval_k2, but it was built from lead, retrieval'
+    entry = _board(cli, workspace)["every"]
+    assert not entry["complete"] and reason in entry["problems"]
+    refused = cli(["submit", "every", "--allow-duplicate"], cwd=workspace)
+    assert refused.exit_code == 2 and reason in refused.output
+    assert "rerun it with `competition ensemble every`" in refused.output
+    listing = json.loads(cli(["ensemble", "--json"], cwd=workspace).stdout)
+    assert {entry["name"]: entry["current"] for entry in listing} == {"mix": True, "every": False}
+    assert cli(["ensemble", "every"], cwd=workspace).exit_code == 0
+    assert _board(cli, workspace)["every"]["complete"]
+    meta = json.loads((workspace / "runs" / "every" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["members"] == ["lead", "retrieval", "retrieval_k2"]
+    assert cli(["submit", "every"], cwd=workspace).exit_code == 0
+
+
+def test_a_changed_config_blames_the_folds_not_the_test_output(workspace, cli):
+    """Issue 25.6. Before: with every meta.json on the old config, cv also said "the test output was
+    made with another config than its folds", which they all shared."""
+    toml = workspace / "competition.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace("max_turns = 2", "max_turns = 3"), encoding="utf-8")
+    problems = _board(cli, workspace)["lead"]["problems"]
+    assert "folds 0, 1, 2 were made with another config of lead than competition.toml's now" in problems
+    assert not any("test output" in problem for problem in problems), problems
+
+
 def test_a_source_not_in_the_config_must_agree_with_itself(workspace, cli):
     """A candidate removed from competition.toml is still checked: one config hash across folds."""
     from competition.predictions import fold_dir

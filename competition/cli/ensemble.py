@@ -4,7 +4,9 @@ from __future__ import annotations
 import click
 
 from ..ensemble import run_ensemble
+from ..errors import CompetitionError
 from ..predictions import list_sources
+from ..provenance import source_problems, workspace_inputs
 from .common import json_option, print_json, table, with_config
 
 
@@ -20,6 +22,25 @@ def _print_report(report: dict) -> None:
     interval = "" if low is None else f" (95% CI {low:+.2f} .. {high:+.2f})"
     click.echo(f"gain over {diagnostics['best_member']}: {diagnostics['gain']:+.2f}{interval}"
                + (f"; dev final {report['dev_final']:.2f}" if report["dev_final"] is not None else ""))
+
+
+def _inputs(config) -> tuple[dict, int] | None:
+    """The workspace's input hashes and k, or None when its data or folds cannot be read."""
+    try:
+        return workspace_inputs(config)
+    except CompetitionError:
+        return None
+
+
+def _current(config, name: str, inputs: tuple[dict, int] | None) -> bool | None:
+    """Whether a built ensemble is current (None when the workspace's data cannot be read)."""
+    return None if inputs is None else not source_problems(config, name, *inputs)
+
+
+def _built(entry: dict) -> str:
+    if not entry["built"]:
+        return "no"
+    return "yes" if entry["current"] is not False else f"stale: `competition ensemble {entry['name']}`"
 
 
 @click.command("ensemble")
@@ -42,8 +63,10 @@ def ensemble(config, names, run_all, workers, as_json) -> None:
         names = tuple(name for name, section in config.ensembles.items() if section.enabled)
     if not names:
         built = set(list_sources(config))
+        inputs = _inputs(config) if built & set(config.ensembles) else None
         listing = [{"name": name, "method": section.method, "utility": section.utility,
-                    "members": section.members, "enabled": section.enabled, "built": name in built}
+                    "members": section.members, "enabled": section.enabled, "built": name in built,
+                    "current": _current(config, name, inputs) if name in built else False}
                    for name, section in config.ensembles.items()]
         if as_json:
             print_json(listing)
@@ -51,10 +74,13 @@ def ensemble(config, names, run_all, workers, as_json) -> None:
             click.echo("no [ensembles.NAME] sections in the config: see the example in competition.toml")
         else:
             click.echo(table([[e["name"], e["method"], e["utility"], ", ".join(e["members"]),
-                               "yes" if e["enabled"] else "no", "yes" if e["built"] else "no"] for e in listing],
+                               "yes" if e["enabled"] else "no", _built(e)] for e in listing],
                              ["ensemble", "method", "utility", "members", "enabled", "built"]))
         return
     reports = [run_ensemble(config, name, workers=workers, progress=True) for name in names]
+    for report in reports:
+        for warning in report["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
     if as_json:
         print_json(reports[0] if len(reports) == 1 else reports)
         return
