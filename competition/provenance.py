@@ -12,6 +12,7 @@ list of reasons and the command that fixes them. Package versions are recorded, 
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 from pathlib import Path
 from typing import Iterable
@@ -22,7 +23,7 @@ from .candidates import candidate_class
 from .candidates.parts import Trainer, hashed_settings
 from .config import config_hash
 from .data import load_from_config, rows_sha256
-from .errors import FoldMismatch
+from .errors import FoldMismatch, UnknownCandidate
 from .folds import check_folds, folds_sha256, labelled_rows
 from .predictions import done_folds, list_sources, load_meta, run_dir
 
@@ -159,6 +160,21 @@ def rerun_command(config, name: str) -> str:
     if name.endswith(TUNED_SUFFIX):
         return f"competition tune {name[:-len(TUNED_SUFFIX)]}"
     return f"competition run {name}"
+
+
+def missing_source(config, name: str) -> UnknownCandidate:
+    """The error for a source with no predictions under runs/: a name competition.toml declares is
+    told the command that makes it; any other name the closest declared or run source."""
+    where = config.path or "competition.toml"
+    declared = [*config.candidates, *config.ensembles]
+    if name in declared or (name.endswith(TUNED_SUFFIX) and name[:-len(TUNED_SUFFIX)] in config.candidates):
+        return UnknownCandidate(f"{name!r} is in {where} but has no predictions under runs/ yet: "
+                                f"run `{rerun_command(config, name)}` first")
+    known = list(dict.fromkeys(declared + list_sources(config)))
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"sources: {', '.join(known) or 'none yet'}"
+    return UnknownCandidate(f"no source {name!r}: not a [candidates.NAME] or [ensembles.NAME] of {where}, "
+                            f"nor under runs/ ({hint})")
 
 
 def input_file(config, key: str) -> str:

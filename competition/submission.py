@@ -10,7 +10,6 @@ lose or corrupt a row.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import fcntl
 import hashlib
 import io
@@ -28,10 +27,10 @@ import pandas as pd
 from .config import Config
 from .cv import leaderboard
 from .data import data_folder, read_split
-from .errors import SubmissionError, UnknownCandidate
+from .errors import SubmissionError
 from .metric import get_scorer
 from .predictions import atomic_write_text, csv_text, list_sources, load_test, write_temp
-from .provenance import require_current, workspace_inputs
+from .provenance import missing_source, require_current, workspace_inputs
 from .tracking import log_submission, record_leaderboard
 
 LOG_FILE = "log.csv"
@@ -202,13 +201,8 @@ def local_scores(config: Config, source: str) -> dict:
 
 
 def _source_predictions(config: Config, source: str) -> pd.DataFrame:
-    sources = list_sources(config)
-    if source not in sources:
-
-        close = difflib.get_close_matches(source, sources, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; sources with predictions: {', '.join(sources) or 'none'}"
-        raise UnknownCandidate(f"no predictions for {source!r} under runs/{hint}; "
-                               f"run `competition run {source}` (or `competition ensemble {source}`) first")
+    if source not in list_sources(config):
+        raise missing_source(config, source)
     return load_test(config, source)
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .candidates.parts import Trainer
 from .errors import CompetitionError, ConfigError
 from .metric import get_scorer
 from .predictions import fold_dir, read_meta, run_dir
@@ -189,6 +190,11 @@ def fold_curves(config, name: str) -> dict[str, dict]:
             found[label] = {"curve": report["curve"], "chosen_step": report.get("chosen_step"),
                             "eval_metric": report.get("eval_metric"), "best_metric": report.get("best_metric"),
                             "global_step": report.get("global_step")}
+    candidate = config.candidates.get(name)
+    if not found and (name in config.ensembles or (candidate is not None and not isinstance(candidate.params, Trainer))):
+        what = "an ensemble" if name in config.ensembles else f"kind {candidate.kind}"
+        raise NoCurves(f"{name!r} ({what}) trains no model, so it has no training curves: --curves takes a "
+                       f"candidate of a kind that trains (qlora, seq2seq)")
     if not found:
         raise NoCurves(f"no training curve under {run_dir(config, name)}: curves are recorded in each fold's "
                        f"work/train.json by the kinds that train (qlora, seq2seq): run `competition run {name}`")

@@ -197,6 +197,21 @@ def test_refusals_exit_2_and_name_what_is_wrong(workspace, cli):
     assert len(read_log(config)) == 2 and not list((workspace / "submissions").glob("*other*"))
 
 
+def test_an_unknown_source_is_pointed_at_a_name_and_a_configured_one_at_its_command(workspace, cli):
+    """Issue 25.6. Before: `submit leed` said to run `competition run leed`, and `submit other`
+    (configured, never run) asked "did you mean 'lead'?"."""
+    add_source(workspace, "lead", TEST_SUMMARIES)
+    typo = cli(["submit", "leed"], cwd=workspace)
+    assert typo.exit_code == 2 and "did you mean 'lead'?" in typo.output
+    assert "competition run leed" not in typo.output and "no source 'leed'" in typo.output
+    never_run = cli(["submit", "other"], cwd=workspace)
+    assert never_run.exit_code == 2 and "did you mean" not in never_run.output
+    assert "'other' is in" in never_run.output and "has no predictions under runs/ yet" in never_run.output
+    assert "run `competition run other` first" in never_run.output
+    nothing_close = cli(["submit", "zzz"], cwd=workspace)
+    assert nothing_close.exit_code == 2 and "sources: lead, other" in nothing_close.output
+
+
 def _submit_in_process(root: str, note: str, barrier) -> None:
     import os
 

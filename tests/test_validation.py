@@ -261,3 +261,14 @@ def test_curves_of_a_source_that_never_trained_is_one_line(cli, korean_workspace
     assert len(result.output.strip().splitlines()) == 1
     result = cli(["cv", "--plot", "x.png"], cwd=korean_workspace)
     assert result.exit_code == 2 and "--curves NAME" in result.output
+
+
+def test_curves_of_a_kind_that_never_trains_say_so(cli, korean_workspace):
+    """Issue 25.6. Before: `cv --curves lead` said to run `competition run lead`, which never trains."""
+    toml = korean_workspace / "competition.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + '\n[candidates.lead]\nkind = "lead"\n\n[ensembles.mix]\n'
+                    'members = ["lead"]\n', encoding="utf-8")
+    for name, what in (("lead", "kind lead"), ("mix", "an ensemble")):
+        result = cli(["cv", "--curves", name], cwd=korean_workspace)
+        assert result.exit_code == 2 and f"'{name}' ({what}) trains no model, so it has no training curves" in result.output
+        assert "competition run" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -54,6 +54,18 @@ def test_init_writes_a_workspace_and_refuses_to_overwrite(tmp_path, cli):
     assert bad.exit_code == 2 and not (tmp_path / "other" / "competition.toml").exists()
 
 
+def test_run_and_submit_outside_a_workspace_say_how_to_make_one(tmp_path, cli):
+    """Issue 25.6. Before: in a folder without competition.toml, `run` said "no enabled candidate in
+    competition.toml" and `submit lead` printed the bundled-sample note."""
+    for command in (["run"], ["run", "lead"], ["submit", "lead"]):
+        result = cli(command, cwd=tmp_path)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.output.strip().splitlines() == [f"Error: no competition.toml in {tmp_path}: make a workspace "
+                                                      f"with `competition init DIR --example` (or `competition init` "
+                                                      f"here) and run the command in it, or pass --config PATH"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # nothing written where it was typed
+
+
 @pytest.mark.slow
 def test_pipeline_runs_on_the_bundled_sample_without_data(tmp_path, cli):
     """A fresh clone has no data/: pipeline says it uses the sample (one line, how to point at the

@@ -31,6 +31,14 @@ def with_config(command):
     return wrapper
 
 
+def require_workspace(config: Config) -> None:
+    """Commands that write results need a workspace: without a competition.toml here the built-in
+    defaults name no candidate, and the folders would land wherever the command was typed."""
+    if config.path is None:
+        raise ConfigError(f"no competition.toml in {Path.cwd()}: make a workspace with `competition init DIR "
+                          f"--example` (or `competition init` here) and run the command in it, or pass --config PATH")
+
+
 def tidy_workspace(config: Config) -> None:
     """What a killed command left: temp files of interrupted writes (old enough that no writer is
     still at work) and pending submissions (finished when their log row exists, else dropped)."""

@@ -10,7 +10,7 @@ from ..choices import EXECUTORS
 from ..executors import ExecutorError
 from ..ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection
 from ..runner import resolve_names, run_candidates
-from .common import json_option, print_json, table, with_config
+from .common import json_option, print_json, require_workspace, table, with_config
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
@@ -59,6 +59,7 @@ def run_command(config, names, folds_text, force, refresh, data_dir, require_all
     Example: competition run lead retrieval --folds 0,2 --executor ray --ray-address auto
     """
 
+    require_workspace(config)
     folds = _parse_folds(folds_text)
     if executor == "local" and (ray_address or ray_timeout is not None):
         raise ExecutorError(f"{'--ray-address' if ray_address else '--ray-timeout'} only applies with --executor ray")

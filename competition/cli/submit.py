@@ -7,7 +7,7 @@ from ..choices import HISTORY_SORT_KEYS
 from ..history import GAPS, history_report, plot_history
 from ..pipeline import run_pipeline, with_data_dir
 from ..submission import diff_submissions, record_scores, submit
-from .common import json_option, png_option, print_json, table, with_config
+from .common import json_option, png_option, print_json, require_workspace, table, with_config
 
 
 def _score(value) -> str:
@@ -56,6 +56,7 @@ def submit_command(config, source, note, allow_duplicate, data_dir, as_json) -> 
     Example: competition submit lead --note "lead-3 baseline"
     """
 
+    require_workspace(config)
     row = submit(with_data_dir(config, data_dir), source, note=note, allow_duplicate=allow_duplicate)
     if as_json:
         print_json(row)
