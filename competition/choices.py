@@ -15,6 +15,7 @@ EXECUTORS = ("local", "ray")  # run --executor (executors.py)
 HISTORY_SORT_KEYS = ("id", "cv", "public", "private")  # history --sort (history.py)
 SEARCH_METHODS = ("grid", "tpe")  # tune --method (search.py)
 AUGMENTATIONS = ("speaker-swap", "paraphrase", "synthetic")  # augment METHOD (augment.py)
+LEADERBOARD_BACKENDS = ("manual", "kaggle")  # [leaderboard] backend (leaderboard.py)
 
 
 @dataclass

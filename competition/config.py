@@ -1,7 +1,7 @@
 """`competition.toml` -> dataclasses. Every field has a default; problems are all reported at once.
 
-Sections: [data], [metric], [cv], [submit], [tracking], [candidates.NAME] (kind + that kind's parameters,
-whose dataclass lives in the kind's module), [ensembles.NAME].
+Sections: [data], [metric], [cv], [submit], [tracking], [leaderboard], [candidates.NAME] (kind + that
+kind's parameters, whose dataclass lives in the kind's module), [ensembles.NAME].
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import sys
 import types
 import typing
@@ -22,12 +23,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .candidates import params_class
-from .choices import CONVENTIONS, ENSEMBLE_METHODS, MULTI_REF_RULES, PICK_BY, STRATEGIES, parse_strategy
+from .choices import (CONVENTIONS, ENSEMBLE_METHODS, LEADERBOARD_BACKENDS, MULTI_REF_RULES, PICK_BY, STRATEGIES,
+                      parse_strategy)
 from .errors import ConfigError, UnknownCandidate
 from .mbr import UTILITIES
 from .tokenizers import TOKENIZERS
 
 DEFAULT_CONFIG = "competition.toml"
+# A Kaggle competition slug: lower-case letters, digits and hyphens.
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
+_SLUG_CHARS = re.compile(r"[^a-z0-9]+")
 
 
 @dataclass
@@ -91,8 +96,9 @@ class CVConfig:
     include_dev: bool = False  # put dev rows into the folds too (then dev is no hold-out)
     bootstrap: int = 1000  # resamples for the 95% intervals (at least 100; 0 = no intervals)
     test_strategy: str = "mbr"  # test/dev output: mbr (per row, the fold output closest to the others) or refit
-    near_duplicates: float = 0.5  # dialogues with TF-IDF cosine >= this share a fold (clusters); 0 = off
+    near_duplicates: float | str = "auto"  # dialogues with TF-IDF cosine >= this share a fold; "auto" = calibrated to the test; 0 = off
     pick_by: str = "test_matched"  # history's final pick and submit's default source: test_matched or oof
+    objective: str = "test_matched"  # what ensembles, tune and lead's N maximise: test_matched (rows weighted as in cv) or oof
 
     def __post_init__(self) -> None:
         problems = []
@@ -101,10 +107,14 @@ class CVConfig:
         if not isinstance(self.bootstrap, int) or isinstance(self.bootstrap, bool) or \
                 not (self.bootstrap == 0 or self.bootstrap >= 100):
             problems.append(f"bootstrap = {self.bootstrap!r}: use at least 100 resamples, or 0 for no intervals")
-        if not 0 <= self.near_duplicates <= 1:
-            problems.append(f"near_duplicates = {self.near_duplicates!r}: choose a cosine in (0, 1], or 0 for off")
+        if isinstance(self.near_duplicates, str) and self.near_duplicates != "auto" or \
+                not isinstance(self.near_duplicates, str) and not 0 <= self.near_duplicates <= 1:
+            problems.append(f"near_duplicates = {self.near_duplicates!r}: choose \"auto\", a cosine in (0, 1], or 0 "
+                            f"for off")
         if self.pick_by not in PICK_BY:
             problems.append(f"pick_by = {self.pick_by!r}: choose {_choices(PICK_BY)}")
+        if self.objective not in PICK_BY:
+            problems.append(f"objective = {self.objective!r}: choose {_choices(PICK_BY)}")
         try:
             parse_strategy(self.strategy)
         except ConfigError:
@@ -130,6 +140,38 @@ class TrackingConfig:
         if self.mlflow and "://" not in self.mlflow and self.mlflow != "databricks":
             raise InvalidValues([f"mlflow = {self.mlflow!r}: give a tracking URI such as \"sqlite:///mlruns.db\" "
                                  f"(a file in the workspace) or \"http://host:5000\", or \"\" for off"])
+
+
+@dataclass
+class LeaderboardConfig:
+    backend: str = "manual"  # manual (scores typed in: `lb record`) or kaggle (upload and `lb sync` via Kaggle's API)
+    competition: str = ""  # kaggle: the competition's slug, as in kaggle.com/competitions/SLUG
+    score_scale: float = 1.0  # the platform's score x this = the log's 0-100 score (100 when the platform shows 0-1)
+    wait_s: float = 900.0  # --wait: stop polling for the score after this many seconds (`lb sync` fetches it later)
+    poll_s: float = 10.0  # --wait: first pause between polls, doubled after each poll up to poll_max_s
+    poll_max_s: float = 60.0  # --wait: longest pause between polls
+    tries: int = 4  # network errors and timeouts: attempts per request, 2, 4, 8 ... s apart, then stop
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backend not in LEADERBOARD_BACKENDS:
+            problems.append(f"backend = {self.backend!r}: choose {_choices(LEADERBOARD_BACKENDS)}")
+        if self.backend == "kaggle" and not self.competition:
+            problems.append('backend = "kaggle" needs competition = "SLUG" (the name in kaggle.com/competitions/SLUG)')
+        slug = self.competition.rstrip("/").rpartition("/")[2]
+        if self.competition and (slug != self.competition or not _SLUG.fullmatch(self.competition)):
+            problems.append(f"competition = {self.competition!r}: give the slug alone, lower case, e.g. "
+                            f"{_SLUG_CHARS.sub('-', slug.lower()).strip('-') or 'titanic'!r}")
+        if self.score_scale <= 0:
+            problems.append(f"score_scale = {self.score_scale!r}: use 1 (the platform shows 0-100) or 100 (0-1)")
+        for key in ("wait_s", "poll_s", "poll_max_s"):
+            if getattr(self, key) <= 0:
+                problems.append(f"{key} = {getattr(self, key)!r}: use a number of seconds above 0")
+        if self.poll_max_s < self.poll_s:
+            problems.append(f"poll_max_s = {self.poll_max_s!r} is below poll_s = {self.poll_s!r}: raise it")
+        if not isinstance(self.tries, int) or isinstance(self.tries, bool) or self.tries < 1:
+            problems.append(f"tries = {self.tries!r}: use 1 or more attempts")
+        _raise_if(problems)
 
 
 @dataclass
@@ -178,6 +220,7 @@ class Config:
     cv: CVConfig = field(default_factory=CVConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
     candidates: dict[str, CandidateConfig] = field(default_factory=dict)
     ensembles: dict[str, EnsembleConfig] = field(default_factory=dict)
     seed_groups: dict[str, list[str]] = field(default_factory=dict)  # NAME -> its NAME#sSEED sources (seeds = [...])
@@ -303,7 +346,7 @@ def _expand_seeds(config: Config) -> None:
 
 
 SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig,
-             "tracking": TrackingConfig}
+             "tracking": TrackingConfig, "leaderboard": LeaderboardConfig}
 
 
 def parse_config(raw: dict, path: Path | None = None) -> Config:

@@ -19,7 +19,7 @@ import pandas as pd
 from .config import Config
 from .data import load_from_config, references
 from .errors import FoldMismatch, UnknownCandidate
-from .folds import check_folds, labelled_rows
+from .folds import check_folds, grouping_threshold, labelled_rows
 from .metric import METRICS, RougeResult, get_scorer
 from .predictions import done_folds, list_sources, load_dev, load_meta, load_oof
 from .progress import progress as show_progress
@@ -156,7 +156,7 @@ def _dev_scores(config: Config, predicted: pd.Series, dev: pd.DataFrame, profile
 
     scores = _scorer(config).score(predicted.loc[dev["fname"]].tolist(), references(dev))
     out = {"dev_final": scores.final, "dev_novel_final": None, "dev_novel_rows": None}
-    threshold = config.cv.near_duplicates
+    threshold = grouping_threshold(config, unbuilt=0.0)
     if threshold > 0 and profile is not None and profile.dev is not None:
         novel = profile.dev.reindex(dev["fname"]).to_numpy() < threshold
         out["dev_novel_rows"] = int(novel.sum())
@@ -227,8 +227,9 @@ def pick_score(entry: dict, pick_by: str) -> float:
 
 
 def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, progress: bool = False) -> list[dict]:
-    """One entry per source with predictions (or the named ones): complete sources by OOF final
-    (best first), then incomplete ones, never silently ranked among them."""
+    """One entry per source with predictions (or the named ones): complete sources by the CV [cv]
+    pick_by names (best first: the test-matched final by default), then incomplete ones, never
+    silently ranked among them."""
 
     sources = list_sources(config)
     if names:
@@ -247,4 +248,5 @@ def leaderboard(config: Config, names: list[str] | None = None, data_dir=None, p
     label_refs = references(labelled.reset_index())
     board = [_entry(config, name, folds, labelled, dev, hashes, profile, label_refs)
              for name in show_progress(sources, desc="cv", unit="sources", enabled=progress)]
-    return sorted(board, key=lambda entry: (not entry["complete"], -entry["oof"]["final"], entry["name"]))
+    return sorted(board, key=lambda entry: (not entry["complete"], -pick_score(entry, config.cv.pick_by),
+                                            entry["name"]))

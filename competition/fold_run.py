@@ -23,9 +23,10 @@ from .candidates import candidate_class
 from .config import Config
 from .data import load_from_config
 from .errors import FoldMismatch
-from .folds import check_folds, labelled_rows
+from .folds import check_folds, grouping_threshold, labelled_rows
 from .launch import command_for, launcher_of, run_launcher
 from .predictions import fold_dir, write_fold
+from .progress import stage
 from .provenance import candidate_seed, input_hashes
 from .validation import RowGroups
 
@@ -129,13 +130,24 @@ def row_groups(context: RunContext, name: str):
 
     sources = {str(fname): str(source) for frame in augmented_rows(context, name)
                for fname, source in zip(frame["fname"], frame["source_fname"])}
-    return RowGroups(context.rows[["fname", "dialogue"]], float(context.config.cv.near_duplicates),
+    return RowGroups(context.rows[["fname", "dialogue"]], grouping_threshold(context.config, unbuilt=0.0),
                      context.config.metric.tokenizer, sources)
 
 
-def predict_rows(instance, rows: pd.DataFrame, what: str) -> tuple[pd.DataFrame, float]:
+# The stage each prediction is shown under while it runs ("smol fold 0 OOF generate: 40/150 rows ...").
+STAGE_NAMES = {"held-out": "OOF", "test": "test", "dev": "dev"}
+
+
+def model_label(fold: int | None) -> str:
+    """"fold K", or "refit" for the model trained on every labelled row."""
+    return "refit" if fold is None else f"fold {fold}"
+
+
+def predict_rows(instance, rows: pd.DataFrame, what: str, fold: int | None = None) -> tuple[pd.DataFrame, float]:
+    """(fname + summary per row, seconds) of `fold`'s model (None: the refit one) on `rows`."""
     start = time.perf_counter()
-    summaries = list(instance.predict(rows)) if len(rows) else []
+    with stage(f"{instance.name} {model_label(fold)} {STAGE_NAMES.get(what, what)}"):
+        summaries = list(instance.predict(rows)) if len(rows) else []
     if len(summaries) != len(rows):
         raise RuntimeError(f"candidate {instance.name!r} returned {len(summaries)} summaries for {len(rows)} {what} rows")
     frame = pd.DataFrame({"fname": rows["fname"].to_numpy(), "summary": ["" if s is None else str(s) for s in summaries]})
@@ -146,9 +158,10 @@ def fit_candidate(context: RunContext, name: str, instance, train: pd.DataFrame,
     """instance.fit, after training under `accelerate launch` when the candidate asks for it
     (the fit here then finds the saved training and only loads it; see competition.launch)."""
 
-    if launcher_of(instance.params) == "accelerate":
-        run_launcher(command_for(context.config, name, fold, context.data_dir), cwd=context.config.root)
-    instance.fit(train, fold)
+    with stage(f"{name} {model_label(fold)}"):  # the training's bar reads "NAME fold K training: ..."
+        if launcher_of(instance.params) == "accelerate":
+            run_launcher(command_for(context.config, name, fold, context.data_dir), cwd=context.config.root)
+        instance.fit(train, fold)
 
 
 def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: dict) -> dict:
@@ -161,13 +174,13 @@ def run_fold(context: RunContext, name: str, fold: int, wanted: dict, settings: 
     fit_candidate(context, name, instance, train, fold)
     timings = {"fit_s": time.perf_counter() - fit_start}
     reports = {}
-    oof, timings["predict_oof_s"] = predict_rows(instance, context.rows[held_out], "held-out")
+    oof, timings["predict_oof_s"] = predict_rows(instance, context.rows[held_out], "held-out", fold)
     reports["oof"] = dict(instance.report)
-    test, timings["predict_test_s"] = predict_rows(instance, context.test, "test")
+    test, timings["predict_test_s"] = predict_rows(instance, context.test, "test", fold)
     reports["test"] = dict(instance.report)
     dev = None
     if context.dev is not None:
-        dev, timings["predict_dev_s"] = predict_rows(instance, context.dev, "dev")
+        dev, timings["predict_dev_s"] = predict_rows(instance, context.dev, "dev", fold)
         reports["dev"] = dict(instance.report)
     timings["total_s"] = time.perf_counter() - start
     meta = {**wanted, "name": name, "kind": settings["kind"], "config": settings, "fold": fold,

@@ -11,29 +11,41 @@ Strategies:
 - ``stratify:COLUMN``: stratified by a column, classes rarer than k merged into one;
 - ``group:COLUMN``: all rows sharing a value stay in one fold (largest groups placed first).
 
-With ``[cv] near_duplicates`` > 0 (the default, 0.5), each cluster of near-duplicate dialogues (rows
-linked by a TF-IDF cosine at or above it, shift.py) also stays in one fold, whatever the strategy:
-DialogSum's train holds hundreds of copies with their own summaries, and a fold that splits them
-pays out a memorised summary that the test set never pays (README "Why folds group near-duplicates").
+With ``[cv] near_duplicates`` a cosine > 0, each cluster of near-duplicate dialogues (rows linked by
+a TF-IDF cosine at or above it, shift.py) also stays in one fold, whatever the strategy: DialogSum's
+train holds hundreds of copies with their own summaries, and a fold that splits them pays out a
+memorised summary that the test set never pays (README "Why folds group near-duplicates"). With
+``"auto"`` (the default) the threshold is calibrated to the test (calibrate_threshold): too low a
+threshold makes CV harder than the test, which does have close training neighbours.
 Assignments depend only on the rows (by fname), k, seed, strategy and clusters, never on row order.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .choices import parse_strategy
-from .data import rows_sha256
+from .data import load_from_config, rows_sha256
 from .errors import ConfigError, FoldMismatch, MissingFolds
 from .predictions import atomic_write_text
-from .shift import near_duplicate_clusters
-from .similarity import cluster_stats, components
+from .shift import matched_weights, near_duplicate_clusters
+from .similarity import cluster_stats, components, nearest, self_nearest, similarity_summary, tfidf_vectors
 
 _LENGTH_BINS = 10
+# near_duplicates = "auto": the thresholds tried, the pairs kept together whatever is chosen (1% of
+# DialogSum's test rows have a train neighbour that close, 25% of CV rows would without grouping),
+# and the most test mass the chosen folds may leave with no CV row of the same similarity.
+AUTO_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+ALWAYS_TOGETHER = 0.9
+MAX_UNMATCHED = 0.02
+_NEIGHBOURS = 32  # per row, enough that nearly every row finds one in another fold among them
+AUTO_RULE = (f"the largest test-matched effective sample among thresholds leaving <= {MAX_UNMATCHED:.0%} of the "
+             f"test's similarity mass unmatched (else the least unmatched); pairs >= {ALWAYS_TOGETHER:g} always together")
 
 
 def labelled_rows(config, data) -> pd.DataFrame:
@@ -169,6 +181,94 @@ def assign_folds(rows: pd.DataFrame, k: int = 5, seed: int = 42, strategy: str =
     return pd.DataFrame({"fname": rows["fname"].to_numpy(), "fold": assigned.to_numpy().astype(int)})
 
 
+@dataclass
+class ThresholdTrial:
+    """One threshold of the auto grid: how its folds' CV rows resemble the test (shift.py's
+    test-matched weights: effective sample and unmatched test share) and its clusters."""
+
+    threshold: float
+    unmatched_test_share: float
+    ess: float
+    oof_p95: float
+    oof_share_at_least_0_5: float
+    clusters: int
+    rows_in_clusters: int
+
+
+def oof_nearest_from_neighbours(vectors, found, fold_of: np.ndarray) -> np.ndarray:
+    """Each row's cosine to its nearest row in another fold, from its best neighbours (`found`,
+    self_nearest with neighbours): the first one in another fold is the nearest there; rows
+    whose listed neighbours all share their fold are searched in full."""
+    listed = found.neighbours
+    valid = listed >= 0
+    elsewhere = valid & (fold_of[np.where(valid, listed, 0)] != fold_of[:, None])
+    first = elsewhere.argmax(axis=1)
+    similarity = np.where(elsewhere.any(axis=1), found.neighbour_similarity[np.arange(len(fold_of)), first], 0.0)
+    unresolved = np.flatnonzero(~elsewhere.any(axis=1))
+    if len(unresolved):
+        similarity[unresolved] = nearest(vectors[unresolved], vectors, fold_of[unresolved], fold_of).similarity
+    return similarity.astype(float)
+
+
+def choose_threshold(trials: list[ThresholdTrial]) -> ThresholdTrial:
+    """AUTO_RULE: the folds closest to the test (largest effective sample, i.e. the least
+    reweighting) among those that leave at most MAX_UNMATCHED of the test's mass without CV rows
+    of its similarity; "least unmatched" alone would pick the highest threshold and bring the
+    memorisation leak back. Ties go to the lower (safer) threshold."""
+    fitting = [trial for trial in trials if trial.unmatched_test_share <= MAX_UNMATCHED + 1e-12]
+    if fitting:
+        return max(fitting, key=lambda trial: (round(trial.ess, 6), -trial.threshold))
+    return min(trials, key=lambda trial: (round(trial.unmatched_test_share, 12), -trial.ess, trial.threshold))
+
+
+def calibrate_threshold(rows: pd.DataFrame, test_dialogues: list[str], tokenizer: str, k: int, seed: int,
+                        strategy: str, grid: tuple[float, ...] = AUTO_GRID) -> tuple[ThresholdTrial, list[ThresholdTrial], np.ndarray]:
+    """(chosen trial, every trial, the chosen clusters): folds built at each threshold of `grid`,
+    each CV row's similarity to its training folds compared with the test's to train.
+
+    One similarity pass serves every threshold (pairs at the lowest, each row's best neighbours),
+    so the grid costs little more than a single threshold.
+    """
+    vectors, test_vectors = tfidf_vectors(list(rows["dialogue"]), tokenizer, test_dialogues)
+    found = self_nearest(vectors, min(grid), neighbours=_NEIGHBOURS)
+    test_similarity = nearest(test_vectors, vectors).similarity.astype(float)
+    trials, clusters_of = [], {}
+    for threshold in grid:
+        clusters = components(len(rows), found.pairs[found.pair_similarity >= threshold])
+        try:
+            fold_of = assign_folds(rows, k, seed, strategy, clusters)["fold"].to_numpy()
+        except ConfigError:  # fewer clusters (or groups) than folds at this threshold: not a candidate
+            continue
+        oof_similarity = oof_nearest_from_neighbours(vectors, found, fold_of)
+        _, matched = matched_weights(oof_similarity, test_similarity)
+        summary = similarity_summary(oof_similarity)
+        stats = cluster_stats(clusters)
+        trials.append(ThresholdTrial(float(threshold), round(matched["unmatched_test_share"], 6),
+                                     round(matched["ess"], 3), round(summary["quantiles"]["p95"], 6),
+                                     round(summary["share_at_least"]["0.5"], 6), stats["clusters"],
+                                     stats["rows_in_clusters"]))
+        clusters_of[float(threshold)] = clusters
+    if not trials:
+        raise ConfigError(f"no near-duplicate threshold in {grid[0]:g}..{grid[-1]:g} leaves {len(rows)} labelled rows in "
+                          f"at least k = {k} clusters: lower k, or set [cv] near_duplicates = 0 (off)")
+    chosen = choose_threshold(trials)
+    return chosen, trials, clusters_of[chosen.threshold]
+
+
+def is_auto(config) -> bool:
+    """[cv] near_duplicates = "auto": the threshold is chosen by `folds build` and read from folds.json."""
+    return isinstance(config.cv.near_duplicates, str)
+
+
+def grouping_threshold(config, unbuilt: float | None = None) -> float | None:
+    """The near-duplicate threshold the folds use: [cv] near_duplicates when a number, else the
+    one `folds build` chose (folds.json); `unbuilt` when it is "auto" and no folds were built."""
+    if not is_auto(config):
+        return float(config.cv.near_duplicates)
+    grouping = folds_info(config).get("near_duplicates") or {}
+    return float(grouping["threshold"]) if grouping.get("auto") and "threshold" in grouping else unbuilt
+
+
 # `folds build` without --force rewrites folds.json when the split it makes is the one in folds.csv
 # and refuses when it differs; --force replaces the split and so invalidates every prediction.
 REBUILD = ("run `competition folds build` (it keeps an unchanged split and rewrites folds.json); "
@@ -186,20 +286,35 @@ def _csv_text(folds: pd.DataFrame) -> str:
 
 
 def build_folds(config, rows: pd.DataFrame, k: int | None = None, seed: int | None = None,
-                strategy: str | None = None, force: bool = False) -> dict:
+                strategy: str | None = None, force: bool = False, test: pd.DataFrame | None = None) -> dict:
     """Split `rows` and write folds.csv + folds.json; k/seed/strategy default to [cv], and
-    near-duplicate clusters at [cv] near_duplicates stay whole (on [metric] tokenizer's tokens).
+    near-duplicate clusters at [cv] near_duplicates stay whole (on [metric] tokenizer's tokens);
+    "auto" calibrates the threshold on the `test` rows' dialogues (calibrate_threshold; None: the
+    workspace's test file).
 
     Returns folds.json's content plus "path" and "changed" (False when identical files were
     already there). Refuses to replace different folds unless `force`.
     """
-    # The near-duplicate search needs scipy and sklearn: loaded when folds are built, not with the config.
-
     k = config.cv.k if k is None else k
     seed = config.cv.seed if seed is None else seed
     strategy = config.cv.strategy if strategy is None else strategy
-    threshold = float(config.cv.near_duplicates)
-    clusters = near_duplicate_clusters(list(rows["dialogue"]), config.metric.tokenizer, threshold)
+    calibration = None
+    if is_auto(config):
+        if test is None:
+            test = load_from_config(config).test
+        if not len(test):
+            raise ConfigError("[cv] near_duplicates = \"auto\" calibrates on the test dialogues, and there are none: "
+                              "add test.csv, or set [cv] near_duplicates to a cosine (e.g. 0.7)")
+        if len(rows) < k:
+            raise ConfigError(f"k = {k} folds but only {len(rows)} labelled row(s): lower k")
+        parse_strategy(strategy)
+        chosen, trials, clusters = calibrate_threshold(rows, list(test["dialogue"]), config.metric.tokenizer, k,
+                                                       seed, strategy)
+        threshold = chosen.threshold
+        calibration = {"auto": True, "rule": AUTO_RULE, "grid": [asdict(trial) for trial in trials]}
+    else:
+        threshold = float(config.cv.near_duplicates)
+        clusters = near_duplicate_clusters(list(rows["dialogue"]), config.metric.tokenizer, threshold)
     folds = assign_folds(rows, k, seed, strategy, clusters)
     csv_path, json_path = folds_paths(config)
     sizes = np.bincount(folds["fold"].to_numpy(), minlength=k)
@@ -208,7 +323,7 @@ def build_folds(config, rows: pd.DataFrame, k: int | None = None, seed: int | No
             "rows_per_fold": [int(n) for n in sizes], "data_sha256": rows_sha256(rows)}
     if threshold > 0:
         info["near_duplicates"] = {"threshold": threshold, "tokenizer": config.metric.tokenizer,
-                                   **cluster_stats(clusters)}
+                                   **cluster_stats(clusters), **(calibration or {})}
     csv_text = _csv_text(folds)
     info["folds_sha256"] = hashlib.sha256(csv_text.encode()).hexdigest()
     json_text = json.dumps(info, indent=2, sort_keys=True) + "\n"
@@ -279,11 +394,15 @@ def check_folds(config, train_rows: pd.DataFrame) -> pd.DataFrame:
                            f"{info['k']} in competition.toml, or rebuild with `competition folds build --force` "
                            f"(it invalidates runs/)")
     grouping = info.get("near_duplicates") or {}
-    built = (float(grouping.get("threshold", 0.0)), grouping.get("tokenizer", config.metric.tokenizer))
-    wanted = (float(config.cv.near_duplicates), config.metric.tokenizer)
-    if built[0] != wanted[0] or (wanted[0] > 0 and built[1] != wanted[1]):
-        said = f"near_duplicates = {built[0]:g}" + (f" on {built[1]} tokens" if built[0] > 0 else "")
-        now = f"near_duplicates = {wanted[0]:g}" + (f" on {wanted[1]} tokens" if wanted[0] > 0 else "")
+    built_auto = bool(grouping.get("auto"))
+    built = ("auto" if built_auto else float(grouping.get("threshold", 0.0)),
+             grouping.get("tokenizer", config.metric.tokenizer))
+    wanted = ("auto" if is_auto(config) else float(config.cv.near_duplicates), config.metric.tokenizer)
+    if built[0] != wanted[0] or (wanted[0] != 0 and built[1] != wanted[1]):
+        def setting(value, tokenizer):
+            shown = '"auto"' if value == "auto" else f"{value:g}"
+            return f"near_duplicates = {shown}" + (f" on {tokenizer} tokens" if value != 0 else "")
+        said, now = setting(*built), setting(*wanted)
         raise FoldMismatch(f"{json_path} was built with {said} but [cv]/[metric] now say {now}: set them back, or "
                            f"rebuild with `competition folds build --force` (it invalidates runs/)")
     if info.get("data_sha256") != rows_sha256(train_rows):

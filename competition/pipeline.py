@@ -65,7 +65,7 @@ def run_pipeline(config: Config, data_dir: str | Path | None = None, require_all
         echo(f"[2/6] folds: {folds_path} matches the data")
         built = False
     else:
-        folds.build_folds(config, folds.labelled_rows(config, data))
+        folds.build_folds(config, folds.labelled_rows(config, data), test=data.test)
         echo(f"[2/6] folds: built {folds_path} (k={config.cv.k}, strategy {config.cv.strategy})")
         built = True
 

@@ -180,6 +180,25 @@ def matched_weights(oof_similarity: np.ndarray, test_similarity: np.ndarray, bin
     return weights, info
 
 
+def objective_weights(config, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
+                      test: pd.DataFrame, fnames) -> np.ndarray | None:
+    """Per-row weights of the CV objective for the labelled rows `fnames`: None (every row counts
+    the same) for [cv] objective = "oof", else the test-matched weights, the same as cv's
+    test-matched final gives those rows, so every choice maximises the score cv ranks by."""
+    if config.cv.objective != "test_matched":
+        return None
+    profile = workspace_profile(config, folds, labelled, dev, test)
+    weights, _ = matched_weights(profile.oof.reindex(list(fnames)).fillna(0.0).to_numpy(), profile.test.to_numpy())
+    return weights
+
+
+def weighted_mean(values: np.ndarray, row_weights: np.ndarray | None, axis: int = 0):
+    """Mean over rows (`axis`), each row weighted by `row_weights` (None: plain mean)."""
+    if row_weights is None or not len(row_weights) or row_weights.sum() <= 0:
+        return values.mean(axis=axis)
+    return np.average(values, axis=axis, weights=row_weights)
+
+
 def plot_nearest(values: dict[str, np.ndarray], path: str | Path, threshold: float = 0.0,
                  title: str = "Nearest-neighbour similarity") -> Path:
     """A PNG with one cumulative curve per set of nearest-neighbour cosines (x: cosine, y: share of

@@ -47,20 +47,12 @@ class Nearest:
     position: np.ndarray
     pairs: np.ndarray  # shape (n, 2) int64
     pair_similarity: np.ndarray
+    neighbours: np.ndarray | None = None  # (queries, m) positions of the m best targets, best first; -1 = none
+    neighbour_similarity: np.ndarray | None = None  # their cosines
 
 
-def nearest(queries: sparse.csr_matrix, targets: sparse.csr_matrix, query_groups: np.ndarray | None = None,
-            target_groups: np.ndarray | None = None, threshold: float | None = None) -> Nearest:
-    """For each query row, its most similar target row outside its own group (groups None: any
-    target); with `threshold`, also every such pair whose cosine is at least it."""
-    if (query_groups is None) != (target_groups is None):
-        raise ValueError("give both query_groups and target_groups, or neither")
-    count = queries.shape[0]
-    best = np.zeros(count, dtype=np.float32)
-    where = np.full(count, -1, dtype=np.int64)
-    pairs, pair_similarity = [], []
-    if count == 0 or targets.shape[0] == 0:
-        return Nearest(best, where, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32))
+def _similarity_blocks(queries: sparse.csr_matrix, targets: sparse.csr_matrix):
+    """(start, stop, dense block of cosines queries[start:stop] x targets), BLOCK_ROWS queries at a time."""
     # The most frequent words link nearly every pair of dialogues, so the sparse product is dense
     # anyway: their columns go through a dense BLAS product, the long tail through a sparse one
     # (4x faster than either alone on 12k English dialogues).
@@ -70,10 +62,32 @@ def nearest(queries: sparse.csr_matrix, targets: sparse.csr_matrix, query_groups
     targets_rare = targets[:, rare].T.tocsr()
     queries_dense = queries[:, frequent].toarray()
     queries_rare = queries[:, rare].tocsr()
-    for start in range(0, count, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, count)
+    for start in range(0, queries.shape[0], BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, queries.shape[0])
         block = queries_dense[start:stop] @ targets_dense.T
         block += (queries_rare[start:stop] @ targets_rare).toarray()
+        yield start, stop, block
+
+
+def nearest(queries: sparse.csr_matrix, targets: sparse.csr_matrix, query_groups: np.ndarray | None = None,
+            target_groups: np.ndarray | None = None, threshold: float | None = None,
+            neighbours: int = 0) -> Nearest:
+    """For each query row, its most similar target row outside its own group (groups None: any
+    target); with `threshold`, also every such pair whose cosine is at least it; with `neighbours`
+    = m, also each query's m most similar allowed targets, best first (Nearest.neighbours)."""
+    if (query_groups is None) != (target_groups is None):
+        raise ValueError("give both query_groups and target_groups, or neither")
+    count = queries.shape[0]
+    best = np.zeros(count, dtype=np.float32)
+    where = np.full(count, -1, dtype=np.int64)
+    pairs, pair_similarity = [], []
+    width = min(neighbours, targets.shape[0])
+    top = np.full((count, width), -1, dtype=np.int64)
+    top_similarity = np.zeros((count, width), dtype=np.float32)
+    if count == 0 or targets.shape[0] == 0:
+        return Nearest(best, where, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32),
+                       top, top_similarity)
+    for start, stop, block in _similarity_blocks(queries, targets):
         if query_groups is not None:
             block[query_groups[start:stop, None] == target_groups[None, :]] = -1.0
         found = block.argmax(axis=1)
@@ -85,17 +99,28 @@ def nearest(queries: sparse.csr_matrix, targets: sparse.csr_matrix, query_groups
             rows, columns = np.nonzero(block >= threshold)
             pairs.append(np.stack([rows + start, columns], axis=1))
             pair_similarity.append(block[rows, columns])
+        if width:
+            # The m best in any order, then sorted: best first, the lower position first on ties.
+            chosen = np.argpartition(-block, width - 1, axis=1)[:, :width]
+            values = np.take_along_axis(block, chosen, axis=1)
+            order = np.lexsort((chosen, -values), axis=1)
+            chosen, values = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(values, order, axis=1)
+            top[start:stop] = np.where(values > -1.0, chosen, -1)
+            top_similarity[start:stop] = np.where(values > -1.0, values, 0.0)
     if pairs:
-        return Nearest(best, where, np.concatenate(pairs).astype(np.int64), np.concatenate(pair_similarity))
-    return Nearest(best, where, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32))
+        return Nearest(best, where, np.concatenate(pairs).astype(np.int64), np.concatenate(pair_similarity),
+                       top, top_similarity)
+    return Nearest(best, where, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32), top, top_similarity)
 
 
-def self_nearest(vectors: sparse.csr_matrix, threshold: float | None = None) -> Nearest:
-    """Each row's most similar other row (and pairs at or above `threshold`, each once: i < j)."""
+def self_nearest(vectors: sparse.csr_matrix, threshold: float | None = None, neighbours: int = 0) -> Nearest:
+    """Each row's most similar other row (and pairs at or above `threshold`, each once: i < j;
+    and with `neighbours`, its m most similar other rows)."""
     own = np.arange(vectors.shape[0])
-    found = nearest(vectors, vectors, own, own, threshold)
+    found = nearest(vectors, vectors, own, own, threshold, neighbours)
     keep = found.pairs[:, 0] < found.pairs[:, 1]
-    return Nearest(found.similarity, found.position, found.pairs[keep], found.pair_similarity[keep])
+    return Nearest(found.similarity, found.position, found.pairs[keep], found.pair_similarity[keep],
+                   found.neighbours, found.neighbour_similarity)
 
 
 def components(count: int, pairs: np.ndarray) -> np.ndarray:

@@ -267,7 +267,7 @@ def test_cv_values_are_checked_at_load_for_every_command(tmp_path, cli):
     message = config_error(tmp_path, "[cv]\nk = -3\nbootstrap = -5\nnear_duplicates = 1.5\npick_by = \"public\"\n")
     assert "[cv] k = -3: use at least 2 folds" in message
     assert "[cv] bootstrap = -5: use at least 100 resamples, or 0 for no intervals" in message
-    assert "[cv] near_duplicates = 1.5: choose a cosine in (0, 1], or 0 for off" in message
+    assert "[cv] near_duplicates = 1.5: choose \"auto\", a cosine in (0, 1], or 0 for off" in message
     assert "[cv] pick_by = 'public': choose test_matched or oof" in message
     assert "bootstrap = 50" in config_error(tmp_path, "[cv]\nbootstrap = 50\n")
     (tmp_path / "competition.toml").write_text("[cv]\nk = 1\n", encoding="utf-8")

@@ -255,3 +255,114 @@ def test_english_plain_length_folds_stratify_exactly(shared_data):
         share = np.histogram(mine, bins=[0, *quartiles, lengths.max() + 1])[0] / len(mine)
         assert np.all(np.abs(share - 0.25) < 0.01), (fold, share)
         assert abs(np.median(mine) - np.median(lengths)) < 0.02 * np.median(lengths)
+
+
+# -- near_duplicates = "auto" ---------------------------------------------------------------------
+def _words(start: int, count: int) -> list[str]:
+    return [f"w{i}" for i in range(start, start + count)]
+
+
+def planted_neighbourhood() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test on whitespace tokens with planted cosines: 40 unrelated dialogues, 4 copies
+    (cosine ~0.94), 6 pairs at ~0.82 and 6 at ~0.6; 30 unrelated test rows and 4 that share 14 of
+    a train dialogue's 20 words (cosine ~0.84 to it, the test's close neighbours)."""
+    train, test, word = [], [], 0
+
+    def add(rows, tokens, prefix):
+        rows.append((f"{prefix}{len(rows)}", " ".join(tokens), "s " + tokens[0], "t"))
+
+    for _ in range(40):
+        add(train, _words(word, 20), "r")
+        word += 20
+    for shared in [19] * 4 + [17] * 6 + [13] * 6:  # the pair shares `shared` of its 20 words
+        first = _words(word, 20)
+        add(train, first, "r")
+        add(train, first[:shared] + _words(word + 20, 20 - shared), "r")
+        word += 40
+    for _ in range(30):
+        add(test, _words(word, 20), "x")
+        word += 20
+    for source in range(4):  # 14 words of train row r<source>, 6 unseen ones (dropped: not in train)
+        add(test, train[source][1].split()[:14] + _words(word, 6), "x")
+        word += 6
+    columns = ["fname", "dialogue", "summary", "topic"]
+    return pd.DataFrame(train, columns=columns), pd.DataFrame(test, columns=columns)
+
+
+def _hand_trial(vectors, test_vectors, rows, threshold):
+    """Everything calibrate_threshold does, the obvious slow way: dense cosines, clusters by
+    union-find, each row's best cosine to the other folds, the binned ratio weights."""
+    cosine = (vectors @ vectors.T).toarray()
+    np.fill_diagonal(cosine, -1)
+    parent = list(range(len(rows)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(cosine >= threshold, 1))):
+        parent[root(i)] = root(j)
+    clusters = np.array([root(i) for i in range(len(rows))])
+    fold = assign_folds(rows, 3, 42, "length", clusters)["fold"].to_numpy()
+    oof = np.where(fold[:, None] != fold[None, :], cosine, -1).max(axis=1)
+    test = (test_vectors @ vectors.T).toarray().max(axis=1)
+    oof_bins = np.minimum((oof * 10).astype(int), 9)
+    test_bins = np.minimum((test * 10).astype(int), 9)
+    oof_share = np.bincount(oof_bins, minlength=10) / len(oof)
+    test_share = np.bincount(test_bins, minlength=10) / len(test)
+    weights = np.array([min(test_share[b] / oof_share[b], 10.0) for b in oof_bins])
+    return test_share[oof_share == 0].sum(), weights.sum() ** 2 / (weights ** 2).sum()
+
+
+def test_auto_threshold_picks_what_a_hand_computation_picks(tmp_path):
+    from competition.similarity import tfidf_vectors
+
+    train, test = planted_neighbourhood()
+    root = write_workspace(tmp_path, train, test, config='[metric]\ntokenizer = "whitespace"\n[cv]\nk = 3\n')
+    config = load_config(root / "competition.toml")
+    info = build_folds(config, train)
+    grid = {trial["threshold"]: trial for trial in info["near_duplicates"]["grid"]}
+    vectors, test_vectors = tfidf_vectors(list(train["dialogue"]), "whitespace", list(test["dialogue"]))
+    by_hand = {threshold: _hand_trial(vectors, test_vectors, train, threshold) for threshold in grid}
+    for threshold, (unmatched, ess) in by_hand.items():
+        assert grid[threshold]["unmatched_test_share"] == pytest.approx(unmatched, abs=1e-6)
+        assert grid[threshold]["ess"] == pytest.approx(ess, rel=1e-4)
+    # The rule by hand: the largest ESS among thresholds leaving <= 2% unmatched, ties to the lower.
+    fitting = [t for t, (unmatched, _) in by_hand.items() if unmatched <= 0.02]
+    expected = max(fitting, key=lambda t: (round(by_hand[t][1], 6), -t))
+    # Below 0.85 the ~0.82 pairs share a fold, so the test's 4 close rows (12%) have no CV row
+    # like them; 0.85 and 0.9 make the same folds and the tie goes to the lower one.
+    assert expected == 0.85 and info["near_duplicates"]["threshold"] == 0.85
+    assert by_hand[0.8][0] == pytest.approx(4 / 34)
+    stored = json.loads((root / "folds" / "folds.json").read_text(encoding="utf-8"))
+    assert stored["near_duplicates"]["auto"] is True and stored["near_duplicates"]["threshold"] == 0.85
+    # The 0.94 copies stay together whatever is chosen; folds are the same on a second build.
+    fold = pd.read_csv(root / "folds" / "folds.csv").set_index("fname")["fold"]
+    for pair in range(4):
+        first, second = 40 + 2 * pair, 41 + 2 * pair
+        assert fold[f"r{first}"] == fold[f"r{second}"]
+    assert build_folds(config, train)["changed"] is False
+
+
+def test_choose_threshold_weighs_unmatched_mass_before_ess():
+    from competition.folds import ThresholdTrial, choose_threshold
+
+    def trial(threshold, unmatched, ess):
+        return ThresholdTrial(threshold, unmatched, ess, 0.5, 0.1, 1, 2)
+
+    # "Least unmatched" alone would take 0.9; the largest ESS alone 0.5 (which leaves 11% unmatched).
+    trials = [trial(0.5, 0.11, 12346), trial(0.7, 0.04, 12283), trial(0.8, 0.015, 12000), trial(0.9, 0.0, 11753)]
+    assert choose_threshold(trials).threshold == 0.8
+    assert choose_threshold([trial(0.5, 0.2, 100), trial(0.6, 0.1, 50)]).threshold == 0.6  # none fits: least unmatched
+
+
+def test_auto_folds_are_checked_as_auto(tmp_path):
+    train, test = planted_neighbourhood()
+    root = write_workspace(tmp_path, train, test, config='[metric]\ntokenizer = "whitespace"\n[cv]\nk = 3\n')
+    config = load_config(root / "competition.toml")
+    build_folds(config, train)
+    assert len(check_folds(config, train)) == len(train)
+    config.cv.near_duplicates = 0.85  # the number auto chose, but asked for as a number: another setting
+    with pytest.raises(FoldMismatch, match=r'near_duplicates = "auto" on whitespace tokens but .* near_duplicates = 0.85'):
+        check_folds(config, train)

@@ -98,7 +98,7 @@ def test_threshold_zero_reproduces_the_folds_of_before(shared_data, tmp_path):
 def test_folds_record_grouping_and_refuse_another_threshold(tmp_path):
     rows = planted_rows()
     test = rows.head(3).assign(fname=lambda f: "test_" + f["fname"])
-    root = write_workspace(tmp_path, rows, test, config="[cv]\nk = 3\n")
+    root = write_workspace(tmp_path, rows, test, config="[cv]\nk = 3\nnear_duplicates = 0.5\n")
     config = load_config(root / "competition.toml")
     info = build_folds(config, rows)
     stored = json.loads((root / "folds" / "folds.json").read_text(encoding="utf-8"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..cv import leaderboard
+from ..folds import grouping_threshold
 from ..validation import fold_curves, plot_curves
 from .common import json_option, png_option, print_json, table, with_config
 
@@ -37,7 +38,7 @@ def _footnote(config, board: list[dict]) -> str:
     novel = next((e for e in board if e.get("dev_novel_rows") is not None), None)
     if novel is not None:
         lines.append(f"dev novel: the {novel['dev_novel_rows']} dev rows with no train dialogue at cosine >= "
-                     f"{config.cv.near_duplicates:g}.")
+                     f"{grouping_threshold(config, unbuilt=0.0):g}.")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..data import describe, load_from_config
+from ..folds import AUTO_GRID, grouping_threshold
 from ..shift import duplicate_report, exact_duplicates, plot_nearest
 from .common import json_option, nearest_table, png_option, print_json, table, with_config
 
@@ -55,7 +56,8 @@ def check(config, data_dir, no_tokens, plot_path, as_json) -> None:
     within train, and how close train is to itself against how close dev and test are to train.
 
     Similarity is the TF-IDF cosine of dialogues on the metric's tokens (Kiwi morphemes for Korean)
-    to the nearest train dialogue; clusters use [cv] near_duplicates. A train set much closer to
+    to the nearest train dialogue; clusters use [cv] near_duplicates (with "auto", the threshold
+    `folds build` chose, or 0.5 before folds exist). A train set much closer to
     itself than the test is to train is what makes plain folds overstate CV.
 
     Example: competition data check --data data/ --plot similarity.png
@@ -68,10 +70,12 @@ def check(config, data_dir, no_tokens, plot_path, as_json) -> None:
     if no_tokens:
         summary["duplicates"] = {"exact_duplicates": exact_duplicates(data.train)}
     else:
+        # "auto": the threshold `folds build` chose, or before it the lowest it tries.
+        threshold = grouping_threshold(config, unbuilt=AUTO_GRID[0])
         summary["duplicates"], values = duplicate_report(data.train, data.dev, data.test, config.metric.tokenizer,
-                                                         config.cv.near_duplicates)
+                                                         threshold)
         if plot_path:
-            summary["plot"] = str(plot_nearest(values, plot_path, config.cv.near_duplicates))
+            summary["plot"] = str(plot_nearest(values, plot_path, threshold))
     if as_json:
         print_json(summary)
         return

@@ -8,7 +8,7 @@ import click
 from ..data import load_from_config
 from ..folds import build_folds, labelled_rows, load_folds
 from ..shift import workspace_profile
-from .common import json_option, nearest_table, print_json, with_config
+from .common import json_option, nearest_table, print_json, table, with_config
 
 
 @click.group("folds")
@@ -44,7 +44,7 @@ def build(config, k, seed, strategy, include_dev, force, data_dir, as_json) -> N
         config.cv.include_dev = True
     data = load_from_config(config, data_dir)
     rows = labelled_rows(config, data)
-    info = build_folds(config, rows, k=k, seed=seed, strategy=strategy, force=force)
+    info = build_folds(config, rows, k=k, seed=seed, strategy=strategy, force=force, test=data.test)
     dev = data.dev if data.dev is not None and not config.cv.include_dev else None
     info["nearest"] = workspace_profile(config, load_folds(config), rows, dev, data.test).summary()
     if as_json:
@@ -55,12 +55,26 @@ def build(config, k, seed, strategy, include_dev, force, data_dir, as_json) -> N
                f"strategy {info['strategy']}{', dev included' if info['include_dev'] else ''})")
     click.echo("rows per fold: " + ", ".join(f"{fold}: {n}" for fold, n in enumerate(info["rows_per_fold"])))
     grouping = info.get("near_duplicates")
+    if grouping and grouping.get("auto"):
+        click.echo(calibration_table(grouping))
     if grouping:
         click.echo(f"near-duplicates (cosine >= {grouping['threshold']:g}) kept together: {grouping['clusters']:,} "
                    f"cluster(s) holding {grouping['rows_in_clusters']:,} rows, largest {grouping['largest']}")
     else:
         click.echo("near-duplicates not grouped ([cv] near_duplicates = 0): CV may overstate what the test pays")
     click.echo(nearest_table(info["nearest"]))
+
+
+def calibration_table(grouping: dict) -> str:
+    """The auto grid as `folds build` prints it: per threshold, how the CV rows' similarity to their
+    training folds compares with the test's to train, and which one was kept."""
+    rows = [[("* " if trial["threshold"] == grouping["threshold"] else "  ") + f"{trial['threshold']:g}",
+             f"{100 * trial['unmatched_test_share']:.1f}%", f"{trial['ess']:,.0f}", f"{trial['oof_p95']:.2f}",
+             f"{100 * trial['oof_share_at_least_0_5']:.1f}%", f"{trial['clusters']:,}"]
+            for trial in grouping["grid"]]
+    headers = ["threshold", "test unmatched", "test-matched ESS", "CV p95", "CV >= 0.5", "clusters"]
+    return (f'near_duplicates = "auto": {grouping["rule"]}\n' + table(rows, headers)
+            + f"\nchosen: {grouping['threshold']:g}")
 
 
 def register(main: click.Group) -> None:
