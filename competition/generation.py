@@ -23,6 +23,7 @@ class GenerationReport:
     cut_by_max_new_tokens: int = 0
     empty_to_lead: int = 0
     inputs_truncated: int = 0
+    new_tokens: int = 0  # tokens generated, up to and including each row's end of sequence
     extra: dict = field(default_factory=dict)
 
 
@@ -104,18 +105,22 @@ def generate(model, tokenizer, texts: list[str], params, *, encoder_decoder: boo
     results: list[tuple[str, bool] | None] = [None] * len(texts)
     model.eval()
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in show_progress(batches, desc="generate", unit="batches", enabled=progress):
-        padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
-        padded = {key: value.to(device) for key, value in padded.items()}
-        with torch.inference_mode():
-            output = model.generate(**padded, **kwargs)
-        new_tokens = output if encoder_decoder else output[:, padded["input_ids"].shape[1]:]
-        for row, tokens in zip(batch, new_tokens.tolist()):
-            if encoder_decoder and tokens and tokens[0] == model.config.decoder_start_token_id:
-                tokens = tokens[1:]
-            ended = any(token in eos_ids for token in tokens)
-            cut = not ended and len(tokens) >= params.max_new_tokens
-            results[row] = (tokenizer.decode(tokens, skip_special_tokens=True), cut)
+    with show_progress(desc="generate", total=len(texts), unit="rows", enabled=progress) as bar:
+        for batch in batches:
+            padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+            padded = {key: value.to(device) for key, value in padded.items()}
+            with torch.inference_mode():
+                output = model.generate(**padded, **kwargs)
+            new_tokens = output if encoder_decoder else output[:, padded["input_ids"].shape[1]:]
+            for row, tokens in zip(batch, new_tokens.tolist()):
+                if encoder_decoder and tokens and tokens[0] == model.config.decoder_start_token_id:
+                    tokens = tokens[1:]
+                ends = [at for at, token in enumerate(tokens) if token in eos_ids]
+                ended = bool(ends)
+                report.new_tokens += ends[0] + 1 if ends else len(tokens)
+                cut = not ended and len(tokens) >= params.max_new_tokens
+                results[row] = (tokenizer.decode(tokens, skip_special_tokens=True), cut)
+            bar.update(len(batch))  # rows, not batches: the longest batches come first, so rows/s rises as it goes
     report.rows += len(texts)
     return results  # type: ignore[return-value]
 

@@ -19,6 +19,7 @@ from .data import rows_sha256
 from .errors import ConfigError
 from .modeling import is_main_process, launched_distributed, world_size
 from .predictions import atomic_write_json, read_meta
+from .progress import progress
 from .provenance import params_models
 from .validation import validation_arguments
 
@@ -69,7 +70,8 @@ def training_arguments(args_class: type, params, workdir: Path, seed: int, devic
         activation_checkpointing=params.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if params.group_by_length else "random",
         max_grad_norm=params.max_grad_norm, weight_decay=params.weight_decay,
-        report_to="none", dataloader_pin_memory=device == "cuda")
+        report_to="none", dataloader_pin_memory=device == "cuda",
+        disable_tqdm=True)  # show_training_progress reports instead, as generation does
     if params.optim:  # "" keeps transformers' own default
         common["optim"] = params.optim
     return args_class(**{**common, **validation_arguments(params, validating), **kind_arguments})
@@ -182,6 +184,49 @@ def check_mergeable(trainer) -> None:
     if sharded(trainer):
         raise ConfigError("use_lora = true (merged when saved) cannot be trained under FSDP or DeepSpeed ZeRO-3, "
                           "which shard the weights: use DDP (accelerate_config = \"\"), ZeRO-1/2, or use_lora = false")
+
+
+def training_progress_callback(desc: str = "training"):
+    """A TrainerCallback that reports steps done/total, the time left and the last logged loss
+    through competition.progress (a bar on a terminal, a line about every 30 s in a log), on the
+    main process only."""
+    from transformers import TrainerCallback
+
+    class TrainingProgress(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                # a resumed training starts at its checkpoint's step; the rate counts this run's steps only
+                self.bar = progress(desc=desc, total=state.max_steps, unit="steps", initial=state.global_step)
+                self.step = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.step)
+                self.step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix_str(f"loss {logs['loss']:.4g}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TrainingProgress()
+
+
+def show_training_progress(trainer, desc: str = "training") -> None:
+    """Replace the trainer's own progress output (a tqdm bar whose carriage returns fill a log, or
+    with disable_tqdm a printed dict per log) with training_progress_callback."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(training_progress_callback(desc))
 
 
 def trainer_report(trainer, fingerprint: str, resumed_from: int, **counts) -> dict:

@@ -109,3 +109,40 @@ def test_an_augmented_fname_clash_is_refused_before_any_fold_runs(tmp_path, kore
     assert cli(["run", "retrieval"], cwd=root).exit_code == 0
     assert sorted(p.name for p in (root / "runs" / "retrieval").glob("fold_*")) == ["fold_0", "fold_1", "fold_2"]
 
+
+
+def test_each_stage_of_a_fold_names_its_progress(tmp_path, korean_rows, monkeypatch, capsys):
+    """`run` says which fold and stage long work belongs to (training, OOF, test, dev), and the
+    refit model's stages say "refit": a model's bars read "NAME fold K OOF generate: 40/150 rows"."""
+    from competition.candidates.retrieval import RetrievalCandidate
+    from competition.progress import progress
+
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    dev = korean_rows.head(3).assign(fname=lambda f: "dev_" + f["fname"])
+    root = write_workspace(tmp_path, korean_rows, test, dev, (
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 2\nbootstrap = 100\ntest_strategy = "refit"\n\n'
+        '[candidates.retrieval]\nkind = "retrieval"\n'))
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+    original_fit, original_predict = RetrievalCandidate.fit, RetrievalCandidate.predict
+
+    def fit_with_a_bar(self, train_rows, fold):
+        with progress(total=1, desc="training", unit="steps") as bar:
+            bar.update(1)
+        return original_fit(self, train_rows, fold)
+
+    def predict_with_a_bar(self, rows):
+        with progress(total=len(rows), desc="generate") as bar:
+            bar.update(len(rows))
+        return original_predict(self, rows)
+
+    monkeypatch.setattr(RetrievalCandidate, "fit", fit_with_a_bar)
+    monkeypatch.setattr(RetrievalCandidate, "predict", predict_with_a_bar)
+    capsys.readouterr()
+    run_candidates(config, ["retrieval"], progress=False)
+    named = [line.split(":")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("retrieval ")]
+    assert named == ["retrieval fold 0 training", "retrieval fold 0 OOF generate", "retrieval fold 0 test generate",
+                     "retrieval fold 0 dev generate",
+                     "retrieval fold 1 training", "retrieval fold 1 OOF generate", "retrieval fold 1 test generate",
+                     "retrieval fold 1 dev generate",
+                     "retrieval refit training", "retrieval refit test generate", "retrieval refit dev generate"]

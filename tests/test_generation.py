@@ -49,3 +49,26 @@ def test_sorted_batched_generation_equals_one_by_one(tiny_causal_lm, korean_rows
     single = generate(model, tokenizer, texts, params, batch_size=1, sort_by_length=False, progress=False)
     assert batched == single
     assert all(cut for _, cut in batched)  # a random model never says EOS within 8 tokens
+
+
+@pytest.mark.slow
+def test_generation_reports_rows_done_of_total_and_counts_new_tokens(tiny_causal_lm, korean_rows, monkeypatch,
+                                                                      capsys):
+    """Progress in rows (not batches: "10 batches ... 0.0 batches/s" said nothing a person could use),
+    a line per interval off a terminal; the report counts the tokens generated."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from competition import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    texts = [render(tokenizer, build_messages(PromptTemplate(), d)) for d in korean_rows["dialogue"].head(5)]
+    report = GenerationReport()
+    capsys.readouterr()
+    generate(model, tokenizer, texts, PromptParams(max_new_tokens=4), batch_size=2, report=report)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines[:3]] == ["generate: 2/5 rows", "generate: 4/5 rows",
+                                                          "generate: 5/5 rows"]
+    assert all(line.endswith(" left") for line in lines[:3]) and lines[3].startswith("generate: 5 rows in ")
+    assert report.new_tokens == 5 * 4  # a random model never says EOS within 4 tokens

@@ -157,3 +157,48 @@ def test_weights_cut_off_from_their_report_are_trained_again(tiny_causal_lm, kor
     again.fit(rows, fold=0)
     assert trained == [params_a, params_b, params_a]
     assert json.loads((tmp_path / "work" / "train.json").read_text())["fingerprint"] == again.train_report["fingerprint"]
+
+
+def test_training_progress_reports_steps_loss_and_time_left_through_the_progress_module(monkeypatch, capsys):
+    """Off a terminal: a line per interval with steps done/total, the rate, the time left and the
+    last loss; only the main process reports; a resumed training counts from its checkpoint's step."""
+    from competition import progress
+    from competition.training import training_progress_callback
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    callback = training_progress_callback("smol fold 0 training")
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=40, global_step=10)
+    callback.on_train_begin(None, state, None)
+    state.global_step = 11
+    callback.on_log(None, state, None, logs={"loss": 1.6234567, "learning_rate": 1e-3})
+    callback.on_step_end(None, state, None)
+    callback.on_train_end(None, state, None)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("smol fold 0 training: 11/40 steps, ") and lines[0].endswith(" left; loss 1.623")
+    assert lines[1].startswith("smol fold 0 training: 11 steps in ")
+
+    other_rank = training_progress_callback()
+    state = SimpleNamespace(is_world_process_zero=False, max_steps=40, global_step=0)
+    for event in ("on_train_begin", "on_step_end", "on_log", "on_train_end"):
+        getattr(other_rank, event)(None, state, None, logs={"loss": 1.0})
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_a_training_reports_through_progress_not_the_trainers_own_bar_or_dicts(tiny_causal_lm, korean_rows, tmp_path,
+                                                                              monkeypatch, capfd):
+    from competition import progress
+    from competition.candidates.qlora import Params, QLoRACandidate
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    params = Params(model=str(tiny_causal_lm), quantization="none", max_steps=2, batch_size=4, logging_steps=1,
+                    save_steps=10, max_length=512, gradient_checkpointing=False)
+    candidate = QLoRACandidate("tiny", params, tmp_path / "work")
+    with progress.stage("tiny fold 0"):
+        candidate.fit(korean_rows.head(8), fold=0)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tiny fold 0 training: ")]
+    assert lines[0].startswith("tiny fold 0 training: 1/2 steps, ") and "; loss " in lines[-2]
+    assert lines[-1].startswith("tiny fold 0 training: 2 steps in ")
+    # transformers' own output: PrinterCallback's dicts (disable_tqdm), ProgressCallback's bar
+    assert "{'loss'" not in err and "{'train_runtime'" not in err and "| 2/2 [" not in err

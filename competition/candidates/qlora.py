@@ -18,8 +18,8 @@ from ..generation import GenerationReport, finish, generate
 from ..modeling import (is_main_process, load_causal_lm, load_tokenizer, lora_model, merged_causal_lm, resolve_device,
                         rows_kept_apart)
 from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
-from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training, trainer_report,
-                        trainer_state_step, training_arguments)
+from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
+                        show_training_progress, trainer_report, trainer_state_step, training_arguments)
 from ..validation import callbacks as validation_callbacks
 from ..validation import validation_inputs, validation_report, validation_split
 from . import prompt
@@ -107,7 +107,7 @@ class QLoRACandidate(PromptCandidate):
             activation_checkpointing_kwargs={"use_reentrant": False},
             max_length=None if unpacked_padding_free else params.max_length,
             packing=params.packing, padding_free=params.padding_free,
-            neftune_noise_alpha=params.neftune_noise_alpha or None, completion_only_loss=True, disable_tqdm=False)
+            neftune_noise_alpha=params.neftune_noise_alpha or None, completion_only_loss=True)
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         fingerprint, done = finished_fit(self, train_rows)
@@ -176,6 +176,7 @@ class QLoRACandidate(PromptCandidate):
                              processing_class=tokenizer,
                              callbacks=[*validation_callbacks(params, summarise, references, self.metric),
                                         *self.callbacks] if eval_pairs else list(self.callbacks))
+        show_training_progress(trainer)
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)
         report = trainer_report(trainer, fingerprint, resumed_from, train_rows=len(pairs), dropped_too_long=dropped,

@@ -19,7 +19,7 @@ from ..modeling import (attention_arguments, compute_dtype, load_error, load_tok
                         resolve_device)
 from ..prompts import DEFAULT_MARKER
 from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
-                        trainer_report, trainer_state_step, training_arguments)
+                        show_training_progress, trainer_report, trainer_state_step, training_arguments)
 from ..validation import callbacks as validation_callbacks
 from ..validation import validation_inputs, validation_report, validation_split
 from .base import Candidate
@@ -190,6 +190,7 @@ class Seq2SeqCandidate(Candidate):
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
                                  callbacks=[*(validation_callbacks(params, summarise, references, self.metric)
                                               if validating else []), *self.callbacks])
+        show_training_progress(trainer)
         if params.use_lora:
             check_mergeable(trainer)  # before training, not after hours of it
         resumed_from = trainer_state_step(last) if last else 0
