@@ -119,3 +119,58 @@ def test_score_cli_counts_empty_predictions_and_strict_refuses_them(cli, tmp_pat
     strict = cli(["score", predictions, "--refs", refs, "--tokenizer", "whitespace", "--strict"], cwd=tmp_path)
     assert strict.exit_code == 2 and "3 of 12 predictions are empty (e.g. f_1, f_4, f_6)" in strict.output
 
+
+
+@pytest.fixture
+def lead_workspace(tmp_path, korean_rows, cli):
+    """12 Korean rows in 3 folds, lead run on every fold (whitespace tokens keep it quick)."""
+    from conftest import write_workspace
+
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    root = write_workspace(tmp_path, korean_rows, test, None, config=(
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 100\n\n'
+        '[candidates.lead]\nkind = "lead"\nmax_turns = 2\n'))
+    for command in (["folds", "build"], ["run", "lead"]):
+        assert cli(command, cwd=root).exit_code == 0
+    return root
+
+
+def test_one_fold_scores_the_rows_it_covers_when_asked(cli, lead_workspace, korean_rows):
+    """Issue 25.4. Before: the guide's `score runs/lead/fold_0/oof.csv --refs data/train.csv` failed
+    with "N reference id(s) have no prediction" and no way to score just those rows."""
+    fold_0 = pd.read_csv(lead_workspace / "runs" / "lead" / "fold_0" / "oof.csv", dtype=str, keep_default_na=False)
+    args = ["score", "runs/lead/fold_0/oof.csv", "--refs", "data/train.csv", "--by", "topic"]
+    refused = cli(args, cwd=lead_workspace)
+    left_out = len(korean_rows) - len(fold_0)
+    assert refused.exit_code == 2 and f"{left_out} reference id(s) have no prediction" in refused.output
+    assert f"pass --subset to score only the {len(fold_0)} reference rows predicted" in refused.output
+    result = cli(args + ["--subset", "--json"], cwd=lead_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rows"] == len(fold_0) and report["left_out"] == left_out
+    assert f"{left_out} reference rows have no prediction and were left out" in result.stderr
+    covered = korean_rows[korean_rows["fname"].isin(fold_0["fname"])]
+    expected = RougeScorer("whitespace", "official").score(
+        fold_0.set_index("fname").loc[covered["fname"], "summary"].tolist(), references(covered))
+    assert report["final"] == pytest.approx(expected.final, abs=1e-9)
+    assert sum(part["rows"] for part in report["by"].values()) == len(fold_0)
+    extra = lead_workspace / "extra.csv"
+    pd.concat([fold_0, pd.DataFrame({"fname": ["zz_1"], "summary": ["요약"]})]).to_csv(extra, index=False)
+    still_refused = cli(["score", extra, "--refs", "data/train.csv", "--subset"], cwd=lead_workspace)
+    assert still_refused.exit_code == 2 and "1 predicted id(s) are not in" in still_refused.output
+
+
+def test_a_source_name_scores_its_whole_oof_as_cv_does(cli, lead_workspace, korean_rows):
+    """Issue 25.4: `competition score NAME` is the source's OOF, every fold, as one file."""
+    result = cli(["score", "lead", "--json"], cwd=lead_workspace)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    board = {entry["name"]: entry for entry in json.loads(cli(["cv", "--json"], cwd=lead_workspace).stdout)}
+    assert report["rows"] == len(korean_rows) and report["left_out"] == 0
+    assert report["final"] == pytest.approx(board["lead"]["oof"]["final"], abs=1e-9)
+    table = cli(["score", "lead", "--by", "topic"], cwd=lead_workspace)
+    assert table.exit_code == 0 and korean_rows["topic"].iloc[0] in table.output
+    unknown = cli(["score", "leed"], cwd=lead_workspace)
+    assert unknown.exit_code == 2 and "neither a file nor a source under runs/ (sources: lead)" in unknown.output
+    no_refs = cli(["score", "runs/lead/fold_0/oof.csv"], cwd=lead_workspace)
+    assert no_refs.exit_code == 2 and "--refs" in no_refs.output

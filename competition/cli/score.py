@@ -1,17 +1,25 @@
-"""`competition score PRED.csv --refs REFS.csv`."""
+"""`competition score PRED.csv --refs REFS.csv` and `competition score NAME` (a source's whole OOF)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from ..choices import CONVENTIONS, MULTI_REF_RULES
-from ..scoring import score_files
+from ..errors import ConfigError
+from ..predictions import list_sources
+from ..scoring import score_files, score_source
 from .common import json_option, print_json, table, with_config
 
 
 @click.command("score")
-@click.argument("predictions", type=click.Path(dir_okay=False))
-@click.option("--refs", "references", required=True, type=click.Path(dir_okay=False),
-              help="CSV or JSONL with fname and summary (or summary1..N) columns.")
+@click.argument("predictions")
+@click.option("--refs", "references", default=None, type=click.Path(dir_okay=False),
+              help="CSV or JSONL with fname and summary (or summary1..N) columns (default for a source NAME: the "
+                   "workspace's labelled rows).")
+@click.option("--subset", is_flag=True,
+              help="Score only the reference rows the predictions cover (e.g. one fold's OOF against train); "
+                   "says how many were left out.")
 @click.option("--tokenizer", default=None, help="kiwi, whitespace or english (default: [metric] tokenizer).")
 @click.option("--convention", type=click.Choice(CONVENTIONS), default=None,
               help="official = rouge 1.0.1 as the organisers run it; rouge-score = Google's semantics.")
@@ -21,20 +29,38 @@ from .common import json_option, print_json, table, with_config
 @click.option("--strict", is_flag=True, help="Refuse empty (or NaN) predictions instead of scoring them as 0.")
 @json_option
 @with_config
-def score(config, predictions, references, tokenizer, convention, multi_ref, by_column, strict, as_json) -> None:
-    """Score a predictions CSV (fname,summary) against references: ROUGE-1/2/L F1 and final, all
-    x 100 (0-100, the leaderboard's scale; --json too).
+def score(config, predictions, references, subset, tokenizer, convention, multi_ref, by_column, strict,
+          as_json) -> None:
+    """Score PREDICTIONS against references: ROUGE-1/2/L F1 and final, all x 100 (0-100, the
+    leaderboard's scale; --json too).
 
+    PREDICTIONS is a fname,summary CSV (with --refs), or the name of a source under runs/: its
+    whole OOF (every finished fold) as one file, against the labelled rows unless --refs is given.
     Empty predictions score 0 and are counted in a warning on stderr (--strict refuses them).
 
-    Example: competition score runs/lead/fold_0/oof.csv --refs data/train.csv --by topic
+    Example: competition score runs/lead/fold_0/oof.csv --refs data/train.csv --subset --by topic
     """
     metric = config.metric
-    report = score_files(predictions, references, tokenizer or metric.tokenizer,
-                         convention or metric.convention, multi_ref or metric.multi_ref, by_column, strict)
+    settings = dict(by_column=by_column, strict=strict, subset=subset)
+    if Path(predictions).is_file():
+        if references is None:
+            raise ConfigError(f"score {predictions}: give the reference file with --refs (e.g. --refs data/train.csv)")
+        report = score_files(predictions, references, tokenizer or metric.tokenizer, convention or metric.convention,
+                             multi_ref or metric.multi_ref, **settings)
+    elif predictions in list_sources(config):
+        report = score_source(config, predictions, references, tokenizer=tokenizer, convention=convention,
+                              multi_ref=multi_ref, **settings)
+    else:
+        sources = list_sources(config)
+        raise ConfigError(f"{predictions} is neither a file nor a source under runs/ "
+                          f"({'sources: ' + ', '.join(sources) if sources else 'no source has run yet'}): "
+                          f"name a fname,summary CSV with --refs, or a source")
     if report["empty_predictions"]:
         click.echo(f"warning: {report['empty_predictions']} of {report['rows']} predictions in {predictions} are "
                    f"empty and score 0 (--strict refuses them)", err=True)
+    if report["left_out"]:
+        click.echo(f"note: --subset: scored the {report['rows']} reference rows {predictions} predicts; "
+                   f"{report['left_out']} reference rows have no prediction and were left out", err=True)
     if as_json:
         print_json(report)
         return
