@@ -19,6 +19,57 @@ def test_the_template_is_the_repository_config():
         "run: cp competition.toml competition/templates/competition.toml"
 
 
+def _shown_values(text: str) -> list[tuple[str, str, str, str]]:
+    """(table, key, TOML value, comment) of every uncommented `key = value` line of a config file."""
+    import re
+
+    table, found = "", []
+    for line in text.splitlines():
+        header = re.fullmatch(r"\[([\w.]+)\]\s*(#.*)?", line.strip())
+        if header:
+            table = header.group(1)
+            continue
+        match = re.fullmatch(r"(\w+) = (.+?)(?:\s+#\s*(.*))?", line.strip())
+        if match and not line.startswith("#"):
+            found.append((table, match.group(1), match.group(2), match.group(3) or ""))
+    return found
+
+
+def test_the_template_shows_the_defaults_or_says_which_it_changes():
+    """Issue 25.5. The header says a value shown is the key's default unless its comment says
+    "(default X)"; before, it set [tracking] mlflow (default "") and an old near_duplicates silently."""
+    import dataclasses
+    import re
+    import tomllib
+
+    from competition.candidates import params_class
+    from competition.config import SECTIONS, CandidateConfig, EnsembleConfig
+
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert "a value shown is its default unless its comment says (default X)" in text.splitlines()[0]
+    raw = tomllib.loads(text)
+    checked = []
+    for table, key, value, comment in _shown_values(text):
+        section, _, name = table.partition(".")
+        if section == "candidates":
+            if key == "kind":
+                continue
+            fields = CandidateConfig if key in ("enabled", "augmentations", "seed") else \
+                params_class(raw["candidates"][name]["kind"])
+        else:
+            fields = EnsembleConfig if section == "ensembles" else SECTIONS[section]
+        field = {f.name: f for f in dataclasses.fields(fields)}[key]
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        shown = tomllib.loads(f"v = {value}")["v"]
+        marked = re.search(r"\(default (\S+?)[:;)]", comment)
+        if marked:
+            assert shown != default and tomllib.loads(f"v = {marked.group(1)}")["v"] == default, (table, key)
+        else:
+            assert shown == default, f"[{table}] {key} = {value}: the default is {default!r}; show it or say (default ...)"
+        checked.append((table, key))
+    assert ("tracking", "mlflow") in checked and ("cv", "near_duplicates") in checked and len(checked) > 30
+
+
 def test_the_sample_is_valid_and_carries_its_licence():
     from competition.data import load_data
 
@@ -28,7 +79,15 @@ def test_the_sample_is_valid_and_carries_its_licence():
     assert not set(data.train["fname"]) & set(data.dev["fname"])
     licence = (SAMPLE_DIR / "LICENSE").read_text(encoding="utf-8")
     assert "CC BY-NC-SA 4.0" in licence and "DialogSum" in licence
-    assert "Chen" in (SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
+    readme = (SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
+    assert "Chen" in readme
+    # Issue 25.5: the README's id ranges are the files' (before: "dev_0 .. dev_400" for a file ending at dev_399).
+    for split, frame in (("train.csv", data.train), ("dev.csv", data.dev)):
+        numbers = sorted(int(fname.split("_")[1]) for fname in frame["fname"])
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{split}`"))
+        assert f"`dev_{numbers[0]}` .. `dev_{numbers[-1]}`" in row, row
+        absent = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+        assert all(f"`dev_{number}`" in row for number in absent), row
 
 
 def test_init_writes_a_workspace_and_refuses_to_overwrite(tmp_path, cli):
