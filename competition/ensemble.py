@@ -1,6 +1,10 @@
 """Ensembles that pick, per row, one member's output by local ROUGE: best, MBR, hill-climbing.
 
 - ``best``: the member with the best OOF final.
+
+Every "best" here is by [cv] objective: with "test_matched" (the default) rows weigh as in cv's
+test-matched final (shift.objective_weights), so members that profit from close training
+neighbours count as much as the test rewards them.
 - ``mbr`` (minimum Bayes risk): per row, the output with the highest weighted mean ROUGE against
   the members' outputs. The mean runs over every member, the candidate's own output included
   (agreement 1), so weights act as a prior; with uniform weights this ranks exactly as the mean
@@ -32,16 +36,20 @@ from .predictions import (list_sources, load_dev, load_fold_dev, load_fold_test,
                           load_test, write_fold, write_source_outputs)
 from .progress import progress as show_progress
 from .provenance import require_current, rerun_command, wildcard_members
+from .shift import objective_weights, weighted_mean
 from .tracking import log_ensemble
 
 
-def ensemble_final(utilities: np.ndarray, quality: np.ndarray, weights: Sequence[float]) -> float:
-    """OOF final of the MBR ensemble with `weights`; quality is (rows, members) row finals."""
+def ensemble_final(utilities: np.ndarray, quality: np.ndarray, weights: Sequence[float],
+                   row_weights: np.ndarray | None = None) -> float:
+    """OOF final of the MBR ensemble with `weights`; quality is (rows, members) row finals, each
+    row weighted by `row_weights` (None: all alike)."""
     chosen = mbr_choose(utilities, weights)
-    return float(quality[np.arange(len(chosen)), chosen].mean()) if len(chosen) else 0.0
+    return float(weighted_mean(quality[np.arange(len(chosen)), chosen], row_weights)) if len(chosen) else 0.0
 
 
-def hill_climb(utilities: np.ndarray, quality: np.ndarray, max_members: int = 8) -> np.ndarray:
+def hill_climb(utilities: np.ndarray, quality: np.ndarray, max_members: int = 8,
+               row_weights: np.ndarray | None = None) -> np.ndarray:
     """Pick counts per member: greedy forward selection with repetition maximising the MBR
     ensemble's mean row final; starts from the best single member, stops when no pick helps.
 
@@ -50,8 +58,8 @@ def hill_climb(utilities: np.ndarray, quality: np.ndarray, max_members: int = 8)
     """
     members = quality.shape[1]
     counts = np.zeros(members)
-    counts[int(np.argmax(quality.mean(axis=0)))] = 1
-    current = ensemble_final(utilities, quality, counts)
+    counts[int(np.argmax(weighted_mean(quality, row_weights)))] = 1
+    current = ensemble_final(utilities, quality, counts, row_weights)
     steps = [(m,) for m in range(members)]
     pairs = [(a, b) for a in range(members) for b in range(a, members)]
     while counts.sum() < max_members:
@@ -62,7 +70,7 @@ def hill_climb(utilities: np.ndarray, quality: np.ndarray, max_members: int = 8)
                     continue
                 trial = counts.copy()
                 np.add.at(trial, list(step), 1)
-                final = ensemble_final(utilities, quality, trial)
+                final = ensemble_final(utilities, quality, trial, row_weights)
                 if final > best_final + TIE:
                     best_final, best_step = final, step
             if best_step is not None:
@@ -74,30 +82,38 @@ def hill_climb(utilities: np.ndarray, quality: np.ndarray, max_members: int = 8)
     return counts
 
 
-def choose_weights(ensemble: EnsembleConfig, utilities: np.ndarray, quality: np.ndarray) -> np.ndarray:
-    """Member weights for `ensemble`'s method, chosen from these rows only."""
+def choose_weights(ensemble: EnsembleConfig, utilities: np.ndarray, quality: np.ndarray,
+                   row_weights: np.ndarray | None = None) -> np.ndarray:
+    """Member weights for `ensemble`'s method, chosen from these rows only (weighted by `row_weights`)."""
     members = quality.shape[1]
     if ensemble.method == "best":
         weights = np.zeros(members)
-        weights[int(np.argmax(quality.mean(axis=0)))] = 1
+        weights[int(np.argmax(weighted_mean(quality, row_weights)))] = 1
         return weights
     if ensemble.method == "hill-climb":
-        return hill_climb(utilities, quality, ensemble.max_members)
+        return hill_climb(utilities, quality, ensemble.max_members, row_weights)
     if ensemble.weights:
         return np.asarray(ensemble.weights, dtype=float)
     if ensemble.weights_from_oof:
-        return np.maximum(quality.mean(axis=0), 1e-6)
+        return np.maximum(weighted_mean(quality, row_weights), 1e-6)
     return np.ones(members)
 
 
+def uses_objective(ensemble: EnsembleConfig) -> bool:
+    """Whether the method chooses by a CV score (so [cv] objective changes its result)."""
+    return ensemble.method in ("best", "hill-climb") or (ensemble.method == "mbr" and not ensemble.weights
+                                                          and ensemble.weights_from_oof)
+
+
 def nested_choice(ensemble: EnsembleConfig, utilities: np.ndarray, quality: np.ndarray,
-                  folds: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+                  folds: np.ndarray, row_weights: np.ndarray | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Per row the chosen member, each fold's rows chosen with weights picked on the other folds."""
     chosen = np.zeros(len(folds), dtype=int)
     fold_weights = {}
     for fold in sorted(set(folds.tolist())):
         held_out = folds == fold
-        weights = choose_weights(ensemble, utilities[~held_out], quality[~held_out])
+        weights = choose_weights(ensemble, utilities[~held_out], quality[~held_out],
+                                 None if row_weights is None else row_weights[~held_out])
         fold_weights[int(fold)] = weights
         chosen[held_out] = mbr_choose(utilities[held_out], weights)
     return chosen, fold_weights
@@ -221,6 +237,7 @@ class EnsembleInputs:
     members: list[str]
     oof_outputs: list[list[str]]  # per member, its OOF summary of each labelled row
     scorer: RougeScorer
+    row_weights: np.ndarray | None = None  # [cv] objective's weight of each labelled row (None: all alike)
 
     @property
     def fnames(self) -> list[str]:
@@ -286,7 +303,11 @@ def resolve_ensemble(config: Config, name: str) -> EnsembleInputs:
             raise FoldMismatch(f"member {member!r} was run with other folds than {config.cv.folds_file}: "
                                f"rerun it with `{rerun_command(config, member)}`")
         oof_outputs.append(_aligned(oof, fnames, f"runs/{member} OOF"))
-    return EnsembleInputs(name, ensemble, context, members, oof_outputs, scorer)
+    row_weights = None
+    if uses_objective(ensemble):
+        folds = pd.DataFrame({"fname": fnames, "fold": fold_of})
+        row_weights = objective_weights(config, folds, context.rows, context.dev, context.test, fnames)
+    return EnsembleInputs(name, ensemble, context, members, oof_outputs, scorer, row_weights)
 
 
 def score_members(inputs: EnsembleInputs, workers: int | None = None, progress: bool = False) -> MemberScores:
@@ -308,8 +329,8 @@ def choose_members(inputs: EnsembleInputs, scores: MemberScores) -> EnsembleChoi
     """Weights per held-out fold (chosen on the other folds) and on all rows, the nested per-row
     choice, its optimistic counterpart and diagnostics."""
     ensemble, config = inputs.ensemble, inputs.context.config
-    chosen, fold_weights = nested_choice(ensemble, scores.utilities, scores.quality, inputs.fold_of)
-    all_weights = choose_weights(ensemble, scores.utilities, scores.quality)
+    chosen, fold_weights = nested_choice(ensemble, scores.utilities, scores.quality, inputs.fold_of, inputs.row_weights)
+    all_weights = choose_weights(ensemble, scores.utilities, scores.quality, inputs.row_weights)
     rows = np.arange(len(chosen))
     optimistic = float(scores.quality[rows, mbr_choose(scores.utilities, all_weights)].mean())
     return EnsembleChoice(chosen, fold_weights, all_weights, optimistic,
@@ -324,6 +345,8 @@ def write_ensemble(inputs: EnsembleInputs, choice: EnsembleChoice, workers: int 
     ensemble, context, members, scorer = inputs.ensemble, inputs.context, inputs.members, inputs.scorer
     config, name, fnames, fold_of = context.config, inputs.name, inputs.fnames, inputs.fold_of
     settings = {**asdict(ensemble), "members": members}
+    if uses_objective(ensemble) and config.cv.objective != "oof":  # "oof" keeps the hashes made before objectives
+        settings["objective"] = config.cv.objective
     meta = {"name": name, "kind": "ensemble", "method": ensemble.method, "utility": ensemble.utility,
             "members": members, "member_hashes": {member: (load_meta(config, member) or {}).get("config_hash")
                                                   for member in members},

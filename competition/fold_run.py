@@ -28,6 +28,7 @@ from .launch import command_for, launcher_of, run_launcher
 from .predictions import fold_dir, write_fold
 from .progress import stage
 from .provenance import candidate_seed, input_hashes
+from .shift import objective_weights
 from .validation import RowGroups
 
 _VERSIONED = ("competition", "numpy", "pandas", "scikit-learn", "kiwipiepy", "torch", "transformers", "peft", "trl")
@@ -120,7 +121,16 @@ def make_candidate(context: RunContext, name: str, workdir: Path):
     instance.vocabulary_texts = texts
     instance.refresh = context.refresh
     instance.row_groups = row_groups(context, name)
+    if instance.uses_objective:
+        instance.row_weights = objective_row_weights(context)
     return instance
+
+
+def objective_row_weights(context: RunContext) -> pd.Series | None:
+    """Each labelled row's weight under [cv] objective, by fname (None for "oof")."""
+    folds = pd.DataFrame({"fname": context.rows["fname"], "fold": context.fold_of})
+    weights = objective_weights(context.config, folds, context.rows, context.dev, context.test, context.rows["fname"])
+    return None if weights is None else pd.Series(weights, index=context.rows["fname"].to_numpy())
 
 
 def row_groups(context: RunContext, name: str):

@@ -221,9 +221,10 @@ def plot_nearest(values: dict[str, np.ndarray], path: str | Path, threshold: flo
     axis.set_ylim(0, 1)
     axis.set_xlabel("TF-IDF cosine to the nearest dialogue")
     axis.set_ylabel("share of rows at or below")
-    axis.set_title(title)
+    axis.set_title(f"{title} (a curve further right: closer neighbours)", fontsize=11)
     axis.grid(alpha=0.3)
-    axis.legend(loc="upper left")
+    # Cumulative curves leave the lower right empty: the legend never covers one there.
+    axis.legend(loc="lower right")
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, format="png", dpi=100)

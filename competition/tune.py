@@ -34,6 +34,7 @@ from .provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
 from .runner import choose_outputs
 from .search import (LENGTH_KEYS, GridSearch, Trial, TrialStore, canonical, check_method, load_space, make_search,
                      setting_key)
+from .shift import objective_weights, weighted_mean
 from .tracking import log_tune
 from .training import finished_fit
 
@@ -169,9 +170,10 @@ def nested_choices(trials: list[Trial], folds: list[int]) -> dict[int, Trial]:
     return choices
 
 
-def nested_score(choices: dict[int, Trial], fold_rows: dict[int, int]) -> float:
+def nested_score(choices: dict[int, Trial], fold_rows: dict[int, float]) -> float:
     """Each held-out fold's choice scored on all that fold's OOF rows, pooled over rows like the
-    OOF final it is reported beside. The chosen trials need their full per-fold finals."""
+    OOF final it is reported beside (`fold_rows`: each fold's row count, or its rows' objective
+    weight). The chosen trials need their full per-fold finals."""
     missing = sorted({t.number for t in choices.values() if t.full_fold_finals is None})
     if missing:
         raise ValueError(f"trial(s) {missing} chosen in the nested loop have no full per-fold finals")
@@ -239,17 +241,30 @@ class TunePlan:
     scorer: RougeScorer
     models: FoldModels
     sub_positions: dict[int, np.ndarray]  # fold -> positions of its subsample rows among its OOF rows
+    row_weights: pd.Series | None = None  # [cv] objective's weight of each labelled row by fname (None: all alike)
+
+    def weights_of(self, rows: pd.DataFrame) -> np.ndarray | None:
+        return None if self.row_weights is None else self.row_weights.loc[rows["fname"]].to_numpy()
+
+    def fold_weight(self, fold: int) -> float:
+        """How much a fold's OOF rows weigh in a pooled final: their count, or their objective weights' sum."""
+        rows = self.models.folds[fold].rows
+        return float(len(rows)) if self.row_weights is None else float(self.weights_of(rows).sum())
 
     def evaluate(self, setting: dict, full: bool) -> tuple[dict[int, float], float, dict[int, list[str]]]:
-        """Per-fold finals, the pooled final and the outputs, one fold model in memory at a time."""
-        row_finals, outputs = {}, {}
+        """Per-fold finals, the pooled final and the outputs, one fold model in memory at a time; rows
+        weigh as [cv] objective says (test-matched: as in cv's test-matched final)."""
+        row_finals, weights, outputs = {}, {}, {}
         for fold in self.models.order():
             model = self.models.get(fold)
             rows = model.rows if full else model.rows.iloc[self.sub_positions[fold]]
             outputs[fold] = model.predict(rows, setting)
             row_finals[fold] = self.scorer.score(outputs[fold], references(rows)).row_finals  # every reference, like cv
-        finals = {fold: float(row_finals[fold].mean()) for fold in sorted(row_finals)}
-        return finals, float(np.concatenate([row_finals[f] for f in finals]).mean()), outputs
+            weights[fold] = self.weights_of(rows)
+        finals = {fold: float(weighted_mean(row_finals[fold], weights[fold])) for fold in sorted(row_finals)}
+        pooled = weighted_mean(np.concatenate([row_finals[f] for f in finals]),
+                               None if self.row_weights is None else np.concatenate([weights[f] for f in finals]))
+        return finals, float(pooled), outputs
 
     def trial_of(self, setting: dict) -> Trial | None:
         return next((t for t in self.done if setting_key(t.setting) == setting_key(setting)), None)
@@ -268,7 +283,7 @@ class Confirmation:
 
 def tune_candidate(config, name: str, options: TuneOptions | None = None, data_dir=None, progress: bool = True,
                    echo: Callable[[str], None] = print) -> TuneResult:
-    """Search generation settings of a trained candidate by OOF final; write NAME@tuned."""
+    """Search generation settings of a trained candidate by the [cv] objective's OOF final; write NAME@tuned."""
     plan = plan_tune(config, name, options or TuneOptions(), data_dir, echo)
     run_trials(plan, progress, echo)
     confirmed = confirm_trials(plan, progress)
@@ -296,10 +311,14 @@ def plan_tune(config, name: str, options: TuneOptions, data_dir=None, echo: Call
     base_hash = candidate_hash(context.config, name)[0]
     train_rows = {fold: training_rows(context, name, context.fold_of != fold) for fold in range(context.k)}
     metas = check_trained(context, name, {"config_hash": base_hash, **context.hashes}, train_rows)
+    folds = pd.DataFrame({"fname": context.rows["fname"], "fold": context.fold_of})
+    weights = objective_weights(config, folds, context.rows, context.dev, context.test, context.rows["fname"])
+    row_weights = None if weights is None else pd.Series(weights, index=context.rows["fname"].to_numpy())
     store = TrialStore(run_dir(config, name + TUNED_SUFFIX) / "trials.jsonl", {
         "candidate": name, "config_hash": base_hash, **context.hashes, "k": context.k,
         "fold_trained_at": [metas[fold].get("finished_at") for fold in range(context.k)],
-        "subsample": options.subsample, "seed": options.seed, "metric": config.metric.scoring()})
+        "subsample": options.subsample, "seed": options.seed, "metric": config.metric.scoring(),
+        **({"objective": config.cv.objective} if row_weights is not None else {})})
     if options.restart and (aside := store.restart()) is not None:
         echo(f"{name}: moved the earlier trials to {aside}; searching again")
     done = store.load()  # refuses trials scored on other inputs
@@ -311,7 +330,7 @@ def plan_tune(config, name: str, options: TuneOptions, data_dir=None, echo: Call
     sub_positions = {fold: np.sort(rng.permutation(len(model.rows))[:per_fold])
                      for fold, model in models.folds.items()}
     return TunePlan(context, name, options, base_hash, untuned_setting(space, base_params), store, done, search,
-                    scorer, models, sub_positions)
+                    scorer, models, sub_positions, row_weights)
 
 
 def fold_models(context, name: str, base_params, train_rows: dict[int, pd.DataFrame],
@@ -386,7 +405,7 @@ def confirm_trials(plan: TunePlan, progress: bool = True) -> Confirmation:
             trial.setting, full=True)
         plan.store.append(trial)  # stored, so a resumed search does not score it again
     best = max(confirmed, key=lambda t: (t.full_final, -t.number))
-    nested = nested_score(choices, {fold: len(model.rows) for fold, model in plan.models.folds.items()})
+    nested = nested_score(choices, {fold: plan.fold_weight(fold) for fold in plan.models.folds})
     return Confirmation(best, untuned, choices, nested, full_outputs.get(setting_key(best.setting)))
 
 

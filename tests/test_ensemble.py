@@ -404,3 +404,64 @@ def test_mbr_over_two_members_warns_that_it_cannot_choose(member_workspace, cli)
     assert 'use method = "best" or "hill-climb"' in pair.stderr
     three = cli(["ensemble", "mix"], cwd=member_workspace)
     assert three.exit_code == 0 and "warning" not in three.stderr
+
+
+# -- [cv] objective ---------------------------------------------------------------------------------
+def _weighted_case(seed: int = 24, rows: int = 40, members: int = 4):
+    """Random row finals and symmetric agreements; 30% of rows weigh 3, the rest 0.5 (rows with and
+    without close training neighbours, as test-matched weights make them)."""
+    rng = np.random.default_rng(seed)
+    quality = rng.uniform(0, 40, (rows, members))
+    utilities = rng.uniform(0, 1, (rows, members, members))
+    utilities = (utilities + utilities.transpose(0, 2, 1)) / 2
+    utilities[:, np.arange(members), np.arange(members)] = 1
+    return utilities, quality, np.where(rng.uniform(size=rows) < 0.3, 3.0, 0.5)
+
+
+def test_hill_climb_reaches_the_exhaustive_optimum_of_the_weighted_objective():
+    import itertools
+
+    from competition.ensemble import ensemble_final, hill_climb
+
+    utilities, quality, row_weights = _weighted_case()
+    best, best_counts = -1.0, None
+    for counts in itertools.product(range(5), repeat=quality.shape[1]):
+        if 0 < sum(counts) <= 4:
+            final = ensemble_final(utilities, quality, np.array(counts, dtype=float), row_weights)
+            if final > best + 1e-9:
+                best, best_counts = final, counts
+    weighted = hill_climb(utilities, quality, 4, row_weights)
+    assert ensemble_final(utilities, quality, weighted, row_weights) == pytest.approx(best)
+    assert tuple(weighted.astype(int)) == best_counts
+    plain = hill_climb(utilities, quality, 4)  # the same search on the unweighted objective ...
+    assert ensemble_final(utilities, quality, plain, row_weights) < best - 1  # ... misses it by points
+
+
+def test_ensembles_weigh_rows_as_cv_weighs_the_test_matched_final(tmp_path, shared_data):
+    from conftest import real_dev_workspace
+
+    from competition.config import load_config
+    from competition.cv import leaderboard, oof_scores
+    from competition.ensemble import resolve_ensemble
+    from competition.predictions import load_oof
+    from competition.provenance import StaleSource
+    from competition.runner import run_candidates
+    from competition.shift import weighted_mean
+
+    root = real_dev_workspace(tmp_path, shared_data)
+    with open(root / "competition.toml", "a", encoding="utf-8") as toml:
+        toml.write('\n[ensembles.top]\nmembers = ["lead", "retrieval"]\nmethod = "best"\n'
+                   '\n[ensembles.mix]\nmembers = ["lead", "retrieval"]\n')
+    config = load_config(root / "competition.toml")
+    run_candidates(config, ["lead", "retrieval"], progress=False, echo=lambda line: None)
+    inputs = resolve_ensemble(config, "top")
+    weights = pd.Series(inputs.row_weights, index=inputs.fnames)
+    assert weights.std() > 0.1  # real rows: the test-matched weights differ between rows
+    entry = leaderboard(config, ["lead"])[0]
+    row_finals = oof_scores(config, "lead").row_finals
+    fnames = load_oof(config, "lead")["fname"]
+    assert weighted_mean(row_finals, weights.loc[fnames].to_numpy()) == pytest.approx(entry["test_matched"]["final"])
+    assert resolve_ensemble(config, "mix").row_weights is None  # plain MBR chooses by no score
+    config.cv.objective = "oof"  # lead chose its N by the other objective: it is stale now
+    with pytest.raises(StaleSource, match="another config of lead"):
+        resolve_ensemble(config, "top")

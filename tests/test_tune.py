@@ -368,3 +368,35 @@ def test_tune_refuses_stale_folds_and_stale_trials_and_never_trains(tiny_t5, kor
     assert restarted.exit_code == 0, restarted.output
     assert [t["number"] for t in json.loads(restarted.stdout)["trials"]] == [0, 1]
     assert (korean_workspace / "runs" / "t5@tuned" / "trials.jsonl.1").exists()
+
+
+def test_trials_are_scored_with_the_objectives_row_weights():
+    """Under [cv] objective = "test_matched" a trial's fold finals, pooled final and nested score are
+    the weighted means cv's test-matched final takes, not plain means."""
+    import pandas as pd
+
+    from competition.metric import RougeScorer
+
+    class Echo:  # a fold model whose setting says which rows it gets right
+        def __init__(self, fold, rows):
+            self.fold, self.rows, self.candidate = fold, rows, None
+
+        def predict(self, rows, setting):
+            return [summary if fname in setting["right"] else "x" for fname, summary in zip(rows["fname"], rows["summary"])]
+
+    rows = {fold: pd.DataFrame({"fname": [f"r{fold}{i}" for i in range(4)], "summary": [f"s{fold}{i} a" for i in range(4)],
+                                "dialogue": "d"}) for fold in (0, 1)}
+    models = tuning.FoldModels([Echo(fold, frame) for fold, frame in rows.items()], make=lambda fold: None)
+    weights = pd.Series([3.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5], index=[f"r{f}{i}" for f in (0, 1) for i in range(4)])
+    plan = tuning.TunePlan(None, "m", tuning.TuneOptions(), "", {}, None, [], None,
+                           RougeScorer("whitespace", "official", "mean"), models, {}, weights)
+    finals, pooled, _ = plan.evaluate({"right": {"r00", "r10"}}, full=True)
+    assert finals == {0: pytest.approx(100 * 3 / 6), 1: pytest.approx(100 * 0.5 / 2)}
+    assert pooled == pytest.approx(100 * 3.5 / 8)  # plain: 2 of 8 rows right, 25
+    trial = search.Trial(0, {"right": {"r00", "r10"}}, finals, pooled)
+    trial.full_fold_finals = finals
+    assert tuning.nested_score({0: trial, 1: trial}, {0: plan.fold_weight(0), 1: plan.fold_weight(1)}) == \
+        pytest.approx(pooled)
+    plain = tuning.TunePlan(None, "m", tuning.TuneOptions(), "", {}, None, [], None,
+                            RougeScorer("whitespace", "official", "mean"), models, {})
+    assert plain.evaluate({"right": {"r00", "r10"}}, full=True)[1] == pytest.approx(25.0)

@@ -19,6 +19,7 @@ class Candidate(ABC):
     kind: str = ""
     requires_cuda: bool = False  # True: skipped with a clear line on machines without CUDA
     uses_metric: bool = False  # True: its outputs depend on [metric] (it tunes or selects by ROUGE)
+    uses_objective: bool = False  # True: it tunes on its training rows by ROUGE weighted by [cv] objective
 
     def __init__(self, name: str, params: Any, workdir: Path, seed: int = 42):
         self.name = name
@@ -34,6 +35,9 @@ class Candidate(ABC):
         # Set by the runner: the near-duplicate clusters and augmentation sources a validation split
         # inside training keeps together (validation.RowGroups); None = every row on its own.
         self.row_groups = None
+        # Set by the runner for kinds that use_objective: each labelled row's weight under [cv]
+        # objective (pd.Series by fname, the weights of cv's test-matched final); None = all alike.
+        self.row_weights = None
 
     @abstractmethod
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:

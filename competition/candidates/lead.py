@@ -12,6 +12,7 @@ from ..config import MetricConfig
 from ..data import references
 from ..errors import ConfigError
 from ..metric import get_scorer
+from ..shift import weighted_mean
 from .base import Candidate
 
 _TURN = re.compile(r"^\s*(#[A-Za-z][A-Za-z0-9]*#)\s*:\s*(.*)$")
@@ -61,6 +62,7 @@ def lead_text(dialogue: str, turns: int, turn_format: str = "{speaker}: {text}",
 class LeadCandidate(Candidate):
     kind = "lead"
     uses_metric = True  # N is tuned with the [metric] scorer (the runner hashes its settings)
+    uses_objective = True  # ... on training rows weighted as [cv] objective says
 
     def __init__(self, name, params, workdir, seed=42):
         super().__init__(name, params, workdir, seed)
@@ -71,7 +73,8 @@ class LeadCandidate(Candidate):
         return [lead_text(d, turns, self.params.turn_format, self.params.joiner) for d in rows["dialogue"]]
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
-        """Choose N with the best ROUGE final on (a sample of) the training rows."""
+        """Choose N with the best ROUGE final on (a sample of) the training rows, each row weighted
+        by [cv] objective (row_weights) so N is what cv's ranking score prefers."""
 
         try:
             self.params.turn_format.format(speaker="#Person1#", text="x")
@@ -86,8 +89,13 @@ class LeadCandidate(Candidate):
                 rows = rows.sample(self.params.tune_rows, random_state=self.seed)
             scorer = get_scorer(self.metric.tokenizer, self.metric.convention, self.metric.multi_ref)
             refs = references(rows)
-            scores = {n: scorer.score(self._write(rows, n), refs).final
-                      for n in range(self.params.min_turns, self.params.max_turns + 1)}
+            weights = None
+            if self.row_weights is not None:
+                weights = self.row_weights.reindex(rows["fname"]).fillna(1.0).to_numpy()  # augmented rows: 1
+            scores = {}
+            for n in range(self.params.min_turns, self.params.max_turns + 1):
+                result = scorer.score(self._write(rows, n), refs)
+                scores[n] = result.final if weights is None else float(weighted_mean(result.row_finals, weights))
             self.turns_ = max(scores, key=lambda n: (scores[n], -n))  # ties: fewer turns
         self.workdir.mkdir(parents=True, exist_ok=True)
         report = {"fold": fold, "turns": self.turns_, "tuning_finals": {str(n): s for n, s in scores.items()},

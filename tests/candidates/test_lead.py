@@ -39,3 +39,25 @@ def test_lead_params_refuse_bad_values():
     build_dataclass(LeadParams, {"min_turns": 3, "max_turns": 2}, "candidates.lead", problems)
     build_dataclass(LeadParams, {"turn_format": "{speaker}"}, "candidates.lead", problems)
     assert "1 <= min_turns <= max_turns" in problems[0] and "must contain {text}" in problems[1]
+
+
+def test_lead_tunes_n_on_rows_weighted_by_the_objective(tmp_path):
+    """Rows whose summary is their first turn want N = 1, rows whose summary is their first three
+    turns want N = 3: the plain mean follows the majority, the objective's weights the heavier rows."""
+    import pandas as pd
+
+    from competition.config import MetricConfig
+
+    turns = [f"#Person1#: w{i}a w{i}b\n#Person2#: w{i}c w{i}d\n#Person1#: w{i}e w{i}f\n#Person2#: w{i}g"
+             for i in range(10)]
+    rows = pd.DataFrame({"fname": [f"r{i}" for i in range(10)], "dialogue": turns, "topic": "t",
+                         "summary": [lead_text(d, 1 if i < 7 else 3) for i, d in enumerate(turns)]})
+    candidate = LeadCandidate("lead", LeadParams(max_turns=4), tmp_path / "plain")
+    candidate.metric = MetricConfig(tokenizer="whitespace")
+    candidate.fit(rows, 0)
+    assert candidate.turns_ == 1
+    weighted = LeadCandidate("lead", LeadParams(max_turns=4), tmp_path / "weighted")
+    weighted.metric = MetricConfig(tokenizer="whitespace")
+    weighted.row_weights = pd.Series([0.2] * 7 + [5.0] * 3, index=rows["fname"])
+    weighted.fit(rows, 0)
+    assert weighted.turns_ == 3
