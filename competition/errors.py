@@ -31,3 +31,7 @@ class MissingFolds(CompetitionError):
 
 class CudaRequired(CompetitionError):
     """A candidate that only runs with CUDA was required on a machine without it."""
+
+
+class LeaderboardError(CompetitionError):
+    """The leaderboard platform refused a request, cannot be reached, or is not set up."""

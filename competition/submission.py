@@ -2,10 +2,11 @@
 
 Every submission is a file `submissions/NNNN-SOURCE.csv` in exactly the leaderboard format and one
 row in `log.csv` with what produced it (source, config hash, git commit) and its local scores (OOF,
-dev). Leaderboard scores are typed in later with `record_scores`: `log.csv` keeps the current
-values and `lb_history.csv` every recording, so a corrected typo stays visible. Writers take an
-exclusive lock on `submissions/.log.lock` and replace files atomically, so parallel `submit`s never
-lose or corrupt a row.
+dev). Leaderboard scores come later, typed in with `record_scores` or fetched by `leaderboard.sync`
+(with the platform's reference and upload time): `log.csv` keeps the current values and
+`lb_history.csv` every recording and who made it, so a corrected typo stays visible and a score
+typed by hand is never silently replaced. Writers take an exclusive lock on `submissions/.log.lock`
+(`edit_log`) and replace files atomically, so parallel `submit`s and syncs never lose or corrupt a row.
 """
 from __future__ import annotations
 
@@ -42,12 +43,21 @@ LOG_COLUMNS = [
     "id", "created_at", "file", "sha256", "source", "config_hash", "git_commit", "git_dirty",
     "oof_rouge1", "oof_rouge2", "oof_rougeL", "oof_final", "oof_ci95_low", "oof_ci95_high",
     "matched_final", "matched_ci95_low", "matched_ci95_high", "dev_final", "dev_novel_final",
-    "public", "private", "note",
+    "public", "private", "lb_ref", "uploaded_at", "note",
 ]
 # Columns added after the first logs were written: an older log reads them as "" (unknown).
-LATER_LOG_COLUMNS = ("matched_final", "matched_ci95_low", "matched_ci95_high", "dev_novel_final")
-LB_HISTORY_COLUMNS = ["recorded_at", "id", "public", "private", "previous_public", "previous_private"]
+# lb_ref: the platform's reference of the uploaded submission; uploaded_at: when it was uploaded (UTC).
+LATER_LOG_COLUMNS = ("matched_final", "matched_ci95_low", "matched_ci95_high", "dev_novel_final", "lb_ref",
+                     "uploaded_at")
+# by: who recorded it, "hand" (`lb record`) or "sync" (fetched from the platform); "" in older files = hand.
+LB_HISTORY_COLUMNS = ["recorded_at", "id", "public", "private", "previous_public", "previous_private", "by"]
+LATER_LB_HISTORY_COLUMNS = ("by",)
 LB_RANGE = (0.0, 100.0)
+# A leaderboard score further than this from its submission's CV (points on 0-100) is refused without
+# --force: real CV-leaderboard gaps are a few points; 25 is a wrong id, a wrong column or a wrong scale.
+PLAUSIBLE_GAP = 25.0
+SCORE_RULE = (f"a score below 1 while CVs are 1 or more (the 0-1 scale), or one more than {PLAUSIBLE_GAP:g} points "
+              f"from the submission's CV, is refused unless --force")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -142,7 +152,7 @@ def read_log(config: Config) -> pd.DataFrame:
 
 def read_lb_history(config: Config) -> pd.DataFrame:
     """Every leaderboard recording, oldest first (corrections included)."""
-    return _read_table(submissions_dir(config) / LB_HISTORY_FILE, LB_HISTORY_COLUMNS)
+    return _read_table(submissions_dir(config) / LB_HISTORY_FILE, LB_HISTORY_COLUMNS, LATER_LB_HISTORY_COLUMNS)
 
 
 def _write_table(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
@@ -228,7 +238,7 @@ def submit(config: Config, source: str, note: str = "", allow_duplicate: bool = 
         _refuse_duplicate(read_log(config), digest, source)  # early, before scoring; again under the lock
     commit, dirty = git_state(config.root, [config.submit.dir])
     row = {"source": source, "sha256": digest, "git_commit": commit, "git_dirty": dirty,
-           "note": " ".join(note.split()), "public": "", "private": "",
+           "note": " ".join(note.split()), "public": "", "private": "", "lb_ref": "", "uploaded_at": "",
            **{column: "" for column in LOG_COLUMNS if column.startswith(("oof_", "matched_", "dev_"))}, "config_hash": ""}
     row.update(local_scores(config, source))
     folder = submissions_dir(config)
@@ -301,30 +311,98 @@ def _score(value: float | None, which: str) -> str:
     return f"{value:.4f}"
 
 
-def record_scores(config: Config, key: str, public: float | None = None, private: float | None = None) -> dict:
+def _float(text: str) -> float | None:
+    text = str(text).strip()
+    return float(text) if text else None
+
+
+def score_problem(log: pd.DataFrame, position: int, which: str, value: float) -> str | None:
+    """Why a leaderboard score is implausible for the submission at `position` (None when it is not):
+    below 1 while CVs are on 0-100, or further than PLAUSIBLE_GAP from the submission's CV."""
+    row = log.iloc[position]
+    cv = _float(row["oof_final"])
+    cvs = [number for number in map(_float, log["oof_final"]) if number is not None]
+    scale_cv = cv if cv is not None else (max(cvs) if cvs else None)
+    if scale_cv is not None and scale_cv >= 1 and value < 1:
+        return (f"{which} {value:g} for submission {row['id']} looks like the 0-1 scale while CVs are on 0-100 "
+                f"(CV {scale_cv:.4f}): give it x100 ({value * 100:.4f})")
+    if cv is not None and abs(value - cv) > PLAUSIBLE_GAP:
+        return (f"{which} {value:.4f} is {abs(value - cv):.2f} points from submission {row['id']}'s CV {cv:.4f}, "
+                f"more than the {PLAUSIBLE_GAP:g} a real gap reaches: check the id and the score")
+    return None
+
+
+class LogEdit:
+    """The log and its leaderboard history, held under the lock by `edit_log`: rows change through
+    `set` and `record`, and both files are written when the block ends without an error."""
+
+    def __init__(self, log: pd.DataFrame, history: pd.DataFrame, where: str):
+        self.log, self.history, self.where = log, history, where
+        self.log_changed = self.history_changed = False
+
+    def find(self, key: str) -> int:
+        return find_row(self.log, key, self.where)
+
+    def set(self, position: int, column: str, value: str) -> None:
+        if self.log.iloc[position][column] != value:
+            self.log.iloc[position, LOG_COLUMNS.index(column)] = value
+            self.log_changed = True
+
+    def record(self, position: int, public: str = "", private: str = "", by: str = "hand") -> None:
+        """Set public and/or private (texts; "" = leave as is) and add the recording to the history."""
+        previous = self.log.iloc[position][["public", "private"]].to_dict()
+        for column, text in (("public", public), ("private", private)):
+            if text:
+                self.set(position, column, text)
+        entry = {"recorded_at": now_utc(), "id": self.log.iloc[position]["id"], "public": public, "private": private,
+                 "previous_public": previous["public"] if public else "",
+                 "previous_private": previous["private"] if private else "", "by": by}
+        self.history = pd.concat([self.history, pd.DataFrame([entry])[LB_HISTORY_COLUMNS]], ignore_index=True)
+        self.history_changed = True
+
+    def origin(self, position: int, column: str) -> str:
+        """Who recorded the current public or private score: "hand", "sync", or "" when there is none.
+        A value with no recording (typed into log.csv, or an older history) counts as by hand."""
+        if not self.log.iloc[position][column]:
+            return ""
+        submission_id = self.log.iloc[position]["id"]
+        for entry in reversed(self.history.to_dict("records")):
+            if entry["id"] == submission_id and entry[column]:
+                return entry["by"] or "hand"
+        return "hand"
+
+
+@contextlib.contextmanager
+def edit_log(config: Config) -> Iterator[LogEdit]:
+    """Change the log under its lock; the history, then the log, are replaced atomically at the end."""
+    folder = submissions_dir(config)
+    with log_lock(folder):
+        edit = LogEdit(read_log(config), read_lb_history(config), str(folder / LOG_FILE))
+        yield edit
+        if edit.history_changed:
+            _write_table(folder / LB_HISTORY_FILE, edit.history, LB_HISTORY_COLUMNS)
+        if edit.log_changed:
+            _write_table(folder / LOG_FILE, edit.log, LOG_COLUMNS)
+
+
+def record_scores(config: Config, key: str, public: float | None = None, private: float | None = None,
+                  force: bool = False) -> dict:
     """Record leaderboard scores for a logged submission; returns the updated log row. A new value
-    replaces the old one in log.csv and both are kept in lb_history.csv."""
+    replaces the old one in log.csv and both are kept in lb_history.csv. An implausible score
+    (`score_problem`) is refused unless `force`."""
     if public is None and private is None:
         raise SubmissionError("nothing to record: pass --public X and/or --private Y")
     public_text, private_text = _score(public, "public"), _score(private, "private")
-    folder = submissions_dir(config)
-    with log_lock(folder):
-        log = read_log(config)
-        position = find_row(log, key, str(folder / LOG_FILE))
-        previous = log.iloc[position][["public", "private"]].to_dict()
-        if public_text:
-            log.iloc[position, LOG_COLUMNS.index("public")] = public_text
-        if private_text:
-            log.iloc[position, LOG_COLUMNS.index("private")] = private_text
-        history = read_lb_history(config)
-        entry = {"recorded_at": now_utc(), "id": log.iloc[position]["id"], "public": public_text,
-                 "private": private_text, "previous_public": previous["public"] if public_text else "",
-                 "previous_private": previous["private"] if private_text else ""}
-        history = pd.concat([history, pd.DataFrame([entry])], ignore_index=True)
-        _write_table(folder / LB_HISTORY_FILE, history, LB_HISTORY_COLUMNS)
-        _write_table(folder / LOG_FILE, log, LOG_COLUMNS)
-    record_leaderboard(config, log.iloc[position].to_dict(), folder)
-    return log.iloc[position].to_dict()
+    with edit_log(config) as edit:
+        position = edit.find(key)
+        for which, value in (("public", public), ("private", private)):
+            problem = None if value is None or force else score_problem(edit.log, position, which, value)
+            if problem:
+                raise SubmissionError(f"--{problem}; pass --force if the score is right ({SCORE_RULE})")
+        edit.record(position, public_text, private_text, by="hand")
+        row = edit.log.iloc[position].to_dict()
+    record_leaderboard(config, row, submissions_dir(config))
+    return row
 
 
 # --- comparing two submissions --------------------------------------------------------------------

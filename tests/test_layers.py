@@ -117,6 +117,7 @@ LAZY_IMPORTS = {
     "ray": "optional extra; --executor ray only",
     "optuna": "optional extra; tune --method tpe only",
     "mlflow": "optional extra; [tracking] only",
+    "kaggle": "optional extra; [leaderboard] backend = \"kaggle\" only, in leaderboard.kaggle_api (the one seam)",
     "openai": "the api candidate and augment's endpoint only",
     "httpx2": "comes with openai; the endpoint client only",
     "kiwipiepy": "loads a model for seconds; the token cache answers most texts without it",

@@ -6,7 +6,9 @@ import click
 from ..choices import HISTORY_SORT_KEYS
 from ..history import GAPS, history_report, plot_history
 from ..pipeline import run_pipeline, with_data_dir
-from ..submission import diff_submissions, record_scores, submit
+from ..errors import LeaderboardError
+from ..leaderboard import SYNC_REFUSAL_FIX, open_platform, sync, upload, wait_for_score
+from ..submission import SCORE_RULE, diff_submissions, record_scores, submit
 from .common import json_option, png_option, print_json, require_workspace, table, with_config
 
 
@@ -47,44 +49,93 @@ def leaderboard_table(board: list[dict]) -> str:
 @click.option("--allow-duplicate", is_flag=True, help="Log the file even if an identical one is already logged.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the competition files (default: [data] dir).")
+@click.option("--upload", "upload_it", is_flag=True,
+              help='Also upload it to the platform ([leaderboard] backend = "kaggle") and log its reference.')
+@click.option("--wait", is_flag=True, help="With --upload: poll until the platform scores it and log the public "
+                                           "score ([leaderboard] wait_s at most).")
 @json_option
 @with_config
-def submit_command(config, source, note, allow_duplicate, data_dir, as_json) -> None:
+def submit_command(config, source, note, allow_duplicate, data_dir, upload_it, wait, as_json) -> None:
     """Write submissions/NNNN-SOURCE.csv from SOURCE's test predictions and add a row to
-    submissions/log.csv (sha256, config hash, git commit, OOF and dev scores).
+    submissions/log.csv (sha256, config hash, git commit, OOF and dev scores). With --upload (Kaggle
+    backend) the file is uploaded with the description `#ID SOURCE cv=CV` and its reference logged.
 
-    Example: competition submit lead --note "lead-3 baseline"
+    Example: competition submit lead --note "lead-3 baseline" --upload --wait
     """
 
     require_workspace(config)
+    if wait and not upload_it:
+        raise LeaderboardError("--wait polls for the score of an upload: add --upload")
+    platform = open_platform(config) if upload_it else None  # before the file is written: fail early
     row = submit(with_data_dir(config, data_dir), source, note=note, allow_duplicate=allow_duplicate)
+    if platform is not None:
+        row = _upload_and_wait(config, row["id"], platform, wait, force=False, echo=not as_json,
+                               logged=f"submission {row['id']} ({row['file']}) is logged but not uploaded")["row"]
     if as_json:
         print_json(row)
         return
-    click.echo(f"Wrote {config.submit.dir}/{row['file']} (submission {row['id']}); upload it, then "
-               f"`competition lb record {row['id']} --public SCORE`")
+    if platform is None:
+        click.echo(f"Wrote {config.submit.dir}/{row['file']} (submission {row['id']}); upload it, then "
+                   f"`competition lb record {row['id']} --public SCORE`")
     click.echo(_log_row_lines(row))
+
+
+def _upload_and_wait(config, submission_id: str, platform, wait: bool, force: bool, echo: bool,
+                     logged: str = "") -> dict:
+    """Upload a logged submission, and with `wait` poll for its score; prints progress when `echo`.
+    Returns {"row": the log row, "status": ..., "sync": ...} (status "uploaded" without wait).
+    `logged` leads the message of a failed upload (what is already done)."""
+    try:
+        row = upload(config, submission_id, platform, force=force)
+    except LeaderboardError as error:
+        if logged:
+            raise LeaderboardError(f"{logged}: {error}") from None
+        raise
+    say = click.echo if echo else (lambda line: None)
+    say(f"Uploaded {row['file']} as submission {row['id']} (reference {row['lb_ref']}) to "
+        f"{config.leaderboard.competition}")
+    if not wait:
+        say("`competition lb sync` records its score once the platform has it")
+        return {"row": row, "status": "uploaded", "sync": None}
+    try:
+        result = wait_for_score(config, row["id"], platform)
+    except KeyboardInterrupt:
+        click.echo(f"Stopped waiting: submission {row['id']} is uploaded and logged (reference {row['lb_ref']}); "
+                   f"`competition lb sync` records its score later", err=True)
+        raise SystemExit(130) from None
+    if result["status"] == "error":
+        raise LeaderboardError(f"the platform could not score submission {row['id']} (reference {row['lb_ref']}): "
+                               f"{result['error'] or 'no reason given'}: fix the file and submit again")
+    if result["status"] == "pending":
+        say(f"Still pending after {result['waited_s']:g} s: `competition lb sync` records its score later")
+    else:
+        for line in _sync_lines(result["sync"]):
+            say(line)
+    return result
 
 
 @click.group("lb")
 def lb_group() -> None:
-    """Leaderboard scores typed in from the competition site."""
+    """Leaderboard scores: typed in from the competition site (record), or uploaded and fetched
+    through the platform's API (upload, sync; [leaderboard] backend = "kaggle")."""
 
 
 @lb_group.command("record")
 @click.argument("submission_id")
 @click.option("--public", type=float, default=None, help="Public leaderboard final (0-100).")
 @click.option("--private", type=float, default=None, help="Private leaderboard final (0-100), once revealed.")
+@click.option("--force", is_flag=True, help=f"Record it even when implausible: {SCORE_RULE}.")
 @json_option
 @with_config
-def lb_record(config, submission_id, public, private, as_json) -> None:
+def lb_record(config, submission_id, public, private, force, as_json) -> None:
     """Record a submission's leaderboard scores; a second recording corrects the first and both
-    stay in submissions/lb_history.csv.
+    stay in submissions/lb_history.csv. A score on the 0-1 scale (below 1 while CVs are 1 or more)
+    or more than 25 points from the submission's CV is refused unless --force.
 
     Example: competition lb record 3 --public 42.8153
     """
 
-    row = record_scores(config, submission_id, public=public, private=private)
+    row = record_scores(config, submission_id, public=public, private=private, force=force)
     if as_json:
         print_json(row)
         return
@@ -92,11 +143,80 @@ def lb_record(config, submission_id, public, private, as_json) -> None:
                f"private {row['private'] or '-'}, CV {row['oof_final'] or '-'}")
 
 
-def _correlation_line(name: str, result: dict) -> str:
+@lb_group.command("upload")
+@click.argument("submission_id")
+@click.option("--wait", is_flag=True, help="Poll until the platform scores it and log the public score "
+                                           "([leaderboard] wait_s at most).")
+@click.option("--force", is_flag=True, help="Upload it again although the log holds a reference for it.")
+@json_option
+@with_config
+def lb_upload(config, submission_id, wait, force, as_json) -> None:
+    """Upload a logged submission to the platform ([leaderboard] backend = "kaggle") with the
+    description `#ID SOURCE cv=CV`, and log its reference and upload time.
+
+    Example: competition lb upload 7 --wait
+    """
+
+    result = _upload_and_wait(config, submission_id, open_platform(config), wait, force, echo=not as_json)
+    if as_json:
+        print_json(result)
+
+
+def _sync_lines(report: dict) -> list[str]:
+    """What a sync changed, kept, refused, and what is pending, failed or unmatched: one line each."""
+    lines = []
+    for entry in report["linked"]:
+        lines.append(f"linked    {entry['id']}  reference {entry['ref']} (matched by {entry['by']})")
+    for entry in report["recorded"]:
+        lines.append(f"recorded  {entry['id']}  {entry['column']} {entry['platform']} (was {entry['log'] or '-'})")
+    for entry in report["kept"]:
+        lines.append(f"kept      {entry['id']}  {entry['column']} {entry['log']} typed by hand; the platform says "
+                     f"{entry['platform']}: pass --force to take it")
+    for entry in report["refused"]:
+        lines.append(f"refused   {entry['id']}  {entry['problem']}; {SYNC_REFUSAL_FIX}")
+    for entry in report["pending"]:
+        lines.append(f"pending   {entry['id']}  reference {entry['ref']}: not scored yet")
+    for entry in report["failed"]:
+        lines.append(f"failed    {entry['id']}  reference {entry['ref']}: {entry['error']}")
+    for entry in report["unmatched"]:
+        lines.append(f"unmatched reference {entry['ref']} {entry['description']!r} ({entry['submitted_at']}, "
+                     f"{entry['status']}): {entry['reason']}")
+    return lines
+
+
+@lb_group.command("sync")
+@click.option("--force", is_flag=True, help="Replace scores typed by hand with the platform's, and record "
+                                            "implausible ones too.")
+@json_option
+@with_config
+def lb_sync(config, force, as_json) -> None:
+    """Fetch the team's submissions from the platform ([leaderboard] backend = "kaggle") and fill
+    public and private scores into the log. Each is matched to a log row by its reference, else by
+    `#ID SOURCE` in its description, else by sha256. Scores typed by hand are kept unless --force;
+    pending, failed and unmatched submissions are listed.
+
+    Example: competition lb sync
+    """
+
+    report = sync(config, open_platform(config), force=force)
+    if as_json:
+        print_json(report)
+        return
+    counts = {key: len(report[key]) for key in ("recorded", "linked", "kept", "refused", "pending", "failed",
+                                                  "unmatched")}
+    click.echo(f"{report['listed']} submission(s) on {config.leaderboard.competition}: "
+               + ", ".join(f"{count} {key}" for key, count in counts.items()))
+    for line in _sync_lines(report):
+        click.echo(line)
+    if not counts["recorded"] and not counts["linked"]:
+        click.echo("The log is up to date.")
+
+
+def _correlation_line(name: str, result: dict, label: str = "CV") -> str:
     if result["pearson"] is None:
-        return f"CV vs {name}: n={result['n']} (need 3 or more points with both scores)"
+        return f"{label} vs {name}: n={result['n']} (need 3 or more points with both scores)"
     spearman = "n/a" if result["spearman"] is None else f"{result['spearman']:.3f}"
-    return f"CV vs {name}: Pearson {result['pearson']:.3f}, Spearman {spearman}, n={result['n']}"
+    return f"{label} vs {name}: Pearson {result['pearson']:.3f}, Spearman {spearman}, n={result['n']}"
 
 
 @click.command("history")
