@@ -36,8 +36,11 @@ from .tracking import record_leaderboard
 DESCRIPTION = re.compile(r"#(\d+) (\S+)")
 DESCRIPTION_LIMIT = 200
 RETRY_BASE_S = 2.0  # first pause after a network error; doubled after each further failure
-PAGE_SIZE = 100  # submissions asked for per page of the platform's list
-MAX_PAGES = 50
+# Pages of the platform's list, numbered from 1 as the client's `page` (legacy CLI: -p); 20 is the
+# client's own page size. The client drops the response's next-page token, so paging stops at the
+# first page that brings nothing new (also right if a server ignored page numbers).
+PAGE_SIZE = 20
+MAX_PAGES = 100
 STATUSES = ("pending", "complete", "error")
 # The platform's words for "your team has used today's submissions".
 DAILY_LIMIT = re.compile(r"daily|allowance|per day|submission limit", re.I)

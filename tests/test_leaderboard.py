@@ -610,3 +610,15 @@ def test_unreachable_error_type(workspace, kaggle):
     with pytest.raises(PlatformUnreachable):
         KagglePlatform(config.leaderboard, kaggle, sleep=lambda s: None).submissions()
     assert issubclass(PlatformUnreachable, LeaderboardError)
+
+
+def test_sync_reads_every_page_of_the_list(workspace, kaggle):
+    for number in range(44):
+        kaggle.add(f"notebook try {number}")
+    oldest = kaggle.items[0]
+    kaggle.score(kaggle.add("#0001 lead cv=40.10"), "40.3000")
+    kaggle.items.insert(0, kaggle.items.pop())  # our upload is the oldest: on the last page
+    kaggle.items[0].date, oldest.date = oldest.date, kaggle.items[0].date
+    report = sync(config_of(workspace), KagglePlatform(config_of(workspace).leaderboard, kaggle))
+    assert report["listed"] == 45 and len(report["unmatched"]) == 44
+    assert [entry["id"] for entry in report["recorded"]] == ["0001"]

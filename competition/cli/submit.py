@@ -75,8 +75,9 @@ def submit_command(config, source, note, allow_duplicate, data_dir, upload_it, w
         print_json(row)
         return
     if platform is None:
-        click.echo(f"Wrote {config.submit.dir}/{row['file']} (submission {row['id']}); upload it, then "
-                   f"`competition lb record {row['id']} --public SCORE`")
+        then = (f"`competition lb upload {row['id']} --wait`" if config.leaderboard.backend == "kaggle" else
+                f"upload it, then `competition lb record {row['id']} --public SCORE`")
+        click.echo(f"Wrote {config.submit.dir}/{row['file']} (submission {row['id']}); {then}")
     click.echo(_log_row_lines(row))
 
 
