@@ -32,7 +32,8 @@ def build(config, k, seed, strategy, include_dev, force, data_dir, as_json) -> N
     """Write folds/folds.csv (fname,fold) and folds/folds.json; the same inputs give the same bytes.
 
     Near-duplicate dialogues (TF-IDF cosine >= [cv] near_duplicates on the metric's tokens) are
-    kept in one fold whatever the strategy. Then prints how close each CV row is to its training
+    kept in one fold whatever the strategy. With "auto" (the default) it tries the thresholds
+    0.5..0.9, prints each one's figures and keeps the one whose CV rows resemble the test most. Then prints how close each CV row is to its training
     folds next to how close the test is to train: similar rows mean the folds look like the test.
     Refuses to replace different existing folds without --force.
 
