@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError
+from .gguf import converted_folder, is_gguf
 
 
 def resolve_device(params) -> str:
@@ -106,7 +107,10 @@ def lora_model(model, params):
 
 
 def model_source(params) -> str:
-    """A local folder (absolute, or relative to the current workspace) or a hub id as given."""
+    """A local folder (absolute, or relative to the current workspace) or a hub id as given; a
+    .gguf file's safetensors folder (converted on first use, see competition.gguf)."""
+    if is_gguf(params.model):
+        return str(converted_folder(params.model))
     path = Path(params.model).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -126,8 +130,8 @@ def load_error(params, error: Exception) -> ConfigError:
                            f"here ({type(error).__name__}: {str(error).splitlines()[0]}): choose sdpa or eager, "
                            "or install what it needs (e.g. flash-attn on a CUDA machine)")
     return ConfigError(f"cannot load model {params.model!r} ({type(error).__name__}: {str(error).splitlines()[0]}): "
-                       "point `model` at a local folder with config.json and safetensors weights, or a hub id "
-                       "reachable from this machine")
+                       "point `model` at a local folder with config.json and safetensors weights, a .gguf file, "
+                       "or a hub id reachable from this machine")
 
 
 def load_tokenizer(params, source: str | None = None):
@@ -159,6 +163,27 @@ def load_causal_lm(params, device: str, adapter: Path | None = None, trainable: 
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
     return model
+
+
+def predicts_dequantised(params, device: str) -> bool:
+    """Whether a quantized model predicts through a dequantised copy: always without CUDA, where
+    bitsandbytes' 4-bit and 8-bit layers have no fast kernels (SmolLM2-135M on 2 cores: 150 rows
+    unfinished after 8 minutes in 4-bit, 95 s dequantised). The copy holds the same weights (the
+    quantized values, in float32), so the outputs match up to rounding; it costs 4 bytes per
+    parameter of memory instead of about half a byte."""
+    return params.quantization != "none" and device != "cuda"
+
+
+def dequantised_note(name: str, params, device: str) -> str:
+    """The one line a candidate prints when it predicts through a dequantised copy."""
+    return (f"{name}: no CUDA here, so the {params.quantization} model predicts through a float32 copy of the same "
+            "weights (bitsandbytes' quantized layers generate many times slower on CPU); the copy needs 4 bytes "
+            "of memory per parameter")
+
+
+def dequantised_causal_lm(params, device: str):
+    """The quantized base as float layers holding its quantized values (see predicts_dequantised)."""
+    return load_causal_lm(params, device).dequantize(dtype=compute_dtype(device))
 
 
 def merged_causal_lm(params, device: str, adapter: Path, dtype=None):

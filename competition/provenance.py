@@ -25,6 +25,7 @@ from .config import config_hash
 from .data import load_from_config, rows_sha256
 from .errors import FoldMismatch, UnknownCandidate
 from .folds import check_folds, folds_sha256, labelled_rows
+from .gguf import gguf_fingerprint, is_gguf
 from .predictions import done_folds, list_sources, load_meta, run_dir
 
 INPUT_KEYS = ("data_sha256", "folds_sha256", "test_sha256", "dev_sha256")
@@ -54,8 +55,10 @@ def file_sha256(path: Path) -> str:
 def model_fingerprint(model: str) -> dict | None:
     """For a local model folder: its files' names and sizes, the sha256 of config.json and of any
     weight index, and of the weights themselves when they total at most FULL_HASH_BYTES. None for
-    a hub id (its name is in the settings already)."""
+    a hub id (its name is in the settings already). A .gguf file: its name, size and sha256."""
     folder = Path(model).expanduser()
+    if is_gguf(model) and folder.is_file():
+        return gguf_fingerprint(folder)
     if not folder.is_dir():
         return None
     files = sorted(path for path in folder.rglob("*") if path.is_file())
@@ -313,4 +316,3 @@ def require_current(config, name: str, hashes: dict, k: int, role: str = "") -> 
         who = f"{role} {name!r}" if role else repr(name)
         raise StaleSource(f"{who} is not current: {'; '.join(problems)}: rerun it with "
                           f"`{rerun_command(config, name)}`")
-

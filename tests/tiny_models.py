@@ -71,6 +71,79 @@ def build_tiny_causal_lm(folder: Path) -> Path:
     return folder
 
 
+def build_tiny_llama(tokenizer_dir: Path, folder: Path) -> Path:
+    """A 2-layer Llama (hidden 64) with the tiny Qwen3's tokenizer: an architecture transformers
+    reads from GGUF files (write_gguf)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+def write_gguf(model_dir: Path, out: Path, architecture: str = "llama") -> Path:
+    """A Llama model folder written as a GGUF file (float32 tensors, its byte-level BPE tokenizer
+    and chat template), as llama.cpp's converter lays it out: what a `.gguf` `model` is read from.
+    `architecture` other than llama writes the same file under another name (an unsupported one)."""
+    import json
+
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = model.config
+    writer = gguf.GGUFWriter(str(out), architecture)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = [""] * len(tokenizer)
+    types = [gguf.TokenType.NORMAL] * len(tokenizer)
+    for token, index in spec["model"]["vocab"].items():
+        tokens[index] = token
+    for added in spec["added_tokens"]:
+        tokens[added["id"]] = added["content"]
+        types[added["id"]] = gguf.TokenType.CONTROL if added["special"] else gguf.TokenType.USER_DEFINED
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            # llama.cpp orders each head's rotary dimensions in pairs; transformers reorders them on loading
+            heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
+            tensor = tensor.reshape(heads, 2, tensor.shape[0] // heads // 2, tensor.shape[1]).transpose(1, 2)
+            tensor = tensor.reshape(-1, config.hidden_size)
+        writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), tensor.contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(out)
+
+
 def build_tiny_opt(folder: Path) -> Path:
     """A 2-layer OPT (hidden 64) with the tiny Qwen3's tokenizer: its learnt positions come from the
     attention mask, so rows packed into one sequence see each other (packing must be refused)."""
@@ -166,6 +239,24 @@ def tiny_summariser_lm(tiny_causal_lm, tmp_path_factory) -> Path:
 def tiny_summariser_base_lm(tiny_summariser_lm, tmp_path_factory) -> Path:
     """tiny_summariser_lm without its chat template (plain-text prompts, like a base model)."""
     return without_chat_template(tiny_summariser_lm, tmp_path_factory.mktemp("tiny-qwen3-says-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_causal_lm, tmp_path_factory) -> Path:
+    return build_tiny_llama(tiny_causal_lm, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny Llama as a GGUF file (float32 tensors)."""
+    return write_gguf(tiny_llama, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.F32.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_summariser_gguf(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny Llama trained to answer every prompt with FIXED_SUMMARY, as a GGUF file."""
+    folder = tmp_path_factory.mktemp("tiny-llama-says")
+    return write_gguf(train_to_say(tiny_llama, folder), folder / "says.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -128,12 +128,13 @@ class Composed:
 class Model(Composed):
     """The pretrained model a kind starts from (each kind sets its own default)."""
 
-    model: str = ""  # local model folder (config.json + safetensors) or hub id
+    model: str = ""  # local model folder (config.json + safetensors), .gguf file, or hub id
     trust_remote_code: bool = False  # run Python shipped with the model: only for models you trust
     attn_implementation: str = added("")  # sdpa | eager | flash_attention_2 | ...; "" = transformers' choice
 
     def check(self) -> list[str]:
-        problems = [] if self.model.strip() else ["model = '' should name a local model folder or a hub id"]
+        problems = [] if self.model.strip() else [
+            "model = '' should name a local model folder, a .gguf file or a hub id"]
         return problems + installed_choice_problem("attn_implementation", self.attn_implementation)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..generation import GenerationReport, finish, generate
-from ..modeling import load_causal_lm, load_tokenizer, resolve_device
+from ..modeling import (dequantised_causal_lm, dequantised_note, load_causal_lm, load_tokenizer, predicts_dequantised,
+                        resolve_device)
 from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate, prompt_inputs
 from .base import Candidate
 from .parts import QUANTIZATIONS, Generation, Model, Placement, Prompt, choice_problem
@@ -22,7 +23,7 @@ from .parts import QUANTIZATIONS, Generation, Model, Placement, Prompt, choice_p
 class Params(Model, Placement, Prompt, Generation):
     """An untrained causal LM: model, placement, prompt and generation parts, plus its loading."""
 
-    model: str = "Qwen/Qwen3-0.6B"  # local model folder (config.json + safetensors) or hub id
+    model: str = "Qwen/Qwen3-0.6B"  # local model folder (config.json + safetensors), .gguf file, or hub id
     quantization: str = "4bit"  # 4bit (NF4, double quant) | 8bit | none
     max_length: int = 4096  # prompt + summary tokens; longer dialogues are cut in the middle
 
@@ -71,8 +72,12 @@ class PromptCandidate(Candidate):
         return self._model, self._tokenizer
 
     def load_model(self, device: str):
-        """The model that predicts: the base as configured, with the trained adapter attached."""
+        """The model that predicts: the base as configured (without CUDA a quantized one as float
+        layers holding its quantized weights: modeling.predicts_dequantised)."""
 
+        if predicts_dequantised(self.params, device):
+            print(dequantised_note(self.name, self.params, device), file=sys.stderr, flush=True)
+            return dequantised_causal_lm(self.params, device)
         return load_causal_lm(self.params, device, adapter=self.adapter_dir())
 
     def prompts(self, rows: pd.DataFrame, tokenizer, max_prompt_tokens: int):

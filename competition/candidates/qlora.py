@@ -15,8 +15,8 @@ import pandas as pd
 from ..config import MetricConfig
 from ..errors import ConfigError, DataError
 from ..generation import GenerationReport, finish, generate
-from ..modeling import (is_main_process, load_causal_lm, load_tokenizer, lora_model, merged_causal_lm, resolve_device,
-                        rows_kept_apart)
+from ..modeling import (dequantised_note, is_main_process, load_causal_lm, load_tokenizer, lora_model, merged_causal_lm,
+                        predicts_dequantised, resolve_device, rows_kept_apart)
 from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
 from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
                         show_training_progress, trainer_report, trainer_state_step, training_arguments)
@@ -65,10 +65,14 @@ class QLoRACandidate(PromptCandidate):
         return validation_inputs(self.params, self.metric)
 
     def load_model(self, device: str):
-        """The base with the trained adapter: through 4-bit layers, or with merge_for_inference
-        merged into a dequantised copy (faster kernels, the memory of a 16-bit model)."""
+        """The base with the trained adapter: through 4-bit layers, or merged into a dequantised
+        copy (faster kernels, the memory of a 16-bit model) with merge_for_inference, and always
+        without CUDA (modeling.predicts_dequantised)."""
 
-        if self.params.merge_for_inference and self.trained_weights().exists():
+        dequantised = predicts_dequantised(self.params, device)
+        if self.trained_weights().exists() and (dequantised or self.params.merge_for_inference):
+            if dequantised:
+                print(dequantised_note(self.name, self.params, device), file=sys.stderr, flush=True)
             return merged_causal_lm(self.params, device, self.adapter_dir())
         return load_causal_lm(self.params, device, adapter=self.adapter_dir())
 

@@ -94,3 +94,30 @@ def test_prompt_kind_through_competition_run(cli, korean_workspace, tiny_summari
     run_through_cli(cli, korean_workspace, "zero_shot", (
         f'kind = "prompt"\nmodel = "{tiny_summariser_lm}"\nquantization = "none"\nfew_shot = 1\n'
         'max_length = 600\nmax_new_tokens = 16\n'), fixed_summary=FIXED_SUMMARY)
+
+
+@pytest.mark.slow
+def test_without_cuda_a_4bit_prompt_model_predicts_through_its_dequantised_weights(tiny_summariser_lm, korean_rows,
+                                                                                   tmp_path, capsys):
+    """bitsandbytes' 4-bit layers are unusably slow on CPU: the same quantized weights as float
+    layers (so the 4-bit model's outputs), said in one line."""
+    import bitsandbytes as bnb
+
+    from competition.candidates.prompt import PromptCandidate
+    from competition.modeling import load_causal_lm
+
+    params = PromptParams(model=str(tiny_summariser_lm), quantization="4bit", max_new_tokens=16, max_length=400)
+    candidate = PromptCandidate("p4", params, tmp_path / "work")
+    model, _ = candidate.load()
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    quantized = load_causal_lm(params, "cpu")
+    layer = "model.layers.0.mlp.down_proj"
+    assert torch_equal(quantized.dequantize().get_submodule(layer).weight, model.get_submodule(layer).weight)
+    assert "p4: no CUDA here, so the 4bit model predicts through a float32 copy" in capsys.readouterr().err
+    assert candidate.predict(korean_rows.tail(2)) == [FIXED_SUMMARY] * 2
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.float(), b.float())

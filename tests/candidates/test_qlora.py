@@ -19,13 +19,16 @@ def tiny_params(model_dir, **overrides) -> Params:
 
 
 @pytest.mark.slow
-def test_qlora_4bit_trains_saves_reloads_and_predicts(tiny_causal_lm, korean_rows, tmp_path):
+def test_qlora_4bit_trains_saves_reloads_and_predicts(tiny_causal_lm, korean_rows, tmp_path, monkeypatch):
     """Trained on one fixed summary, the 4-bit model writes exactly it for unseen dialogues (a long
-    one cut to max_length too), none replaced by the lead text; a reload says the same."""
+    one cut to max_length too), none replaced by the lead text; a reload says the same. Predicting
+    through the 4-bit layers as on a CUDA machine (without CUDA the default is a dequantised copy)."""
     import bitsandbytes as bnb
 
+    from competition.candidates import qlora
     from competition.modeling import completion_loss, load_causal_lm
 
+    monkeypatch.setattr(qlora, "predicts_dequantised", lambda params, device: False)
     params = tiny_params(tiny_causal_lm)
     candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
     train = korean_rows.head(8).assign(summary=FIXED_SUMMARY)
@@ -257,13 +260,16 @@ def test_packing_trains_where_the_model_keeps_rows_apart(tiny_causal_lm, korean_
 
 @pytest.mark.slow
 def test_merge_for_inference_predicts_the_same_without_4bit_layers_or_retraining(tiny_causal_lm, korean_rows,
-                                                                                 tmp_path):
+                                                                                 tmp_path, monkeypatch, capsys):
     """Trained on one fixed summary (so the outputs are real text), the adapter predicts the same
-    through 4-bit layers and merged into a dequantised copy of the base; the switch keeps the
-    training (it is not a training setting)."""
+    through 4-bit layers (as on CUDA) and merged into a dequantised copy of the base; the switch
+    keeps the training (it is not a training setting). Without CUDA the merged copy is the
+    default, said in one line."""
     import dataclasses
 
     import bitsandbytes as bnb
+
+    from competition.candidates import qlora
 
     target = "#Person1#은 우산을 찾습니다."
     rows = korean_rows.assign(summary=target)
@@ -271,8 +277,18 @@ def test_merge_for_inference_predicts_the_same_without_4bit_layers_or_retraining
     quantized = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
     quantized.fit(rows.head(8), fold=0)
     held_out = rows.tail(4).reset_index(drop=True)
-    through_4bit = quantized.predict(held_out)
+    with monkeypatch.context() as cuda_like:
+        cuda_like.setattr(qlora, "predicts_dequantised", lambda params, device: False)
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in quantized.load()[0].modules())
+        through_4bit = quantized.predict(held_out)
     assert through_4bit == [target] * 4
+
+    capsys.readouterr()
+    on_cpu = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)  # this machine's default: no CUDA
+    on_cpu.fit(rows.head(8), fold=0)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in on_cpu.load()[0].modules())
+    assert on_cpu.predict(held_out) == through_4bit
+    assert capsys.readouterr().err.count("tiny: no CUDA here, so the 4bit model predicts through a float32 copy") == 1
 
     merged = QLoRACandidate("tiny", dataclasses.replace(params, merge_for_inference=True), tmp_path / "work", seed=0)
     merged.fit(rows.head(8), fold=0)
