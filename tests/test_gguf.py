@@ -125,3 +125,12 @@ def test_a_qlora_candidate_trains_on_a_gguf_in_4bit(tiny_gguf, korean_rows, tmp_
     assert trained_in_4bit == [True]
     assert candidate.train_report["global_step"] == 2 and candidate.trained_weights().exists()
     assert len(candidate.predict(korean_rows.tail(2))) == 2
+
+
+def test_seq2seq_refuses_a_gguf_model_at_config_load():
+    """The conversion reads causal LMs; a seq2seq candidate says so before anything runs."""
+    from competition.candidates.seq2seq import Params
+    from competition.config import InvalidValues
+
+    with pytest.raises(InvalidValues, match=r"a \.gguf file is read as a causal LM \(kinds prompt and qlora\)"):
+        Params(model="models/t5.gguf")

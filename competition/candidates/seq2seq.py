@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..config import MetricConfig
 from ..generation import GenerationReport, encode, finish, generate
+from ..gguf import is_gguf
 from ..modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, lora_config, model_source,
                         resolve_device)
 from ..prompts import DEFAULT_MARKER
@@ -60,9 +61,13 @@ class Params(Model, Placement, LoRA, Trainer, Launch, Generation):
     no_repeat_ngram_size: int = 3  # forbid repeated n-grams of this size (0 = off)
 
     def check(self) -> list[str]:
+        problems = []
         if not 0 <= self.label_smoothing < 1:
-            return [f"label_smoothing = {self.label_smoothing} should be in [0, 1)"]
-        return []
+            problems.append(f"label_smoothing = {self.label_smoothing} should be in [0, 1)")
+        if is_gguf(self.model):
+            problems.append(f"model = {self.model!r}: a .gguf file is read as a causal LM (kinds prompt and qlora); "
+                            "give seq2seq a model folder or hub id")
+        return problems
 
 
 def found_tags(rows: pd.DataFrame, more_texts: list[str] = ()) -> list[str]:
