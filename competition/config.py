@@ -97,7 +97,7 @@ class CVConfig:
     bootstrap: int = 1000  # resamples for the 95% intervals (at least 100; 0 = no intervals)
     test_strategy: str = "mbr"  # test/dev output: mbr (per row, the fold output closest to the others) or refit
     near_duplicates: float | str = "auto"  # dialogues with TF-IDF cosine >= this share a fold; "auto" = calibrated to the test; 0 = off
-    pick_by: str = "test_matched"  # history's final pick and submit's default source: test_matched or oof
+    pick_by: str = "test_matched"  # the CV that ranks, warns, plots, picks (cv, history, submit): test_matched or oof
     objective: str = "test_matched"  # what ensembles, tune and lead's N maximise: test_matched (rows weighted as in cv) or oof
 
     def __post_init__(self) -> None:
@@ -127,7 +127,7 @@ class CVConfig:
 @dataclass
 class SubmitConfig:
     dir: str = "submissions"  # leaderboard CSVs and log.csv (tracked in git)
-    source: str = ""  # candidate or ensemble to submit; "" = the best by OOF final
+    source: str = ""  # candidate or ensemble to submit; "" = the best complete source by [cv] pick_by
 
 
 @dataclass

@@ -197,6 +197,33 @@ def build_seed_groups(config: Config, results: dict, echo: Callable[[str], None]
     return built
 
 
+def _changed_fields(params) -> list[str]:
+    """"key value" for each field of a params dataclass that differs from its default."""
+    changed = []
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value != default:
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+            changed.append(f"{field.name} {text[:37] + '...' if len(text) > 40 else text}")
+    return changed
+
+
+def settings_line(config: Config, name: str, most: int = 6) -> str:
+    """A candidate's settings in one short line: its kind and the params set away from their
+    defaults (the first `most`; all of them are in runs/NAME/meta.json, "config")."""
+    candidate = config.candidate(name)
+    changed = _changed_fields(candidate.params)
+    extra = [f"{len(candidate.augmentations)} augmentation(s)"] if candidate.augmentations else []
+    shown = changed[:most] + ([f"+{len(changed) - most} more"] if len(changed) > most else [])
+    return f"{candidate.kind}, " + (", ".join(shown + extra) if shown or extra else "default settings")
+
+
 def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Sequence[int] | None = None,
                    force: bool = False, data_dir: str | Path | None = None, require_all: bool = False,
                    progress: bool = True, echo: Callable[[str], None] = _stderr, executor: str = "local",
@@ -227,13 +254,15 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
         echo(f"run: {len(context.rows)} labelled rows in {context.k} folds, {len(context.test)} test rows, "
              + (f"{len(context.dev)} dev rows (hold-out)" if context.dev is not None else "no dev hold-out")
              + f"; test output by {config.cv.test_strategy}; executor {jobs_executor.name}")
-        echo("config: " + json.dumps({"metric": dataclasses.asdict(config.metric), "cv": dataclasses.asdict(config.cv)},
-                                     sort_keys=True))
+        echo(f"config: metric {config.metric.tokenizer} tokens, {config.metric.convention} convention, "
+             f"{config.metric.multi_ref} over references; cv k={config.cv.k} ({config.cv.strategy}), near_duplicates "
+             f"{config.cv.near_duplicates}, ranked by {config.cv.pick_by}, objective {config.cv.objective} (each "
+             f"candidate's full settings: runs/NAME/meta.json)")
         # Asked at most once, and only when a candidate needs the answer: locally it imports torch.
         has_gpus = functools.cache(jobs_executor.cluster_has_gpus)
         for name in names:
             settings = candidate_settings(config, name)
-            echo(f"{name}: " + json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str))
+            echo(f"{name}: {settings_line(config, name)}")
             if _needs_cuda(context, name) and not has_gpus():
                 message = f"candidate {name!r} needs CUDA and {jobs_executor.where} has no GPU"
                 if require_all:

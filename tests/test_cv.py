@@ -129,7 +129,10 @@ def test_incomplete_sources_are_marked_and_never_ranked(workspace, cli):
     assert not overlapping["complete"] and overlapping["coverage"]["duplicated"] == 5
     assert "5 duplicated" in overlapping["problems"]
     table = cli(["cv"], cwd=workspace).output
-    assert "incomplete: folds 2/3; 200 missing" in table
+    rows = {line.split()[1]: line for line in table.splitlines()[2:] if line[:1] in "123-"}
+    assert rows["two_folds"].endswith("2/3 folds: not in competition.toml: add it back or delete its runs/ folder")
+    assert rows["overlapping"].endswith("5 duplicated, 5 wrong fold: not in competition.toml: add it back or delete "
+                                        "its runs/ folder")
 
 
 def test_changed_data_or_folds_are_reported(workspace, cli):
@@ -184,3 +187,59 @@ def test_member_is_isin():
     values = pd.Series(["a", "b", "z", "a", ""])
     assert member(values, pd.Index(["a", "b", "c"])).tolist() == values.isin(["a", "b", "c"]).tolist()
     assert member(values, pd.Index(["a", "a", "z"])).tolist() == [True, False, True, True, False]
+
+
+def test_stale_sources_get_a_short_coverage_cell(workspace, cli):
+    """Issue 25.8: a stale source's coverage cell listed every reason (hundreds of characters once
+    an ensemble's members were stale too); now a summary and the command that fixes it, every
+    reason staying in --json."""
+    toml = workspace / "competition.toml"
+    toml.write_text(toml.read_text().replace("max_turns = 4", "max_turns = 3"), encoding="utf-8")
+    result = cli(["cv"], cwd=workspace)
+    assert result.exit_code == 0, result.output
+    lead = next(line for line in result.output.splitlines() if line.startswith("-  lead"))
+    assert lead.endswith("  stale: competition run lead")
+    assert "Incomplete sources: `competition cv --json` lists every reason" in result.output
+    board = json.loads(cli(["cv", "--json"], cwd=workspace).stdout)
+    assert any("another config of lead" in problem for problem in board[-1]["problems"])
+
+
+def test_cv_ranks_by_the_score_pick_by_names(workspace, monkeypatch):
+    """Issue 24.3: cv ranked by the OOF final while the picks used the test-matched final."""
+    from competition import cv
+
+    finals = {"memorises": (30.0, 25.0), "generalises": (28.0, 27.0), "broken": (40.0, 40.0)}
+
+    def entry(config, name, *args, **kwargs):
+        oof, matched = finals[name]
+        return {"name": name, "complete": name != "broken", "oof": {"final": oof},
+                "test_matched": {"final": matched}}
+
+    monkeypatch.setattr(cv, "_entry", entry)
+    monkeypatch.setattr(cv, "list_sources", lambda config: list(finals))
+    config = load_config(workspace / "competition.toml")
+    assert [e["name"] for e in cv.leaderboard(config)] == ["generalises", "memorises", "broken"]
+    config.cv.pick_by = "oof"
+    assert [e["name"] for e in cv.leaderboard(config)] == ["memorises", "generalises", "broken"]
+
+
+def test_cv_shows_the_leaderboard_calibrated_expectation(workspace, cli):
+    """Issue 24.4: with two logged public scores, each source's expected public score is its
+    test-matched final + the median public - test-matched offset, with the band (--json and table)."""
+    board = {entry["name"]: entry for entry in json.loads(cli(["cv", "--json"], cwd=workspace).stdout)}
+    assert all(entry["expected_public"] is None for entry in board.values())  # nothing logged yet
+    matched = {name: board[name]["test_matched"]["final"] for name in ("lead", "retrieval")}
+    for number, (name, public) in enumerate((("lead", matched["lead"] - 2.0), ("retrieval", matched["retrieval"] - 1.0)),
+                                            start=1):
+        assert cli(["submit", name], cwd=workspace).exit_code == 0
+        assert cli(["lb", "record", str(number), "--public", f"{public:.4f}"], cwd=workspace).exit_code == 0
+    board = {entry["name"]: entry for entry in json.loads(cli(["cv", "--json"], cwd=workspace).stdout)}
+    # offsets -2.0 and -1.0 (to 4 decimals): median -1.5, quartiles -1.75 and -1.25, IQR 0.5, fences -3.25 and +0.25
+    for name in ("lead", "retrieval"):
+        expected = board[name]["expected_public"]
+        assert expected["expected"] == pytest.approx(matched[name] - 1.5, abs=1e-3)
+        assert expected["band"] == pytest.approx([matched[name] - 3.25, matched[name] + 0.25], abs=1e-3)
+        assert expected["calibration"]["n"] == 2 and expected["calibration"]["iqr"] == pytest.approx(0.5, abs=1e-3)
+    table = cli(["cv"], cwd=workspace).stdout
+    assert "expected public [band]" in table.splitlines()[0]
+    assert "expected public = test-matched CV -1.50 (median public - CV offset of 2 submissions" in table

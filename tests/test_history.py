@@ -11,7 +11,7 @@ from scipy import stats
 from competition.config import load_config
 from competition.errors import SubmissionError
 from competition.history import (SCORE_COLOURS, label_heights, correlation, final_picks, history_report,
-                                 history_rows, noise_warnings)
+                                 history_rows, noise_warnings, public_calibration, sort_rows)
 from competition.submission import LOG_COLUMNS, read_lb_history, read_log, record_scores
 
 # id, source, cv, ci95 low, ci95 high, dev, public, private ("" = not recorded)
@@ -184,11 +184,15 @@ def test_cli_record_history_and_plot(logged, cli):
     result = cli(["history", "--plot", plot], cwd=logged)
     assert result.exit_code == 0, result.output
     assert "CV vs public: Pearson" in result.output and "n=6" in result.output
-    header, *lines = result.output.splitlines()
-    assert header.split()[7:13] == ["dev-CV", "pub-CV", "pub-dev", "priv-CV", "priv-dev", "priv-pub"]
+    # No test-matched final logged: CV is the OOF final, marked "*", and nothing calibrates it.
+    assert result.output.startswith("CV column: OOF CV ([cv] pick_by = 'test_matched'); * = OOF final")
+    _, header, *lines = result.output.splitlines()
+    assert header.split()[9:15] == ["dev-CV", "pub-CV", "pub-dev", "priv-CV", "priv-dev", "priv-pub"]
     row_0005 = next(line for line in lines if line.startswith("0005"))
-    # cv 36.00, dev 35.40, public 34.70, private 35.80 (recorded above)
-    assert row_0005.split()[6:12] == ["-0.6000", "-1.3000", "-0.7000", "-0.2000", "+0.4000", "+1.1000"]
+    # cv 36.00, dev 35.40, public 34.70, private 35.80 (recorded above); no OOF beside it, no expected
+    assert row_0005.split()[2:12] == ["36.0000*", "35.4000", "34.7000", "35.8000", "-0.6000", "-1.3000", "-0.7000",
+                                      "-0.2000", "+0.4000", "+1.1000"]
+    assert "expected public: needs 2 submissions with a public score and a OOF CV" in result.output
     assert "WARNING: #0004" in result.output
     assert "pick 1 (best CV): #0005" in result.output and "pick 2" in result.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
@@ -209,3 +213,147 @@ def test_plot_labels_do_not_overlap_and_colours_are_one_per_score():
     assert heights[0] == 31.0 and heights[3] == 31.0  # alone: at the point
     assert heights[1] >= 31.1 and heights[2] >= heights[1] + 0.1 - 1e-9  # stacked clear of each other
     assert len(set(SCORE_COLOURS.values())) == len(SCORE_COLOURS)
+
+
+def _with_matched(logged, matched: dict[str, float], drop: tuple[str, ...] = ()) -> None:
+    """Write test-matched finals (interval +-0.8) into the made-up log, and drop rows."""
+    log_path = logged / "submissions" / "log.csv"
+    log = pd.read_csv(log_path, dtype=str, keep_default_na=False)
+    for number, final in matched.items():
+        log.loc[log["id"] == number, ["matched_final", "matched_ci95_low", "matched_ci95_high"]] = \
+            [f"{final:.4f}", f"{final - 0.8:.4f}", f"{final + 0.8:.4f}"]
+    log[~log["id"].isin(drop)].to_csv(log_path, index=False)
+
+
+def test_one_cv_warns_sorts_and_correlates_by_pick_by(logged):
+    """Issue 24.3: history warned on the OOF change (-0.5 for #0004) while the test-matched change,
+    the CV the picks use, was a gain; it now warns on the [cv] pick_by score, shows the other beside
+    it, and sorts and correlates by it too."""
+    # #0004's test-matched final rose over #0003's (34.1 -> 34.4) while its OOF fell (35.0 -> 34.5);
+    # #0006's public gain over #0004 comes with a test-matched fall (34.4 -> 34.35), OOF up (+1.0).
+    _with_matched(logged, {"0001": 29.0, "0002": 31.0, "0003": 34.1, "0004": 34.4, "0005": 33.0, "0006": 34.35})
+    log_path = logged / "submissions" / "log.csv"
+    log = pd.read_csv(log_path, dtype=str, keep_default_na=False)
+    log.loc[log["id"] == "0006", "public"] = "36.0"
+    log.to_csv(log_path, index=False)
+    rows = history_rows(read_log(_config(logged)), "test_matched")
+    warnings = noise_warnings(rows)
+    assert not any(warning.startswith("#0004") for warning in warnings)
+    assert len(warnings) == 1 and warnings[0].startswith("#0006 (mbr) raised the best public score by +0.1000 over "
+                                                         "#0004 while its test-matched CV changed -0.0500 "
+                                                         "(OOF final +1.0000)")
+    assert [row["id"] for row in sort_rows(rows, "cv")] == ["0004", "0006", "0003", "0005", "0002", "0001"]
+    assert rows[3]["cv"] == 34.4 and rows[3]["oof"] == 34.5 and rows[3]["public_minus_cv"] == pytest.approx(1.5)
+    assert correlation(rows)["pearson"] == pytest.approx(stats.pearsonr([29.0, 31.0, 34.1, 34.4, 33.0, 34.35],
+                                                                        [29.1, 31.4, 34.0, 35.9, 34.5, 36.0])[0])
+    oof_rows = history_rows(read_log(_config(logged)), "oof")
+    assert any(warning.startswith("#0004 (qwen_b) raised the best public score by +1.9000 over #0003 while its "
+                                  "OOF CV changed -0.5000 (test-matched final +0.3000)")
+               for warning in noise_warnings(oof_rows))
+
+
+def test_expected_public_by_hand_for_three_submissions(logged):
+    """Issue 24.4: offsets public - test-matched of #0001-#0003: 29.10 - 30.30 = -1.20,
+    31.40 - 32.30 = -0.90, 34.00 - 35.50 = -1.50. Median -1.20; quartiles (linear) -1.35 and
+    -1.05, IQR 0.30; fences -1.35 - 3 x 0.30 = -2.25 and -1.05 + 0.90 = -0.15. A source with
+    test-matched 33.00 expects 31.80 on the public board, band 30.75-32.85."""
+    _with_matched(logged, {"0001": 30.3, "0002": 32.3, "0003": 35.5, "0005": 33.0},
+                  drop=("0004", "0006"))
+    log_path = logged / "submissions" / "log.csv"
+    log = pd.read_csv(log_path, dtype=str, keep_default_na=False)
+    log.loc[log["id"] == "0005", "public"] = ""  # not scored yet
+    log.to_csv(log_path, index=False)
+    report = history_report(_config(logged))
+    calibration = report["calibration"]
+    assert calibration["n"] == 3 and calibration["offsets"] == pytest.approx({"0001": -1.2, "0002": -0.9, "0003": -1.5})
+    assert calibration["median"] == pytest.approx(-1.2) and calibration["iqr"] == pytest.approx(0.3)
+    assert (calibration["low"], calibration["high"]) == pytest.approx((-2.25, -0.15))
+    row = next(row for row in report["submissions"] if row["id"] == "0005")
+    assert row["expected_public"]["expected"] == pytest.approx(31.8)
+    assert row["expected_public"]["band"] == pytest.approx([30.75, 32.85])
+    assert not any(row["lb_outlier"] for row in report["submissions"])  # three offsets: nothing can be outside
+    assert public_calibration(history_rows(read_log(_config(logged)))[:1]) is None  # one score: no calibration
+
+
+def test_a_public_score_outside_its_band_is_flagged(logged):
+    """Five offsets -1.0, -1.1, -0.9, -1.05, +0.6 (#0004: public far above what its CV predicts):
+    Q1 -1.05, Q3 -0.9, IQR 0.15, fences -1.5 and -0.45: #0004 is flagged, in the report and the table."""
+    _with_matched(logged, {"0001": 30.1, "0002": 32.5, "0003": 34.9, "0004": 35.3, "0005": 35.55}, drop=("0006",))
+    report = history_report(_config(logged))
+    assert report["calibration"]["median"] == pytest.approx(-1.0)
+    assert (report["calibration"]["low"], report["calibration"]["high"]) == pytest.approx((-1.5, -0.45))
+    assert [row["id"] for row in report["submissions"] if row["lb_outlier"]] == ["0004"]
+    assert any(warning.startswith("#0004 (qwen_b) public 35.9000 is outside its expected band [33.8000, 34.8500]")
+               for warning in report["warnings"])
+
+
+def test_cli_history_names_its_cv_and_shows_the_expected_public(logged, cli):
+    _with_matched(logged, {"0001": 30.1, "0002": 32.5, "0003": 34.9, "0004": 35.3, "0005": 35.55}, drop=("0006",))
+    result = cli(["history"], cwd=logged)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("CV column: test-matched CV ([cv] pick_by = 'test_matched'); OOF column")
+    assert lines[1].split()[:9] == ["id", "source", "CV", "OOF", "dev", "public", "expected", "band", "private"]
+    row_0004 = next(line for line in lines if line.startswith("0004")).split()
+    assert row_0004[2:8] == ["35.3000", "34.5000", "34.0000", "35.9000!", "34.3000", "33.80-34.85"]
+    assert "test-matched CV vs public: Pearson" in result.output
+    assert "expected public = test-matched CV -1.00 (median public - CV offset of 5 submissions" in result.output
+    report = json.loads(cli(["history", "--json"], cwd=logged).stdout)
+    assert report["cv_label"] == "test-matched CV" and report["calibration"]["n"] == 5
+    assert report["submissions"][3]["expected_public"]["expected"] == pytest.approx(34.3)
+
+
+def _images():
+    """docs/images.py, the script that redraws the guide's pictures."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "images.py"
+    spec = importlib.util.spec_from_file_location("docs_images", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("count", [1, 20])
+def test_history_plot_is_readable_for_1_and_20_submissions(tmp_path, count):
+    """Issue 25.8: the legend hid a single point, the id labels were orange on orange, and a y = x
+    line stretched both axes when the board sat far from CV."""
+    import matplotlib.pyplot as plt
+
+    from competition.history import draw_history, plot_history
+
+    images = _images()
+    config = load_config(images.made_up_workspace(tmp_path, count) / "competition.toml")
+    report = history_report(config)
+    path = plot_history(report["submissions"], tmp_path / "history.png", report["calibration"])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (report["calibration"] is None) == (count == 1)
+
+    # The leaderboard 8 points under CV (public and private alike).
+    far = [dict(row, **{key: None if row[key] is None else row[key] - 8.0 for key in ("public", "private")})
+           for row in report["submissions"]]
+    calibration = report["calibration"] and dict(report["calibration"], **{
+        key: report["calibration"][key] - 8.0 for key in ("median", "low", "high")})
+    figure = draw_history(far, calibration)
+    figure.canvas.draw()
+    scatter = figure.axes[0]
+    board = [row[key] for row in far for key in ("public", "private") if row[key] is not None]
+    low, high = scatter.get_ylim()
+    assert high - low <= max(max(board) - min(board), 1.0) * 1.3  # fitted to the points, not to y = x
+    renderer = figure.canvas.get_renderer()
+    legend = scatter.get_legend().get_window_extent(renderer)
+    for row in far:
+        if row["public"] is not None:
+            x, y = scatter.transData.transform((row["cv"], row["public"]))
+            assert not legend.contains(x, y)  # no point under the legend
+    labels = [text for text in scatter.texts if text.get_text().isdigit()]
+    assert labels and all(text.get_color() not in (SCORE_COLOURS["public"], SCORE_COLOURS["private"])
+                          for text in labels)
+    plt.close(figure)
+
+
+def test_docs_images_script_draws_every_picture(tmp_path):
+    drawn = _images().main(tmp_path)
+    assert [path.name for path in drawn] == ["history-1.png", "history-3.png", "history-20.png", "similarity.png"]
+    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000 for path in drawn)

@@ -294,3 +294,18 @@ def test_three_seeds_give_three_sources_and_their_mbr_ranked_by_cv(cli, korean_w
     again = json.loads(cli(["run", "--json"], cwd=korean_workspace).stdout)  # every enabled seed, all cached
     assert all(again[member]["ran"] == [] for member in members) and again["lead"]["complete"]
 
+
+
+def test_run_prints_a_short_readable_line_per_candidate(workspace):
+    """Issue 25.8: run printed each candidate's whole config as a raw JSON line (every param, the
+    metric, the seed); now its kind and the params set away from their defaults, the full settings
+    staying in meta.json."""
+    config = load_config(workspace / "competition.toml")
+    lines: list[str] = []
+    run_candidates(config, progress=False, echo=lines.append)
+    assert "lead: lead, max_turns 4" in lines and "retrieval: retrieval, default settings" in lines
+    config_line = next(line for line in lines if line.startswith("config: "))
+    assert config_line.startswith("config: metric kiwi tokens, official convention, mean over references; cv k=3")
+    assert not any("{" in line for line in lines) and max(len(line) for line in lines) < 220
+    meta = json.loads((run_dir(config, "lead") / "fold_0" / "meta.json").read_text())
+    assert meta["config"]["params"]["max_turns"] == 4 and meta["config"]["params"]["min_turns"] == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..choices import HISTORY_SORT_KEYS
-from ..history import GAPS, history_report, plot_history
+from ..history import GAPS, describe_calibration, history_report, other_score, plot_history
 from ..pipeline import run_pipeline, with_data_dir
 from ..errors import LeaderboardError
 from ..leaderboard import SYNC_REFUSAL_FIX, open_platform, sync, upload, wait_for_score
@@ -229,32 +229,47 @@ def _correlation_line(name: str, result: dict, label: str = "CV") -> str:
 @json_option
 @with_config
 def history_command(config, sort_key, plot_path, cv_tolerance, as_json) -> None:
-    """All submissions with CV (OOF final), test-matched CV, dev, public and private scores and
-    their gaps; CV-vs-leaderboard correlations; warnings about public gains CV does not back; the two
-    final picks, by the score [cv] pick_by names (default: test-matched).
+    """All submissions with CV, dev, public and private scores and their gaps; CV-vs-leaderboard
+    correlations; warnings about public gains CV does not back; the two final picks. CV is the
+    score [cv] pick_by names (default: the test-matched final; the other final beside it). From two
+    public scores on, each submission's expected public score (CV + the median public - CV offset)
+    with its band, and a warning for a public score outside it.
 
     Example: competition history --sort public --plot history.png
     """
 
     report = history_report(config, sort_key, cv_tolerance)
     if plot_path:
-        report["plot"] = str(plot_history(report["submissions"], plot_path))
+        report["plot"] = str(plot_history(report["submissions"], plot_path, report["calibration"]))
     if as_json:
         print_json(report)
         return
     if not report["submissions"]:
         click.echo("No submissions yet: run `competition submit SOURCE` (or `make submit`).")
         return
+    label = report["cv_label"]
+    other = "matched" if config.cv.pick_by == "oof" else "OOF"
     short = {"cv": "CV", "dev": "dev", "public": "pub", "private": "priv"}
-    rows = [[row["id"], row["source"], _score(row["cv"]), _score(row["matched"]), _score(row["dev"]), _score(row["public"]),
-             _score(row["private"]), *(_gap(row[gap]) for gap, _, _ in GAPS),
-             row["created_at"][:16], row["note"][:40]] for row in report["submissions"]]
+    rows = []
+    for row in report["submissions"]:
+        expected = row["expected_public"] or {}
+        band = expected.get("band")
+        rows.append([row["id"], row["source"], _score(row["cv"]) + ("*" if row["cv_by"] != config.cv.pick_by else ""),
+                     _score(other_score(row)[1]), _score(row["dev"]),
+                     _score(row["public"]) + ("!" if row["lb_outlier"] else ""), _score(expected.get("expected")),
+                     f"{band[0]:.2f}-{band[1]:.2f}" if band else "", _score(row["private"]),
+                     *(_gap(row[gap]) for gap, _, _ in GAPS), row["created_at"][:16], row["note"][:40]])
     gap_headers = [f"{short[high]}-{short[low]}" for _, high, low in GAPS]
-    click.echo(table(rows, ["id", "source", "CV", "matched", "dev", "public", "private", *gap_headers, "created",
-                            "note"]))
+    click.echo(f"CV column: {label} ([cv] pick_by = {config.cv.pick_by!r})"
+               + ("; * = OOF final, logged before test-matched finals" if any(
+                   row["cv_by"] != config.cv.pick_by for row in report["submissions"]) else "")
+               + f"; {other} column: the {'test-matched' if other == 'matched' else 'OOF'} final beside it")
+    click.echo(table(rows, ["id", "source", "CV", other, "dev", "public", "expected", "band", "private",
+                            *gap_headers, "created", "note"]))
     click.echo("")
-    click.echo(_correlation_line("public", report["correlation"]["public"]))
-    click.echo(_correlation_line("private", report["correlation"]["private"]))
+    click.echo(_correlation_line("public", report["correlation"]["public"], label))
+    click.echo(_correlation_line("private", report["correlation"]["private"], label))
+    click.echo(describe_calibration(report["calibration"], label))
     for warning in report["warnings"]:
         click.echo(f"WARNING: {warning}")
     click.echo("")
