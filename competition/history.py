@@ -362,8 +362,8 @@ def _scatter_panel(axis, rows: list[dict], calibration: dict | None, label: str)
         axis.plot(xs, xs, ":", color="black", linewidth=1, label="y = x")
     else:
         notes.append("y = x lies outside this view")
-    if notes:
-        axis.text(0.02, 0.02, "\n".join(notes), transform=axis.transAxes, fontsize=8, color="0.3")
+    for note in notes:  # in the legend, below the axes: never over a point
+        axis.plot([], [], " ", label=note)
     height = (y_limits[1] - y_limits[0]) * 0.05
     shift = (x_limits[1] - x_limits[0]) * 0.012
     # One id label per submission: at its public point, at its private point only without one.

@@ -81,9 +81,15 @@ def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
     config = with_data_dir(load_config(tmp_path / "competition.toml"), tmp_path / "competition-files")
     board = leaderboard(config)
     assert [entry["name"] for entry in board if entry["complete"]] and {e["name"] for e in board} == {"lead", "retrieval"}
-    assert row["source"] == board[0]["name"]  # the best OOF final
+    assert row["source"] == board[0]["name"]  # the best by [cv] pick_by (the test-matched final)
     assert float(row["oof_final"]) == pytest.approx(board[0]["oof"]["final"], abs=1e-4)
     assert "CV leaderboard" in result.output and f"{board[0]['oof']['final']:.4f}" in result.output
+    lines = result.output.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("source ")))
+    # The table names the score that ranks it, first (issue 24.3: it led with the OOF final).
+    assert lines[header].split()[3:6] == ["test-matched", "(ranks)", "OOF"]
+    assert lines[header + 2].split()[:4] == [board[0]["name"], board[0]["kind"], f"{board[0]['folds_done']}/{board[0]['k']}",
+                                             f"{board[0]['test_matched']['final']:.4f}"]
     assert 5 < float(row["oof_final"]) < 60  # ROUGE finals of simple baselines on this data
     assert row["file"] in result.output and row["sha256"] in result.output  # the new log row
 

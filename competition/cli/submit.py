@@ -29,18 +29,25 @@ def _log_row_lines(row: dict) -> str:
     return table(shown, ["field", "value"])
 
 
-def leaderboard_table(board: list[dict]) -> str:
+def leaderboard_table(board: list[dict], pick_by: str = "test_matched") -> str:
+    """The pipeline's CV leaderboard: the ranking final ([cv] pick_by) first with its 95% interval,
+    the other final beside it."""
+    names = {"test_matched": "test-matched", "oof": "OOF final"}
+    order = sorted(names, key=lambda key: key != pick_by)
     rows = []
     for entry in board:
         oof = entry.get("oof") or {}
-        ci = entry.get("ci95") or [None, None]
+        matched = entry.get("test_matched") or {}
+        finals = {"test_matched": (matched.get("final"), matched.get("ci95")),
+                  "oof": (oof.get("final"), entry.get("ci95"))}
+        ci = finals[pick_by][1] or [None, None]
         rows.append([entry["name"], entry.get("kind", ""), f"{entry.get('folds_done', '')}/{entry.get('k', '')}",
-                     _score(oof.get("rouge1")), _score(oof.get("rouge2")), _score(oof.get("rougeL")),
-                     _score(oof.get("final")),
+                     *(_score(finals[key][0]) for key in order),
                      f"{ci[0]:.2f}-{ci[1]:.2f}" if ci[0] is not None and ci[1] is not None else "",
-                     _score((entry.get("test_matched") or {}).get("final")), _score(entry.get("dev_final"))])
-    return table(rows, ["source", "kind", "folds", "R1", "R2", "RL", "OOF final", "95% CI", "test-matched",
-                        "dev final"])
+                     _score(oof.get("rouge1")), _score(oof.get("rouge2")), _score(oof.get("rougeL")),
+                     _score(entry.get("dev_final")), "complete" if entry.get("complete") else "incomplete"])
+    return table(rows, ["source", "kind", "folds", f"{names[order[0]]} (ranks)", names[order[1]], "95% CI",
+                        "R1", "R2", "RL", "dev final", "coverage"])
 
 
 @click.command("submit")
@@ -324,7 +331,7 @@ def pipeline_command(config, data_dir, require_all, note, as_json) -> None:
         print_json({key: value for key, value in result.items() if key != "runs"})
         return
     click.echo("\nCV leaderboard")
-    click.echo(leaderboard_table(result["leaderboard"]))
+    click.echo(leaderboard_table(result["leaderboard"], config.cv.pick_by))
     click.echo("\nSubmission" + ("" if result["new"] else " (already logged)"))
     click.echo(_log_row_lines(result["submission"]))
 
