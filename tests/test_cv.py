@@ -194,11 +194,16 @@ def test_stale_sources_get_a_short_coverage_cell(workspace, cli):
     an ensemble's members were stale too); now a summary and the command that fixes it, every
     reason staying in --json."""
     toml = workspace / "competition.toml"
+    toml.write_text(toml.read_text() + '\n[ensembles.both]\nmethod = "hill-climb"\nmembers = ["lead", "retrieval"]\n',
+                    encoding="utf-8")
+    assert cli(["ensemble", "both"], cwd=workspace).exit_code == 0
     toml.write_text(toml.read_text().replace("max_turns = 4", "max_turns = 3"), encoding="utf-8")
     result = cli(["cv"], cwd=workspace)
     assert result.exit_code == 0, result.output
     lead = next(line for line in result.output.splitlines() if line.startswith("-  lead"))
     assert lead.endswith("  stale: competition run lead")
+    both = next(line for line in result.output.splitlines() if line.startswith("-  both"))
+    assert both.endswith("  stale: competition run, then competition ensemble both")
     assert "Incomplete sources: `competition cv --json` lists every reason" in result.output
     board = json.loads(cli(["cv", "--json"], cwd=workspace).stdout)
     assert any("another config of lead" in problem for problem in board[-1]["problems"])

@@ -31,11 +31,12 @@ def _with_interval(value: float | None, interval: list[float] | None) -> str:
     return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
-def _fix(config: Config, name: str) -> str:
+def _fix(config: Config, name: str, problems: list[str]) -> str:
     """The command that makes `name`'s predictions current again."""
     candidate = name.split("#s")[0]  # a seed's source NAME#sSEED runs with its candidate
     if name in config.ensembles:
-        return f"competition ensemble {name}"
+        stale_members = any(problem.startswith("member ") for problem in problems)
+        return ("competition run, then " if stale_members else "") + f"competition ensemble {name}"
     if name.endswith("@tuned") and name.removesuffix("@tuned") in config.candidates:
         return f"competition tune {name.removesuffix('@tuned')}"
     if name in config.candidates or candidate in config.candidates:
@@ -60,7 +61,7 @@ def coverage_summary(config: Config, entry: dict) -> str:
         parts.append("stale")
     elif other:
         parts.append("dev output incomplete")
-    return ", ".join(parts) + ": " + _fix(config, entry["name"])
+    return ", ".join(parts) + ": " + _fix(config, entry["name"], entry["problems"])
 
 
 def _footnote(config, board: list[dict], calibration: dict | None = None) -> str:
