@@ -20,8 +20,10 @@ from .candidates import candidate_class
 from .cv import leaderboard
 from .errors import CompetitionError, UnknownCandidate
 from .generation import decoding_kwargs
+from .gguf import is_gguf
 from .modeling import load_tokenizer, merged_causal_lm, model_source, resolve_device
 from .predictions import fold_dir, load_meta, run_dir
+from .prompts import PromptTemplate
 from .provenance import INPUT_KEYS, TUNED_SUFFIX, candidate_seed, candidate_settings, source_problems, workspace_inputs
 from .search import LENGTH_KEYS
 
@@ -214,7 +216,7 @@ def model_card(config, name: str, fold: int | None, instance, report: ExportRepo
     if adapter:
         lines += ["from peft import PeftModel",
                   "from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig",
-                  f"base = AutoModelForCausalLM.from_pretrained({params.model!r})"
+                  f"base = AutoModelForCausalLM.from_pretrained({base_arguments(params.model)})"
                   + ("  # trained on its 4-bit NF4 form: pass BitsAndBytesConfig(load_in_4bit=True, "
                      "bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True) to match it"
                      if params.quantization == "4bit" else ""),
@@ -227,11 +229,15 @@ def model_card(config, name: str, fold: int | None, instance, report: ExportRepo
               "output = model.generate(**tokenizer(prompt, return_tensors='pt'), "
               "generation_config=GenerationConfig.from_pretrained(EXPORT_DIR))", "```", ""]
     if instance.kind == "qlora":
-        lines += ["Prompts are the toolkit's (`competition.prompts`): the tokenizer's chat template with this system "
-                  "prompt and instruction, the dialogue after the instruction"
-                  + (f", {params.few_shot} nearest training examples before it" if params.few_shot else "") + ":", "",
-                  f"- system prompt: {params.system_prompt}", f"- instruction: {params.instruction}",
-                  f"- topic in the prompt: {str(params.include_topic).lower()}", ""]
+        lines += ["## Prompt", "",
+                  "`competition run` prompted the model with exactly this text (`build_prompt(tokenizer, dialogue)`; "
+                  "the tokenizer's chat template when it has one). A dialogue longer than max_length = "
+                  f"{params.max_length} tokens less max_new_tokens = {params.max_new_tokens} was cut in the "
+                  f"middle, the cut marked by {params.truncation_marker!r}"
+                  + (f"; each prompt held the {params.few_shot} most similar training dialogues with their "
+                     "summaries as earlier turns (`examples`)" if params.few_shot else "")
+                  + ". The output is the new tokens decoded with skip_special_tokens, whitespace collapsed, a "
+                  "sentence cut off by max_new_tokens dropped.", "", "```python", prompt_function(params), "```", ""]
     else:
         lines += [f"Inputs are `source_prefix + dialogue` (source_prefix = {params.source_prefix!r}), cut in the "
                   f"middle to {params.encoder_max_length} tokens.", ""]
@@ -258,6 +264,49 @@ def model_card(config, name: str, fold: int | None, instance, report: ExportRepo
               "", "## Config", "", "```json",
               json.dumps(candidate_settings(config, name), indent=2, sort_keys=True, ensure_ascii=False, default=str),
               "```", ""]
+    return "\n".join(lines)
+
+
+def base_arguments(model: str) -> str:
+    """from_pretrained's arguments for the base model: a GGUF file is read through gguf_file
+    (transformers dequantises it, as `competition run` did)."""
+    if is_gguf(model):
+        path = Path(model).expanduser().resolve()
+        return f"{str(path.parent)!r}, gguf_file={path.name!r}"
+    return repr(model)
+
+
+def prompt_function(params) -> str:
+    """Python source of `build_prompt(tokenizer, dialogue, topic="", examples=())`: the prompt
+    competition.prompts builds for these Prompt settings, with nothing of this project (an export's
+    user needs the exact text: the fixed labels and the system message change the outputs)."""
+    template = PromptTemplate.from_params(params)
+    system = f"[{{'role': 'system', 'content': {template.system!r}}}]" if template.system else "[]"
+    lines = ["def build_prompt(tokenizer, dialogue, topic='', examples=()):",
+             "    \"\"\"examples: dicts with dialogue, summary (and topic) shown first, most similar first.\"\"\"",
+             "    def user(text, topic):",
+             f"        parts = [{template.instruction!r}]" if template.instruction else "        parts = []"]
+    if template.include_topic:
+        lines += ["        if topic:", f"            parts.append({template.topic_label + ' '!r} + topic)"]
+    lines += [f"        parts.append({template.dialogue_label + chr(10)!r} + text)",
+              "        return '\\n\\n'.join(parts)",
+              "",
+              f"    messages = {system}",
+              "    for shot in examples:",
+              "        messages += [{'role': 'user', 'content': user(shot['dialogue'], shot.get('topic', ''))},",
+              "                     {'role': 'assistant', 'content': shot['summary']}]",
+              "    messages.append({'role': 'user', 'content': user(dialogue, topic)})",
+              "    if tokenizer.chat_template:",
+              "        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,",
+              "                                             enable_thinking=False)",
+              "        bos = tokenizer.bos_token  # the tokenizer adds BOS itself where the model wants one",
+              "        if bos and text.startswith(bos) and tokenizer('')['input_ids'][:1] == [tokenizer.bos_token_id]:",
+              "            text = text[len(bos):]",
+              "        return text",
+              "    # no chat template: plain text, each example's summary after the label that ends the prompt",
+              f"    blocks = [{template.summary_label + ' '!r} + m['content'] if m['role'] == 'assistant' "
+              "else m['content'] for m in messages]",
+              f"    return '\\n\\n'.join(blocks) + {chr(10) * 2 + template.summary_label!r}"]
     return "\n".join(lines)
 
 

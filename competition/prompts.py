@@ -11,6 +11,11 @@ DEFAULT_SYSTEM = "당신은 한국어 일상 대화를 정확하고 간결하게
 DEFAULT_INSTRUCTION = ("다음 대화를 한두 문장으로 요약하세요. 화자는 #Person1#, #Person2#처럼 대화의 태그 그대로 "
                        "쓰세요.")
 DEFAULT_MARKER = "\n... (중략) ...\n"
+# The fixed labels of the user message (and of a plain-text prompt's answer), part of the Prompt
+# settings so English data can say "Dialogue:" and "Summary:".
+DEFAULT_DIALOGUE_LABEL = "대화:"
+DEFAULT_SUMMARY_LABEL = "요약:"
+DEFAULT_TOPIC_LABEL = "주제:"
 
 
 @dataclass
@@ -19,18 +24,23 @@ class PromptTemplate:
     instruction: str = DEFAULT_INSTRUCTION  # written before the dialogue
     include_topic: bool = False  # add the row's topic (when the data has one) to the user message
     marker: str = DEFAULT_MARKER  # replaces the middle of a dialogue too long for max_length
+    dialogue_label: str = DEFAULT_DIALOGUE_LABEL  # the line before the dialogue
+    summary_label: str = DEFAULT_SUMMARY_LABEL  # plain-text prompts (no chat template): before each summary
+    topic_label: str = DEFAULT_TOPIC_LABEL  # before the topic (include_topic)
 
     @classmethod
     def from_params(cls, params) -> "PromptTemplate":
         return cls(system=params.system_prompt, instruction=params.instruction,
-                   include_topic=params.include_topic, marker=params.truncation_marker)
+                   include_topic=params.include_topic, marker=params.truncation_marker,
+                   dialogue_label=params.dialogue_label, summary_label=params.summary_label,
+                   topic_label=params.topic_label)
 
 
 def user_message(template: PromptTemplate, dialogue: str, topic: str = "") -> str:
     parts = [template.instruction] if template.instruction else []
     if template.include_topic and topic:
-        parts.append(f"주제: {topic}")
-    parts.append(f"대화:\n{dialogue}")
+        parts.append(f"{template.topic_label} {topic}")
+    parts.append(f"{template.dialogue_label}\n{dialogue}")
     return "\n\n".join(parts)
 
 
@@ -46,8 +56,9 @@ def build_messages(template: PromptTemplate, dialogue: str, topic: str = "",
     return messages
 
 
-def render(tokenizer, messages: list[dict]) -> str:
-    """The text a causal LM continues: the chat template with a generation prompt, or plain text."""
+def render(tokenizer, messages: list[dict], summary_label: str = DEFAULT_SUMMARY_LABEL) -> str:
+    """The text a causal LM continues: the chat template with a generation prompt, or plain text
+    (each answer after `summary_label`, which also ends the prompt)."""
     if getattr(tokenizer, "chat_template", None):
         # enable_thinking=False: Qwen3 templates then emit an empty <think></think> block; others ignore it.
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
@@ -60,10 +71,10 @@ def render(tokenizer, messages: list[dict]) -> str:
     blocks = []
     for message in messages:
         if message["role"] == "assistant":
-            blocks.append(f"요약: {message['content']}")
+            blocks.append(f"{summary_label} {message['content']}")
         else:
             blocks.append(message["content"])
-    return "\n\n".join(blocks) + "\n\n요약:"
+    return "\n\n".join(blocks) + f"\n\n{summary_label}"
 
 
 def truncate_middle(text: str, fits: Callable[[str], bool], marker: str = DEFAULT_MARKER) -> tuple[str, bool]:
@@ -100,7 +111,8 @@ class PromptBuilder:
     def prompt(self, dialogue: str, topic: str = "", examples: list[dict] | tuple = ()) -> str:
         examples = list(examples)
         while True:
-            text = render(self.tokenizer, build_messages(self.template, dialogue, topic, examples))
+            text = render(self.tokenizer, build_messages(self.template, dialogue, topic, examples),
+                          self.template.summary_label)
             if self.length(text) <= self.max_prompt_tokens:
                 return text
             if not examples:
@@ -108,12 +120,13 @@ class PromptBuilder:
             examples.pop()  # the least similar example goes first
 
         def fits(candidate_dialogue: str) -> bool:
-            rendered = render(self.tokenizer, build_messages(self.template, candidate_dialogue, topic))
+            rendered = render(self.tokenizer, build_messages(self.template, candidate_dialogue, topic),
+                              self.template.summary_label)
             return self.length(rendered) <= self.max_prompt_tokens
 
         cut, _ = truncate_middle(dialogue, fits, self.template.marker)
         self.truncated += 1
-        return render(self.tokenizer, build_messages(self.template, cut, topic))
+        return render(self.tokenizer, build_messages(self.template, cut, topic), self.template.summary_label)
 
 
 class FewShotIndex:

@@ -48,6 +48,40 @@ def plain_generate(model, tokenizer, texts: list[str], export, decoder_only: boo
     return outputs
 
 
+def card_prompt_function(card: str):
+    """The build_prompt function a model card's "## Prompt" section gives, defined from its text alone."""
+    code = card.split("## Prompt", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - the card's own code, as a user would paste it
+    return namespace["build_prompt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chat", [True, False])
+def test_the_cards_prompt_function_builds_the_prompt_run_gives(tiny_causal_lm, tiny_base_lm, korean_rows, chat):
+    """The card states the exact prompt: its build_prompt, pasted anywhere, gives PromptBuilder's text
+    with the fixed labels of the config (English here), the topic and few-shot examples."""
+    from transformers import AutoTokenizer
+
+    from competition.candidates.qlora import Params
+    from competition.export import prompt_function
+    from competition.prompts import FewShotIndex, PromptBuilder, PromptTemplate
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm if chat else tiny_base_lm)
+    for params in (Params(model="m", include_topic=True, few_shot=2),
+                   Params(model="m", system_prompt="", instruction="Summarise.", dialogue_label="Dialogue:",
+                          summary_label="Summary:", topic_label="Topic:", include_topic=True, few_shot=1),
+                   Params(model="m", instruction="")):
+        namespace: dict = {}
+        exec(prompt_function(params), namespace)  # noqa: S102
+        builder = PromptBuilder(tokenizer, PromptTemplate.from_params(params), 4000)
+        rows = korean_rows.head(3)
+        shots = FewShotIndex.from_rows(korean_rows.tail(5)).nearest(rows["dialogue"].tolist(), params.few_shot)
+        for dialogue, topic, examples in zip(rows["dialogue"], rows["topic"], shots):
+            assert namespace["build_prompt"](tokenizer, dialogue, topic, examples) == \
+                builder.prompt(dialogue, topic, examples)
+
+
 @pytest.mark.slow
 def test_qlora_adapter_and_merged_exports_reproduce_run(cli, tmp_path, korean_rows, tiny_causal_lm):
     import bitsandbytes as bnb
@@ -76,7 +110,9 @@ def test_qlora_adapter_and_merged_exports_reproduce_run(cli, tmp_path, korean_ro
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     params = Params(max_length=512, max_new_tokens=16)
     builder = PromptBuilder(tokenizer, PromptTemplate(), params.max_length - params.max_new_tokens)
-    prompts = [builder.prompt(dialogue) for dialogue in rows["dialogue"]]
+    build_prompt = card_prompt_function((adapter / "README.md").read_text(encoding="utf-8"))
+    prompts = [build_prompt(tokenizer, dialogue) for dialogue in rows["dialogue"]]  # as the card says
+    assert prompts == [builder.prompt(dialogue) for dialogue in rows["dialogue"]]
     four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype="float32", bnb_4bit_quant_storage="float32")
     base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, quantization_config=four_bit, dtype="float32")
@@ -148,3 +184,11 @@ def test_kinds_without_weights_and_untrained_folds_are_one_line(cli, korean_work
     assert "run `competition run t5` first" in result.output
     result = cli(["export", "t5", "--fold", "x"], cwd=korean_workspace)
     assert result.exit_code == 2 and "--fold x: give a fold number or 'refit'" in result.output
+
+
+def test_an_adapter_card_loads_a_gguf_base_through_gguf_file(tmp_path):
+    from competition.export import base_arguments
+
+    assert base_arguments(str(tmp_path / "models" / "smol.Q4_1.gguf")) == \
+        f"{str(tmp_path / 'models')!r}, gguf_file='smol.Q4_1.gguf'"
+    assert base_arguments("Qwen/Qwen3-0.6B") == "'Qwen/Qwen3-0.6B'"

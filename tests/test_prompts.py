@@ -61,3 +61,27 @@ def test_llama_style_bos_is_not_doubled(tiny_causal_lm):
     text = render(tokenizer, build_messages(PromptTemplate(), "#Person1#: 안녕하세요."))
     ids = tokenizer(text)["input_ids"]
     assert ids[0] == bos_id and ids[1] != bos_id
+
+
+def test_the_fixed_labels_are_prompt_settings_and_their_defaults_keep_every_config_hash(tmp_path):
+    """English data can say "Dialogue:"/"Summary:"/"Topic:" (the Korean labels were fixed in the code);
+    a config that does not set them hashes as before, so no earlier result goes stale."""
+    from types import SimpleNamespace
+
+    from competition.candidates.parts import hashed_settings
+    from competition.candidates.qlora import Params
+
+    english = Params(model="m", dialogue_label="Dialogue:", summary_label="Summary:", topic_label="Topic:",
+                     include_topic=True, system_prompt="You summarise dialogues.", instruction="Summarise it.")
+    template = PromptTemplate.from_params(english)
+    assert user_message(template, "#Person1#: Hi.", "greeting").endswith("Topic: greeting\n\nDialogue:\n#Person1#: Hi.")
+    plain = SimpleNamespace(chat_template=None)  # a base model's tokenizer: plain text, answers after the label
+    text = render(plain, build_messages(template, "#Person1#: Bye.", "", [{"dialogue": "#Person1#: Hi.",
+                                                                         "summary": "They greet."}]),
+                  template.summary_label)
+    assert "\n\nSummary: They greet.\n\n" in text and text.endswith("Dialogue:\n#Person1#: Bye.\n\nSummary:")
+    assert "대화" not in text and "요약" not in text
+    korean = PromptTemplate.from_params(Params(model="m"))
+    assert user_message(korean, "#Person1#: 안녕.").endswith("대화:\n#Person1#: 안녕.")
+    assert not {"dialogue_label", "summary_label", "topic_label"} & set(hashed_settings(Params(model="m")))
+    assert hashed_settings(english)["dialogue_label"] == "Dialogue:"

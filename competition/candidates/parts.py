@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, distribution
 
 from ..config import InvalidValues
-from ..prompts import DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM
+from ..prompts import (DEFAULT_DIALOGUE_LABEL, DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SUMMARY_LABEL, DEFAULT_SYSTEM,
+                       DEFAULT_TOPIC_LABEL)
 
 DEVICES = ("auto", "cuda", "cpu")
 LAUNCHERS = ("none", "accelerate")
@@ -162,6 +163,9 @@ class Prompt(Composed):
     include_topic: bool = False  # add the row's topic to the prompt (when the data has one)
     truncation_marker: str = DEFAULT_MARKER  # replaces the cut middle of an over-long dialogue
     few_shot: int = 0  # examples per prompt, nearest training dialogues (training folds only)
+    dialogue_label: str = added(DEFAULT_DIALOGUE_LABEL)  # written before the dialogue (English data: "Dialogue:")
+    summary_label: str = added(DEFAULT_SUMMARY_LABEL)  # without a chat template: before each summary ("Summary:")
+    topic_label: str = added(DEFAULT_TOPIC_LABEL)  # before the topic with include_topic ("Topic:")
 
     def check(self) -> list[str]:
         return [f"few_shot = {self.few_shot} should be 0 or more"] if self.few_shot < 0 else []

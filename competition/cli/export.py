@@ -18,7 +18,9 @@ from .common import json_option, print_json, with_config
               help="qlora: write the base model with the adapter merged in (a 4-bit base dequantised first) "
                    "instead of the adapter.")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True,
-              help="With --merge: the merged weights' dtype.")
+              help="With --merge: the merged weights' dtype. bf16 and fp16 halve the size but round every weight, "
+                   "so greedy outputs can differ from `competition run`'s (float32 on CPU, bf16 on CUDA) in some "
+                   "rows; fp32 matches a CPU run's up to float rounding.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Folder to write (default: exports/NAME/fold_K or exports/NAME/refit; replaced if present).")
 @json_option
