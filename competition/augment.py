@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .candidates.parts import Generation
 from .chat import ChatClient
 from .errors import CompetitionError, DataError
 from .generation import clean_output, generate
@@ -225,25 +226,18 @@ def synthetic(topics: Sequence[str], per_topic: int, complete: Callable[[list[st
     return pd.DataFrame(out, columns=AUGMENTED_COLUMNS), report
 
 
-@dataclass
-class LocalGeneration:
-    """Greedy decoding settings for a local generator (fields `generation.generate` reads)."""
-
-    max_new_tokens: int = 512
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 0
-    length_penalty: float = 1.0
-    repetition_penalty: float = 1.05
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    eval_batch_size: int = 4
+def local_generation(max_new_tokens: int = 512) -> Generation:
+    """A local generator's decoding: greedy, a light repetition penalty, 4 prompts per batch."""
+    return Generation(max_new_tokens=max_new_tokens, repetition_penalty=1.05, temperature=1.0, top_p=1.0,
+                      eval_batch_size=4)
 
 
 def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_code: bool = False,
                     cache_path: Path | None = None, chunk: int = 32) -> Callable[[list[str]], list[str]]:
     """A generator from a local causal LM (path or hub id): chat template, batched greedy decoding.
     With `cache_path`, outputs are appended every `chunk` prompts, so a killed job resumes."""
+    decoding = local_generation(max_new_tokens)  # checked now, before any model loads
+
     def complete(prompts: list[str]) -> list[str]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -271,7 +265,7 @@ def local_completer(model_path: str, max_new_tokens: int = 512, trust_remote_cod
             for start in tqdm(range(0, len(todo), chunk), desc="generate", unit="chunk", leave=False):
                 part = todo[start:start + chunk]
                 texts = [render(tokenizer, [{"role": "user", "content": prompt}]) for prompt in part]
-                raw = generate(model, tokenizer, texts, LocalGeneration(max_new_tokens=max_new_tokens), progress=False)
+                raw = generate(model, tokenizer, texts, decoding, progress=False)
                 outputs = [clean_generated(text, cut) for text, cut in raw]
                 lines = []
                 for prompt, output in zip(part, outputs):

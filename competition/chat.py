@@ -27,6 +27,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from .candidates.parts import Composed, at_least
 from .errors import CompetitionError
 from .generation import clean_output
 
@@ -41,7 +42,9 @@ _NO_KEY = "no-key"  # the SDK insists on a key; the Authorization header is then
 
 
 @dataclass
-class Endpoint:
+class Endpoint(Composed):
+    """Where and how the chat requests go: the api kind's endpoint part, and augment's endpoint."""
+
     base_url: str = "http://127.0.0.1:8000/v1"  # endpoint root; /chat/completions is appended
     model: str = ""  # model name the endpoint serves
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key ("" or unset = send none)
@@ -50,18 +53,13 @@ class Endpoint:
     backoff: float = 1.0  # seconds before the first retry, doubling each time (a Retry-After wins)
     timeout: float = 120.0  # seconds per request
 
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.base_url.startswith(("http://", "https://")):
-            problems.append(f"base_url = {self.base_url!r}: give the API root, e.g. http://127.0.0.1:8000/v1")
-        if self.concurrency < 1:
-            problems.append(f"concurrency = {self.concurrency}: need at least 1")
-        if self.max_retries < 0 or self.backoff < 0:
-            problems.append(f"max_retries = {self.max_retries}, backoff = {self.backoff}: need both >= 0")
+    def check(self) -> list[str]:
+        problems = [] if self.base_url.startswith(("http://", "https://")) else [
+            f"base_url = {self.base_url!r} should be the API root, e.g. http://127.0.0.1:8000/v1"]
+        problems += at_least(self, ("concurrency",), 1) + at_least(self, ("max_retries", "backoff"), 0)
         if self.timeout <= 0:
-            problems.append(f"timeout = {self.timeout}: need seconds > 0")
-        if problems:
-            raise ValueError("; ".join(problems))
+            problems.append(f"timeout = {self.timeout} should be more than 0 seconds")
+        return problems
 
     @property
     def url(self) -> str:

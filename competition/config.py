@@ -202,8 +202,6 @@ class EnsembleConfig:
     enabled: bool = True  # false: skipped by `make submit`
 
     def __post_init__(self) -> None:
-        # Raised as ValueError so build_dataclass reports it with every other config problem.
-
         problems = []
         if self.method not in ENSEMBLE_METHODS:
             problems.append(f"method = {self.method!r}: choose {_choices(ENSEMBLE_METHODS)}")
@@ -289,8 +287,8 @@ def build_dataclass(cls: type, table: dict, section: str, problems: list[str],
         values[key] = float(value) if hints[key] is float else value
     try:
         return cls(**values)
-    except (TypeError, ValueError) as error:
-        problems.extend(f"[{section}] {message}" for message in getattr(error, "problems", [str(error)]))
+    except InvalidValues as error:  # only a check's findings: a bug in a check stays a traceback
+        problems.extend(f"[{section}] {message}" for message in error.problems)
         return None
 
 

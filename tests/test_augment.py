@@ -264,6 +264,31 @@ def test_paraphrase_and_synthetic_with_a_tiny_local_model(korean_workspace, cli,
     assert report["dropped"] == {"not a tagged dialogue with a SUMMARY: part": 1}
 
 
+def test_a_local_generator_decodes_greedily_with_the_generation_part():
+    from types import SimpleNamespace
+
+    from competition.candidates.parts import Generation
+    from competition.generation import generation_kwargs
+
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=2)
+    decoding = aug.local_generation(300)
+    assert isinstance(decoding, Generation) and decoding.eval_batch_size == 4
+    assert generation_kwargs(decoding, tokenizer) == {
+        "num_beams": 1, "max_new_tokens": 300, "no_repeat_ngram_size": 0, "length_penalty": 1.0,
+        "repetition_penalty": 1.05, "do_sample": False, "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id}
+
+
+def test_a_bad_local_generator_length_is_refused_before_any_model_loads(korean_workspace, cli):
+    from competition.config import InvalidValues
+
+    with pytest.raises(InvalidValues, match="max_new_tokens = 0 should be 1 or more"):
+        aug.local_completer("no/such-model", 0)
+    result = cli(["augment", "paraphrase", "--local-model", "no/such-model", "--max-new-tokens", "0"],
+                 cwd=korean_workspace)
+    assert result.exit_code == 2 and "--max-new-tokens" in result.output
+
+
 def test_generated_text_loses_thinking_and_chat_tokens_but_keeps_one_turn_per_line():
     text = "<think>\n#Person1#: 이건 생각\n</think>\n\n#Person1#:  안녕하세요.<|im_end|>\n\n#Person2#: 네, 반가워요. 그런"
     assert aug.clean_generated(text) == "#Person1#: 안녕하세요.\n#Person2#: 네, 반가워요. 그런"
@@ -352,7 +377,7 @@ def test_augment_cli_timeout_retries_and_refresh(korean_workspace, cli, stub):
 def test_augment_cli_bad_endpoint_settings_are_one_line(korean_workspace, cli):
     result = cli(["augment", "paraphrase", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
                   "--concurrency", "0"], cwd=korean_workspace)
-    assert result.exit_code == 2 and "augment: concurrency = 0: need at least 1" in result.output
+    assert result.exit_code == 2 and "augment: concurrency = 0 should be 1 or more" in result.output
 
 
 @pytest.mark.parametrize("mode", ["400", "401", "403", "404", "422", "html", "badjson", "nochoices"])

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from competition.chat import ChatClient, Endpoint, EndpointError, ResponseCache, retry_after_seconds
+from competition.config import InvalidValues
 from stub_server import StubServer, echo_first_line
 
 KEY = "sk-chat-test-secret-42"
@@ -259,10 +260,11 @@ def test_no_key_sends_no_authorization_header_with_a_note(stub, tmp_path, monkey
         client_for(locked, tmp_path, api_key_env="CHAT_TEST_UNSET").complete_many(bodies(client, 1))
 
 
-def test_endpoint_settings_are_checked():
-    with pytest.raises(ValueError, match="concurrency = 0: need at least 1"):
-        Endpoint(concurrency=0)
-    with pytest.raises(ValueError, match="base_url = '127.0.0.1:8000'"):
-        Endpoint(base_url="127.0.0.1:8000")
-    with pytest.raises(ValueError, match="timeout = 0"):
-        Endpoint(timeout=0)
+def test_endpoint_settings_are_checked_and_every_problem_names_its_key():
+    with pytest.raises(InvalidValues) as error:
+        Endpoint(base_url="127.0.0.1:8000", concurrency=0, max_retries=-1, backoff=-0.5, timeout=0)
+    assert error.value.problems == [
+        "base_url = '127.0.0.1:8000' should be the API root, e.g. http://127.0.0.1:8000/v1",
+        "concurrency = 0 should be 1 or more", "max_retries = -1 should be 0 or more",
+        "backoff = -0.5 should be 0 or more", "timeout = 0 should be more than 0 seconds"]
+    Endpoint(max_retries=0, backoff=0.0)  # no retries, no wait: allowed

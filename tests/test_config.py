@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from competition.config import (CVConfig, DataConfig, MetricConfig, SubmitConfig, config_hash, load_config,
-                                parse_config)
+from competition.config import (CVConfig, DataConfig, MetricConfig, SubmitConfig, build_dataclass, config_hash,
+                                load_config, parse_config)
 from competition.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,27 @@ def test_wrong_type(tmp_path):
     message = config_error(tmp_path, '[cv]\nk = "five"\ninclude_dev = 1\n')
     assert "[cv] k = 'five' should be int" in message
     assert "[cv] include_dev = 1 should be bool" in message
+
+
+def test_a_wrong_type_in_a_candidate_table_is_a_config_error(tmp_path):
+    message = config_error(tmp_path, '[candidates.remote]\nkind = "api"\nfew_shot = "3"\nmax_tokens = 1.5\n')
+    assert "[candidates.remote] few_shot = '3' should be int" in message
+    assert "[candidates.remote] max_tokens = 1.5 should be int" in message
+
+
+@pytest.mark.parametrize("bug", [TypeError("'<' not supported"), ValueError("could not convert string to float")])
+def test_a_bug_in_a_check_is_a_traceback_not_a_config_error(bug):
+    @dataclasses.dataclass
+    class Buggy:
+        n: int = 1
+
+        def __post_init__(self):
+            raise bug
+
+    problems: list[str] = []
+    with pytest.raises(type(bug)):
+        build_dataclass(Buggy, {"n": 2}, "section", problems)
+    assert problems == []
 
 
 def test_bool_is_not_an_int(tmp_path):

@@ -16,22 +16,21 @@ import pandas as pd
 from ..chat import ChatClient, Endpoint
 from ..errors import ConfigError
 from ..generation import lead_fallback
-from ..prompts import (DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SYSTEM, FewShotIndex, PromptTemplate,
-                       build_messages, prompt_inputs, truncate_middle)
+from ..prompts import FewShotIndex, PromptTemplate, build_messages, prompt_inputs, truncate_middle
 from .base import Candidate
+from .parts import Prompt, at_least
 
 
 @dataclass
-class Params(Endpoint):
+class Params(Prompt, Endpoint):
     # base_url, model, api_key_env, concurrency, max_retries, backoff, timeout: see chat.Endpoint
-    system_prompt: str = DEFAULT_SYSTEM  # system message ("" = none)
-    instruction: str = DEFAULT_INSTRUCTION  # instruction written before the dialogue
-    include_topic: bool = False  # add the row's topic to the prompt (when the data has one)
-    truncation_marker: str = DEFAULT_MARKER  # replaces the cut middle of an over-long dialogue
+    # system_prompt, instruction, include_topic, truncation_marker, few_shot, ...: see parts.Prompt
     max_dialogue_chars: int = 12000  # longer dialogues are cut in the middle
-    few_shot: int = 0  # examples per prompt, nearest training dialogues (training folds only)
     max_tokens: int = 200  # summary length cap in tokens
     temperature: float = 0.0  # 0 = as deterministic as the endpoint allows
+
+    def check(self) -> list[str]:
+        return at_least(self, ("max_dialogue_chars", "max_tokens"), 1)
 
 
 class ApiCandidate(Candidate):

@@ -14,12 +14,13 @@ from ..errors import ConfigError
 from ..metric import get_scorer
 from ..shift import weighted_mean
 from .base import Candidate
+from .parts import Composed, at_least
 
 _TURN = re.compile(r"^\s*(#[A-Za-z][A-Za-z0-9]*#)\s*:\s*(.*)$")
 
 
 @dataclass
-class Params:
+class Params(Composed):
     turns: int = 0  # N turns to keep; 0 = tune N in [min_turns, max_turns] on the training rows
     min_turns: int = 1  # smallest N tried when tuning
     max_turns: int = 6  # largest N tried when tuning
@@ -27,12 +28,13 @@ class Params:
     joiner: str = " "  # between turns
     tune_rows: int = 2000  # tune on at most this many training rows (a seeded sample); 0 = all
 
-    def __post_init__(self) -> None:
-        if self.turns < 0 or self.min_turns < 1 or self.max_turns < self.min_turns:
-            raise ValueError(f"turns = {self.turns}, min_turns = {self.min_turns}, max_turns = {self.max_turns}: "
-                             f"need turns >= 0 and 1 <= min_turns <= max_turns")
+    def check(self) -> list[str]:
+        problems = at_least(self, ("turns", "tune_rows"), 0) + at_least(self, ("min_turns",), 1)
+        if self.max_turns < self.min_turns:
+            problems.append(f"max_turns = {self.max_turns} should be min_turns ({self.min_turns}) or more")
         if "{text}" not in self.turn_format:
-            raise ValueError(f"turn_format = {self.turn_format!r} must contain {{text}}")
+            problems.append(f"turn_format = {self.turn_format!r} should contain {{text}}")
+        return problems
 
 
 def split_turns(dialogue: str) -> list[tuple[str, str]]:

@@ -18,12 +18,13 @@ from ..metric import get_scorer
 from ..progress import progress as show_progress
 from ..tokenizers import cached_tokens
 from .base import Candidate
+from .parts import Composed, at_least
 
 _SPEAKER = re.compile(r"#Person\d+#")
 
 
 @dataclass
-class Params:
+class Params(Composed):
     ngram_max: int = 2  # TF-IDF features: token n-grams of length 1..ngram_max
     min_df: int = 1  # ignore n-grams in fewer training dialogues than this
     sublinear_tf: bool = True  # 1 + log(tf) instead of raw counts
@@ -31,9 +32,8 @@ class Params:
     remap_speakers: bool = True  # rename #PersonN# in the summary after the new dialogue's speakers
     batch_rows: int = 2000  # query rows per similarity block (memory)
 
-    def __post_init__(self) -> None:
-        if self.ngram_max < 1 or self.min_df < 1 or self.top_k < 1 or self.batch_rows < 1:
-            raise ValueError("ngram_max, min_df, top_k and batch_rows must each be at least 1")
+    def check(self) -> list[str]:
+        return at_least(self, ("ngram_max", "min_df", "top_k", "batch_rows"), 1)
 
 
 def speakers_in_order(dialogue: str) -> list[str]:

@@ -24,7 +24,8 @@ _ENDPOINT = Endpoint()  # the defaults the api kind has too
 @click.option("--permutation", default="2,1", show_default=True,
               help="speaker-swap: new number of speaker 1,2,3...; 2,1 swaps #Person1# and #Person2#.")
 @click.option("--local-model", default=None, help="paraphrase/synthetic: a local causal LM folder (or hub id).")
-@click.option("--max-new-tokens", default=512, show_default=True, help="Local generator: most tokens per output.")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Local generator: most tokens per output.")
 @click.option("--base-url", default=None, help="paraphrase/synthetic: OpenAI-compatible endpoint root, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--model", default="", help="Model name the endpoint serves.")
 @click.option("--api-key-env", default=_ENDPOINT.api_key_env, show_default=True,

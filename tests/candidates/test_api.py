@@ -108,13 +108,32 @@ def test_bad_key_and_missing_key_name_the_key(stub, korean_rows, tmp_path, monke
     assert [seen.authorization for seen in server.seen] == ["Bearer wrong", None]
 
 
-def test_endpoint_settings_are_config_errors(korean_workspace):
+def test_bad_endpoint_and_prompt_settings_fail_at_load_each_naming_its_key(korean_workspace):
     from competition.config import load_config
 
     path = korean_workspace / "competition.toml"
-    path.write_text('[candidates.remote]\nkind = "api"\nmodel = "m"\nconcurrency = 0\ntimeout = -1\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"\[candidates.remote\] concurrency = 0: need at least 1; timeout = -1"):
+    path.write_text('[candidates.remote]\nkind = "api"\nmodel = "m"\nconcurrency = 0\ntimeout = -1\nfew_shot = -3\n'
+                    'max_tokens = 0\nmax_dialogue_chars = -5\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
         load_config(path)
+    for problem in ("concurrency = 0 should be 1 or more", "timeout = -1.0 should be more than 0 seconds",
+                    "few_shot = -3 should be 0 or more", "max_tokens = 0 should be 1 or more",
+                    "max_dialogue_chars = -5 should be 1 or more"):
+        assert f"[candidates.remote] {problem}" in str(error.value), problem
+
+
+def test_the_prompt_part_keeps_an_api_candidates_config_hash():
+    """Hashes computed before the api kind used the Prompt part: its results stay current."""
+    from competition.config import parse_config
+    from competition.provenance import candidate_hash
+
+    config = parse_config({"candidates": {
+        "plain": {"kind": "api"},
+        "set": {"kind": "api", "model": "qwen", "base_url": "https://example.org/v1", "few_shot": 2, "max_tokens": 120,
+                "max_dialogue_chars": 4000, "temperature": 0.2, "include_topic": True, "system_prompt": "",
+                "concurrency": 8}}})
+    assert candidate_hash(config, "plain")[0] == "e4351d17a21847b5"
+    assert candidate_hash(config, "set")[0] == "c126c710e1bda2c5"
 
 
 def add_candidate(cli, workspace, url, extra=""):

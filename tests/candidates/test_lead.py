@@ -34,11 +34,16 @@ def test_lead_tunes_n_on_its_training_rows(tmp_path, korean_rows):
     assert fixed.predict(rows.head(1)) == [lead_text(rows["dialogue"].iloc[0], 1)]
 
 
-def test_lead_params_refuse_bad_values():
+def test_lead_params_refuse_bad_values_each_naming_its_key():
     problems: list[str] = []
     build_dataclass(LeadParams, {"min_turns": 3, "max_turns": 2}, "candidates.lead", problems)
-    build_dataclass(LeadParams, {"turn_format": "{speaker}"}, "candidates.lead", problems)
-    assert "1 <= min_turns <= max_turns" in problems[0] and "must contain {text}" in problems[1]
+    build_dataclass(LeadParams, {"turns": -1, "min_turns": 0, "tune_rows": -5, "turn_format": "{speaker}"},
+                    "candidates.lead", problems)
+    assert problems == ["[candidates.lead] max_turns = 2 should be min_turns (3) or more",
+                        "[candidates.lead] turns = -1 should be 0 or more",
+                        "[candidates.lead] tune_rows = -5 should be 0 or more",
+                        "[candidates.lead] min_turns = 0 should be 1 or more",
+                        "[candidates.lead] turn_format = '{speaker}' should contain {text}"]
 
 
 def test_lead_tunes_n_on_rows_weighted_by_the_objective(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from competition.candidates.retrieval import Params as RetrievalParams, RetrievalCandidate, remap_speakers
-from competition.config import MetricConfig
+from competition.config import MetricConfig, build_dataclass
 
 
 def test_remap_speakers_follows_order_of_appearance():
@@ -13,6 +13,14 @@ def test_remap_speakers_follows_order_of_appearance():
     target = "#Person1#: 먼저 말함\n#Person2#: 대답"
     assert remap_speakers("#Person2#가 #Person1#에게 묻습니다.", source, target) == "#Person1#가 #Person2#에게 묻습니다."
     assert remap_speakers("#Person1#는 웃습니다.", target, target) == "#Person1#는 웃습니다."
+
+
+def test_retrieval_params_refuse_bad_values_each_naming_its_key():
+    problems: list[str] = []
+    build_dataclass(RetrievalParams, {"ngram_max": 0, "min_df": 1, "top_k": 0, "batch_rows": -1},
+                    "candidates.r", problems)
+    assert problems == ["[candidates.r] ngram_max = 0 should be 1 or more", "[candidates.r] top_k = 0 should be 1 or more",
+                        "[candidates.r] batch_rows = -1 should be 1 or more"]
 
 
 def test_retrieval_returns_training_summaries_only(tmp_path, korean_rows):
