@@ -356,7 +356,8 @@ def _scatter_panel(axis, rows: list[dict], calibration: dict | None, label: str)
         axis.plot(xs, xs + calibration["median"], "--", color=SCORE_COLOURS["expected"], linewidth=1.2,
                   label=f"expected public = CV {calibration['median']:+.2f} (median offset, n={calibration['n']})")
         axis.fill_between(xs, xs + calibration["low"], xs + calibration["high"], color=SCORE_COLOURS["expected"],
-                          alpha=0.15, linewidth=0, label=f"band: offsets' Q1 - {FENCE_IQRS:g} IQR .. Q3 + {FENCE_IQRS:g} IQR")
+                          alpha=0.15, linewidth=0,
+                          label=f"band: offsets' Q1 - {FENCE_IQRS:g} IQR .. Q3 + {FENCE_IQRS:g} IQR")
     notes = [] if calibration else [f"expected public: from {MIN_CALIBRATION} public scores on"]
     if max(x_limits[0], y_limits[0]) < min(x_limits[1], y_limits[1]):
         axis.plot(xs, xs, ":", color="black", linewidth=1, label="y = x")

@@ -234,8 +234,8 @@ def test_cv_shows_the_leaderboard_calibrated_expectation(workspace, cli):
     board = {entry["name"]: entry for entry in json.loads(cli(["cv", "--json"], cwd=workspace).stdout)}
     assert all(entry["expected_public"] is None for entry in board.values())  # nothing logged yet
     matched = {name: board[name]["test_matched"]["final"] for name in ("lead", "retrieval")}
-    for number, (name, public) in enumerate((("lead", matched["lead"] - 2.0), ("retrieval", matched["retrieval"] - 1.0)),
-                                            start=1):
+    publics = (("lead", matched["lead"] - 2.0), ("retrieval", matched["retrieval"] - 1.0))
+    for number, (name, public) in enumerate(publics, start=1):
         assert cli(["submit", name], cwd=workspace).exit_code == 0
         assert cli(["lb", "record", str(number), "--public", f"{public:.4f}"], cwd=workspace).exit_code == 0
     board = {entry["name"]: entry for entry in json.loads(cli(["cv", "--json"], cwd=workspace).stdout)}

@@ -88,8 +88,9 @@ def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
     header = lines.index(next(line for line in lines if line.startswith("source ")))
     # The table names the score that ranks it, first (issue 24.3: it led with the OOF final).
     assert lines[header].split()[3:6] == ["test-matched", "(ranks)", "OOF"]
-    assert lines[header + 2].split()[:4] == [board[0]["name"], board[0]["kind"], f"{board[0]['folds_done']}/{board[0]['k']}",
-                                             f"{board[0]['test_matched']['final']:.4f}"]
+    best = board[0]
+    assert lines[header + 2].split()[:4] == [best["name"], best["kind"], f"{best['folds_done']}/{best['k']}",
+                                             f"{best['test_matched']['final']:.4f}"]
     assert 5 < float(row["oof_final"]) < 60  # ROUGE finals of simple baselines on this data
     assert row["file"] in result.output and row["sha256"] in result.output  # the new log row
 
