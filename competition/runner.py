@@ -218,7 +218,7 @@ def settings_line(config: Config, name: str, most: int = 6) -> str:
     """A candidate's settings in one short line: its kind and the params set away from their
     defaults (the first `most`; all of them are in runs/NAME/meta.json, "config")."""
     candidate = config.candidate(name)
-    changed = _changed_fields(candidate.params)
+    changed = sorted(_changed_fields(candidate.params), key=lambda text: not text.startswith("model "))  # model first
     extra = [f"{len(candidate.augmentations)} augmentation(s)"] if candidate.augmentations else []
     shown = changed[:most] + ([f"+{len(changed) - most} more"] if len(changed) > most else [])
     return f"{candidate.kind}, " + (", ".join(shown + extra) if shown or extra else "default settings")

@@ -309,3 +309,27 @@ def test_run_prints_a_short_readable_line_per_candidate(workspace):
     assert not any("{" in line for line in lines) and max(len(line) for line in lines) < 220
     meta = json.loads((run_dir(config, "lead") / "fold_0" / "meta.json").read_text())
     assert meta["config"]["params"]["max_turns"] == 4 and meta["config"]["params"]["min_turns"] == 1
+
+
+def test_settings_line_puts_the_model_first_and_stays_short(tmp_path):
+    """A model candidate's JSON line ran past 1,000 characters; its summary names the model first
+    and counts what it leaves out."""
+    from competition.runner import settings_line
+
+    (tmp_path / "competition.toml").write_text("""
+[candidates.solar_qlora]
+kind = "qlora"
+model = "upstage/SOLAR-10.7B-Instruct-v1.0"
+require_cuda = true
+lora_r = 64
+lora_alpha = 128
+max_length = 2048
+batch_size = 1
+grad_accumulation = 16
+learning_rate = 1e-4
+epochs = 1.0
+gradient_checkpointing = true
+""", encoding="utf-8")
+    line = settings_line(load_config(tmp_path / "competition.toml"), "solar_qlora")
+    assert line.startswith("qlora, model upstage/SOLAR-10.7B-Instruct-v1.0, ")
+    assert "lora_r 64" in line and "learning_rate 0.0001" in line and line.endswith(", +1 more") and len(line) < 200
