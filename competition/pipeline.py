@@ -6,11 +6,10 @@ files the step-by-step commands would: folds/, runs/NAME/, submissions/NNNN-SOUR
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Callable
 
-from . import cv, folds, runner
+from . import cv, ensemble, folds, runner
 from .config import Config
 from .cv import pick_score
 from .data import data_folder, describe, load_from_config
@@ -40,13 +39,6 @@ def choose_source(config: Config, board: list[dict]) -> str:
     return max(complete, key=lambda entry: pick_score(entry, config.cv.pick_by))["name"]
 
 
-def _ensemble_module():
-    """competition.ensemble when this version has it (ensembles plug in as sources)."""
-    if importlib.util.find_spec("competition.ensemble") is None:
-        return None
-    return importlib.import_module("competition.ensemble")
-
-
 def run_pipeline(config: Config, data_dir: str | Path | None = None, require_all: bool = False,
                  note: str = "make submit", echo: Callable[[str], None] = print) -> dict:
     """Run every stage and submit; returns {"data", "folds", "runs", "ensembles", "leaderboard",
@@ -73,16 +65,13 @@ def run_pipeline(config: Config, data_dir: str | Path | None = None, require_all
     echo(f"[3/6] run: {', '.join(enabled)}")
     runs = runner.run_candidates(config, enabled, require_all=require_all, echo=echo)
 
-    ensembles = [name for name, ensemble in config.ensembles.items() if ensemble.enabled]
+    ensembles = [name for name, settings in config.ensembles.items() if settings.enabled]
     built_ensembles = {}
-    module = _ensemble_module() if ensembles else None
-    if ensembles and module is None:
-        echo(f"[4/6] ensembles: skipped {', '.join(ensembles)} (this version has no competition.ensemble)")
-    elif ensembles:
+    if ensembles:
         echo(f"[4/6] ensembles: {', '.join(ensembles)}")
         for name in ensembles:
             try:
-                built_ensembles[name] = module.run_ensemble(config, name)
+                built_ensembles[name] = ensemble.run_ensemble(config, name)
                 for warning in built_ensembles[name]["warnings"]:
                     echo(f"      warning: {warning}")
             except CompetitionError as error:

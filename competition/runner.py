@@ -231,8 +231,9 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
     """Run candidates (default: every enabled one) on the selected folds (default: all).
 
     Returns {name: {"kind", "config_hash", "ran", "skipped", "folds_done", "k", "complete",
-    "test_output", "failed" (ray only: {fold: error})}} or {"skipped": "needs CUDA"} for a
-    CUDA-only candidate where the executor has no GPU (CudaRequired instead with require_all).
+    "test_output", "failed" (ray only: {fold: error})}}; "ran" and "skipped" (folds already done) are
+    lists of folds. A CUDA-only candidate where the executor has no GPU runs nothing: {"kind", "ran": [],
+    "skipped": [], "complete": False, "not_run": "needs CUDA"} (CudaRequired instead with require_all).
     Every candidate is planned first, then all pending folds go to the executor (see
     competition.executors) and each candidate is finished as soon as its folds have reported: the
     local executor runs them one after another (candidate by candidate, the first error stops the
@@ -268,7 +269,8 @@ def run_candidates(config: Config, names: Sequence[str] | None = None, folds: Se
                 if require_all:
                     raise CudaRequired(f"{message}: run it where there is one, or drop --require-all to skip it")
                 echo(f"{name}: skipped ({message})")
-                results[name] = {"kind": settings["kind"], "skipped": "needs CUDA"}
+                results[name] = {"kind": settings["kind"], "ran": [], "skipped": [], "complete": False,
+                                 "not_run": "needs CUDA"}
                 continue
             wanted, settings, to_run, skipped = plan_candidate(context, name, selected, force, echo)
             plans[name] = (wanted, settings, to_run, skipped)

@@ -190,7 +190,7 @@ def test_cli_record_history_and_plot(logged, cli):
     assert header.split()[9:15] == ["dev-CV", "pub-CV", "pub-dev", "priv-CV", "priv-dev", "priv-pub"]
     row_0005 = next(line for line in lines if line.startswith("0005"))
     # cv 36.00, dev 35.40, public 34.70, private 35.80 (recorded above); no OOF beside it, no expected
-    assert row_0005.split()[2:12] == ["36.0000*", "35.4000", "34.7000", "35.8000", "-0.6000", "-1.3000", "-0.7000",
+    assert row_0005.split()[2:12] == ["36.00*", "35.40", "34.70", "35.80", "-0.6000", "-1.3000", "-0.7000",
                                       "-0.2000", "+0.4000", "+1.1000"]
     assert "expected public: needs 2 submissions with a public score and a OOF CV" in result.output
     assert "WARNING: #0004" in result.output
@@ -295,7 +295,7 @@ def test_cli_history_names_its_cv_and_shows_the_expected_public(logged, cli):
     assert lines[0].startswith("CV column: test-matched CV ([cv] pick_by = 'test_matched'); OOF column")
     assert lines[1].split()[:9] == ["id", "source", "CV", "OOF", "dev", "public", "expected", "band", "private"]
     row_0004 = next(line for line in lines if line.startswith("0004")).split()
-    assert row_0004[2:8] == ["35.3000", "34.5000", "34.0000", "35.9000!", "34.3000", "33.80-34.85"]
+    assert row_0004[2:8] == ["35.30", "34.50", "34.00", "35.90!", "34.30", "33.80-34.85"]
     assert "test-matched CV vs public: Pearson" in result.output
     assert "expected public = test-matched CV -1.00 (median public - CV offset of 5 submissions" in result.output
     report = json.loads(cli(["history", "--json"], cwd=logged).stdout)

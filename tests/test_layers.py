@@ -150,3 +150,26 @@ def test_functions_import_only_the_heavy_optional_dependencies():
     assert any(entry.endswith(" torch") for entry in found)  # the walk sees function bodies
     misplaced = [entry for entry in found if entry.split()[1].split(".")[0] not in LAZY_IMPORTS]
     assert misplaced == []
+
+
+def probes_of_own_modules(source: str) -> list[str]:
+    """Calls in `source` that ask whether one of the package's own modules exists, or import one
+    by a literal name (find_spec("competition.x"), import_module("competition.x"))."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+            literal = node.args[0] if node.args and isinstance(node.args[0], ast.Constant) else None
+            if name in ("find_spec", "import_module") and literal is not None and \
+                    str(literal.value).startswith(("competition", ".")):
+                found.append(f"{node.lineno} {name}({literal.value!r})")
+    return found
+
+
+def test_no_module_asks_whether_the_package_has_one_of_its_own_modules():
+    """Every module ships with the package: a check for it is dead code, and an import by a literal
+    name hides an edge from the import graph above."""
+    assert probes_of_own_modules('import importlib.util\nif importlib.util.find_spec("competition.ensemble"): pass')
+    found = [f"{path.relative_to(PACKAGE.parent)}:{probe}" for path in sorted(PACKAGE.rglob("*.py"))
+             for probe in probes_of_own_modules(path.read_text(encoding="utf-8"))]
+    assert found == []

@@ -90,7 +90,7 @@ def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
     assert lines[header].split()[3:6] == ["test-matched", "(ranks)", "OOF"]
     best = board[0]
     assert lines[header + 2].split()[:4] == [best["name"], best["kind"], f"{best['folds_done']}/{best['k']}",
-                                             f"{best['test_matched']['final']:.4f}"]
+                                             f"{best['test_matched']['final']:.2f}"]  # as the cv table
     assert 5 < float(row["oof_final"]) < 60  # ROUGE finals of simple baselines on this data
     assert row["file"] in result.output and row["sha256"] in result.output  # the new log row
 

@@ -249,8 +249,12 @@ def test_cuda_only_candidates_are_skipped_on_cpu_or_refused(workspace, cli, monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = cli(["run", "lead", "--json"], cwd=workspace)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["lead"]["skipped"] == "needs CUDA"
+    # "ran" and "skipped" are lists of folds for every candidate; why nothing ran is "not_run"
+    assert json.loads(result.stdout)["lead"] == {"kind": "lead", "ran": [], "skipped": [], "complete": False,
+                                                 "not_run": "needs CUDA"}
     assert "lead: skipped (candidate 'lead' needs CUDA" in result.stderr
+    table = cli(["run", "lead"], cwd=workspace)
+    assert table.exit_code == 0 and "skipped: needs CUDA" in table.stdout
     refused = cli(["run", "lead", "--require-all"], cwd=workspace)
     assert refused.exit_code == 2 and "drop --require-all" in refused.output
     assert not (workspace / "runs" / "lead" / "fold_0" / "oof.csv").exists()

@@ -90,8 +90,8 @@ def run_command(config, names, folds_text, force, refresh, data_dir, require_all
         return
     rows = []
     for name, report in results.items():
-        if "skipped" in report and isinstance(report["skipped"], str):
-            rows.append([name, report["kind"], "", "", "", f"skipped: {report['skipped']}"])
+        if report.get("not_run"):
+            rows.append([name, report["kind"], "", "", "", f"skipped: {report['not_run']}"])
             continue
         rows.append([name, report["kind"], ",".join(map(str, report["ran"])) or "-",
                      ",".join(map(str, report["skipped"])) or "-", f"{report['folds_done']}/{report['k']}",

@@ -13,10 +13,11 @@ from .common import json_option, png_option, print_json, require_workspace, tabl
 
 
 def _score(value) -> str:
-    """A score (0-100, like every ROUGE the tool shows) with two decimals, "" when unknown."""
+    """A score (0-100, like every ROUGE the tool shows) with two decimals, as the cv table prints
+    it; "" when unknown."""
     if value is None or value == "":
         return ""
-    return f"{float(value):.4f}"
+    return f"{float(value):.2f}"
 
 
 def _gap(value) -> str:
