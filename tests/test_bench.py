@@ -38,11 +38,11 @@ def test_train_gpu_prints_the_batching_by_optimizer_table_on_cpu(capsys):
 
 @pytest.mark.slow
 def test_generate_compares_4bit_and_merged_prediction_on_cpu(capsys):
-    """A random, non-zero adapter on the tiny Qwen3: both ways summarise every row; the table and
-    the share of differing greedy summaries are printed."""
+    """A random, non-zero adapter on the tiny Qwen3, both ways timed. Without CUDA the 4-bit way
+    also predicts through the adapter merged into the dequantised base, so no greedy summary differs."""
     result = bench_module("generate").main(["--merge", "--rows", "6", "--max-new-tokens", "8", "--repeats", "1",
                                             "--batch-size", "3"])
-    assert result["device"] == "cpu" and result["rows"] == 6 and 0 <= result["differing_share"] <= 1
+    assert result["device"] == "cpu" and result["rows"] == 6 and result["differing_share"] == 0
     assert set(result["seconds"]) == {"4-bit + adapter", "merged (merge_for_inference)"}
     printed = capsys.readouterr().out
-    assert "greedy summaries differing between the two:" in printed and "summaries/s" in printed
+    assert "greedy summaries differing between the two: 0.0% of 6 rows (cpu)" in printed and "summaries/s" in printed

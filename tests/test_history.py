@@ -161,7 +161,9 @@ def test_cli_record_history_and_plot(logged, cli):
     result = cli(["lb", "record", "5", "--public", "34.7", "--private", "35.8"], cwd=logged)
     assert result.exit_code == 0, result.output
     assert "Recorded submission 0005" in result.output
-    assert cli(["lb", "record", "5", "--public", "250"], cwd=logged).exit_code == 2
+    refused = cli(["lb", "record", "5", "--public", "250"], cwd=logged)
+    assert refused.exit_code == 2 and "--public 250.0 is outside 0-100" in refused.output
+    assert float(read_log(_config(logged)).set_index("id").loc["0005", "public"]) == 34.7  # 250 not recorded
 
     result = cli(["history", "--json", "--sort", "public"], cwd=logged)
     assert result.exit_code == 0, result.output
@@ -206,13 +208,31 @@ def test_history_of_an_empty_workspace(tmp_path, cli):
     assert report["submissions"] == [] and report["picks"]["best_cv"] is None
 
 
-def test_plot_labels_do_not_overlap_and_colours_are_one_per_score():
-    """Before, two submissions with nearly the same scores printed their ids over each other, and
-    orange meant private in one panel and dev in the other."""
+def test_plot_labels_do_not_overlap_and_colours_are_one_per_score(logged):
+    """Ids of submissions with nearly the same scores are stacked clear of each other; in the drawn
+    figure each score has one colour, the same in both panels, and no two scores share one."""
+    from matplotlib.colors import to_hex
+
+    from competition.history import calibrate_rows, draw_history
+
     heights = label_heights([(30.0, 31.0), (30.01, 31.002), (30.02, 31.001), (33.0, 31.0)], height=0.1)
     assert heights[0] == 31.0 and heights[3] == 31.0  # alone: at the point
     assert heights[1] >= 31.1 and heights[2] >= heights[1] + 0.1 - 1e-9  # stacked clear of each other
-    assert len(set(SCORE_COLOURS.values())) == len(SCORE_COLOURS)
+
+    _with_matched(logged, {"0001": 30.1, "0002": 32.5, "0003": 34.9, "0004": 35.3, "0005": 35.55}, drop=("0006",))
+    rows = history_rows(read_log(_config(logged)))
+    calibration = public_calibration(rows)
+    scores = ["test-matched CV", "OOF final", "dev final", "public", "private", "expected public"]
+    colours: dict[str, set[str]] = {label: set() for label in scores}
+    for axis in draw_history(calibrate_rows(rows, calibration), calibration).axes:
+        for line in axis.lines:
+            if line.get_label() in colours:
+                colours[line.get_label()].add(to_hex(line.get_color()))
+        for points in axis.collections:
+            if points.get_label() in colours:
+                colours[points.get_label()].add(to_hex(points.get_facecolor()[0]))
+    assert all(len(colours[label]) == 1 for label in scores), colours  # public and private: in both panels
+    assert len({colours[label].pop() for label in scores}) == len(scores)
 
 
 def _with_matched(logged, matched: dict[str, float], drop: tuple[str, ...] = ()) -> None:

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from competition.candidates import params_class
+from competition.candidates import KINDS, params_class
 from competition.candidates.parts import Generation, Launch, LoRA, Model, Placement, Prompt, Trainer
+from competition.chat import Endpoint
 from competition.config import parse_config
 from competition.errors import ConfigError
 from competition.training import NOT_TRAINING, training_fingerprint
@@ -21,17 +22,49 @@ def config_error(table: dict) -> str:
     return message
 
 
-@pytest.mark.parametrize("kind, parts", [
-    ("prompt", (Model, Placement, Prompt, Generation)),
-    ("qlora", (Model, Placement, Prompt, Generation, LoRA, Trainer, Launch)),
-    ("seq2seq", (Model, Placement, LoRA, Trainer, Launch, Generation)),
-])
-def test_each_kind_is_built_from_its_parts(kind, parts):
-    cls = params_class(kind)
-    assert all(issubclass(cls, part) for part in parts)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for part in parts:
-        assert {f.name for f in dataclasses.fields(part)} <= names
+def load_problems(table: dict) -> str:
+    """The one-line config error a candidate table gives at load, "" when it loads."""
+    try:
+        parse_config({"candidates": {"c": table}})
+    except ConfigError as error:
+        return str(error)
+    return ""
+
+
+# For each part: a key it checks, a value it refuses, and the problem it reports.
+PART_REFUSALS = {
+    Model: ("model", "", "model = '' should name a local model folder, a .gguf file or a hub id"),
+    Placement: ("device", "tpu", "device = 'tpu' should be one of auto, cuda, cpu"),
+    Prompt: ("few_shot", -3, "few_shot = -3 should be 0 or more"),
+    Generation: ("num_beams", 0, "num_beams = 0 should be 1 or more"),
+    LoRA: ("lora_dropout", 1.0, "lora_dropout = 1.0 should be in [0, 1)"),
+    Trainer: ("learning_rate", 0.0, "learning_rate = 0.0 should be more than 0"),
+    Launch: ("launcher", "torchrun", "launcher = 'torchrun' should be one of none, accelerate"),
+    Endpoint: ("concurrency", 0, "concurrency = 0 should be 1 or more"),
+}
+# The parts each shipped kind is composed of.
+KIND_PARTS = {
+    "lead": (), "retrieval": (),
+    "prompt": (Model, Placement, Prompt, Generation),
+    "qlora": (Model, Placement, Prompt, Generation, LoRA, Trainer, Launch),
+    "seq2seq": (Model, Placement, LoRA, Trainer, Launch, Generation),
+    "api": (Endpoint, Prompt),
+}
+
+
+def test_every_shipped_kind_is_listed_with_its_parts():
+    assert set(KIND_PARTS) == {kind for kind, module in KINDS.items() if module.startswith("competition.candidates.")}
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_PARTS))
+@pytest.mark.parametrize("part", list(PART_REFUSALS), ids=lambda part: part.__name__)
+def test_a_part_refuses_its_bad_value_at_load_under_every_kind_that_has_it(kind, part):
+    key, bad, problem = PART_REFUSALS[part]
+    message = load_problems({"kind": kind, key: bad})
+    if part in KIND_PARTS[kind]:
+        assert f"[candidates.c] {problem}" in message and "\n" not in message
+    else:  # the key is unknown to the kind, or means something else there (api's model: the served name)
+        assert problem not in message
 
 
 def test_flat_toml_keys_still_load_into_the_parts():

@@ -106,21 +106,33 @@ def test_a_cut_train_json_retrains_instead_of_crashing(tiny_t5, korean_rows, tmp
 
 
 @pytest.mark.slow
-def test_long_dialogue_is_cut_in_the_middle_not_crashing(tiny_t5, korean_rows, tmp_path):
-    from transformers import AutoTokenizer
-
+def test_a_long_dialogue_loses_its_middle_and_the_model_sees_the_training_cut(tiny_t5, korean_rows, tmp_path,
+                                                                              monkeypatch):
     params = tiny_params(tiny_t5, encoder_max_length=32, max_new_tokens=4, num_beams=1,
                          truncation_marker=" [생략] ")
     candidate = Seq2SeqCandidate("t5", params, tmp_path / "work")
     rows = korean_rows.head(2).copy()
     rows.loc[0, "dialogue"] = "#Person1#: 처음.\n" + "#Person2#: 네.\n" * 500 + "#Person1#: 끝."
-    tokenizer = AutoTokenizer.from_pretrained(tiny_t5)
+    model, tokenizer = candidate.load()  # the untrained base model
     encoded = candidate._encode(tokenizer, rows["dialogue"].tolist())  # training inputs
     assert all(len(ids) == 32 for ids in encoded)
     cut = tokenizer.decode(encoded[0], skip_special_tokens=True)
     assert cut.startswith("#Person1#: 처음.") and "[생략]" in cut and cut.endswith("끝.")
-    summaries = candidate.predict(rows)  # untrained base model: still one summary per row
-    assert len(summaries) == 2 and candidate.report["inputs_truncated"] == 2
+
+    seen = []  # the input ids model.generate receives, padding dropped
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        for ids, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()):
+            seen.append([token for token, keep in zip(ids, mask) if keep])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    monkeypatch.setattr(candidate, "load", lambda: (model, tokenizer))
+    summaries = candidate.predict(rows)
+    assert sorted(seen) == sorted(encoded)  # predicting cuts each dialogue exactly as training does
+    assert candidate.report["inputs_truncated"] == 2 and candidate.report["rows"] == 2
+    assert all(isinstance(summary, str) and summary.strip() for summary in summaries)
 
 
 @pytest.mark.slow
