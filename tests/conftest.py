@@ -108,9 +108,10 @@ def words_scorer() -> RougeScorer:
     return RougeScorer("whitespace", "official", "mean")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
-    """Invoke the `competition` CLI in-process: cli(args, cwd) -> click Result."""
+    """Invoke the `competition` CLI in-process: cli(args, cwd) -> click Result (stateless, so
+    module-scoped fixtures may use it too)."""
     from competition.cli import main
 
     def invoke(args, cwd: Path | None = None):

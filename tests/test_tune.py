@@ -76,40 +76,39 @@ def _independent_length_targets(workspace, model) -> dict[int, tuning.LengthTarg
     return targets
 
 
-@pytest.mark.slow
-def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkeypatch):
-    run_through_cli(cli, korean_workspace, "t5", T5_TABLE.format(model=tiny_t5))
-    (korean_workspace / "space.json").write_text(SPACE)
-    # The planted winner: the grid's third proposal after the untuned setting (the default --seed
-    # orders the grid), i.e. trial 5 of the resumed search below; the tiny T5's own text loses to it.
+@pytest.fixture(scope="module")
+def resumed_tune(tiny_t5, tmp_path_factory, cli):
+    """One tiny T5 trained once for the module, then a grid search on it killed after two trials,
+    its trials file damaged as worse kills would leave it, and the search resumed to 5 trials with
+    --confirm 2. The grid's third proposal after the untuned setting is planted to win (it returns
+    each labelled row's reference summary), i.e. trial 5 of the resumed search."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from competition.candidates.seq2seq import Seq2SeqCandidate
+    from conftest import write_workspace
+    from korean_fixture import DIALOGUES
+
+    rows = pd.DataFrame(DIALOGUES, columns=["fname", "dialogue", "summary", "topic"])
+    workspace = write_workspace(tmp_path_factory.mktemp("tune"), rows,
+                                rows.tail(4).assign(fname=lambda f: "test_" + f["fname"]),
+                                rows.head(4).assign(fname=lambda f: "dev_" + f["fname"]))
+    run_through_cli(cli, workspace, "t5", T5_TABLE.format(model=tiny_t5))
+    (workspace / "space.json").write_text(SPACE)
     grid_order = search.GridSearch(json.loads(SPACE), [tuning.Trial(0, UNTUNED, {}, 0.0)], seed=42)
     planted = [grid_order.ask() for _ in range(3)][-1]
     assert planted != UNTUNED
     original = planting(tuning.FoldModel.predict, lambda setting: setting == planted)
-
-    # Interrupt the search after two trials: what a kill looks like.
     calls = {"n": 0}
 
-    def dying(self, rows, setting):
+    def dying(self, rows, setting):  # two trials of 2 folds each, then what a kill looks like
         calls["n"] += 1
-        if calls["n"] > 4:  # 2 folds per trial: two trials done, then die
+        if calls["n"] > 4:
             raise KeyboardInterrupt
         return original(self, rows, setting)
 
-    monkeypatch.setattr(tuning.FoldModel, "predict", dying)
-    killed = cli(["tune", "t5", "--space", "space.json", "--trials", "5", "--subsample", "6"], cwd=korean_workspace)
-    assert killed.exit_code == 1 and "Aborted" in killed.output  # click's answer to Ctrl-C
-    trials_file = korean_workspace / "runs" / "t5@tuned" / "trials.jsonl"
-    header, *stored = trials_file.read_text().splitlines()
-    assert len(stored) == 2 and json.loads(header)["inputs"]["subsample"] == 6
-    monkeypatch.setattr(tuning.FoldModel, "predict", original)
-    # Worse kills: trial 1's line was lost (its number is now 3, after a gap) and trial 4 was cut mid-write.
-    cut = '{"number": 4, "setting": {"num_beams": 2, "length_pen'
-    trials_file.write_text("\n".join([header, stored[0], stored[1].replace('"number": 1', '"number": 3'), cut]))
-
-    # At most one fold model in memory: each load finds every model loaded before it released.
-    from competition.candidates.seq2seq import Seq2SeqCandidate
-
+    # Each fold model's load records how many loaded models were still alive (tune releases each).
     loaded, alive_at_load = [], []
     real_load = Seq2SeqCandidate.load
 
@@ -121,55 +120,86 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
             alive_at_load.append(sum(ref() is not None for ref in loaded))
         return model, tokenizer
 
-    monkeypatch.setattr(Seq2SeqCandidate, "load", spying_load)
-    result = cli(["tune", "t5", "--space", "space.json", "--trials", "5", "--subsample", "6", "--confirm", "2",
-                  "--json"], cwd=korean_workspace)
-    assert result.exit_code == 0, result.output
-    assert len(loaded) >= 2 and alive_at_load == [1] * len(loaded)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tuning.FoldModel, "predict", dying)
+        killed = cli(["tune", "t5", "--space", "space.json", "--trials", "5", "--subsample", "6"], cwd=workspace)
+        trials_file = workspace / "runs" / "t5@tuned" / "trials.jsonl"
+        header, *stored = trials_file.read_text().splitlines()
+        # Worse kills: trial 1's line was lost (its number is now 3, after a gap), trial 4 cut mid-write.
+        cut = '{"number": 4, "setting": {"num_beams": 2, "length_pen'
+        trials_file.write_text("\n".join([header, stored[0], stored[1].replace('"number": 1', '"number": 3'), cut]))
+        patch.setattr(tuning.FoldModel, "predict", original)
+        patch.setattr(Seq2SeqCandidate, "load", spying_load)
+        resumed = cli(["tune", "t5", "--space", "space.json", "--trials", "5", "--subsample", "6", "--confirm", "2",
+                       "--json"], cwd=workspace)
+    assert resumed.exit_code == 0, resumed.output
     gc.collect()
-    assert all(ref() is None for ref in loaded)  # released once the variant is written
-    report = json.loads(result.stdout)
+    lines = trials_file.read_text().splitlines()
+    on_disk = {}  # number -> trial as last written (a confirmation rewrites its trial)
+    for line in lines[1:]:
+        if line != cut:
+            on_disk[json.loads(line)["number"]] = json.loads(line)
+    return SimpleNamespace(workspace=workspace, model=tiny_t5, planted=planted, killed=killed, stored=stored,
+                           header=header, cut=cut, lines=lines, on_disk=on_disk, report=json.loads(resumed.stdout),
+                           loaded=loaded, alive_at_load=alive_at_load)
+
+
+@pytest.mark.slow
+def test_a_killed_tune_keeps_the_trials_it_finished(resumed_tune):
+    assert resumed_tune.killed.exit_code == 1 and "Aborted" in resumed_tune.killed.output  # click's answer to Ctrl-C
+    assert len(resumed_tune.stored) == 2 and json.loads(resumed_tune.header)["inputs"]["subsample"] == 6
+
+
+@pytest.mark.slow
+def test_a_resumed_tune_numbers_new_trials_after_the_highest_stored_and_reads_past_a_cut_line(resumed_tune):
+    report = resumed_tune.report
     numbers = [t["number"] for t in report["trials"]]
     assert numbers == [0, 3, 4, 5, 6]  # 2 resumed + 3 new after the highest stored number, none repeated
     assert len({json.dumps(t["setting"], sort_keys=True) for t in report["trials"]}) == 5
     assert report["trials"][0]["setting"] == UNTUNED  # the bar to beat is the first trial
-    # The cut line stays alone on its line: every trial appended after it reads back.
-    lines = trials_file.read_text().splitlines()
-    assert cut in lines
-    on_disk = {}
-    for line in lines[1:]:
-        if line != cut:
-            on_disk[json.loads(line)["number"]] = json.loads(line)  # a confirmation rewrites its trial
-    assert sorted(on_disk) == numbers
-    # The planted setting was tried, chosen, and beats the untuned one on all OOF rows.
-    assert report["trials"][3]["number"] == 5 and report["trials"][3]["setting"] == planted
-    assert report["best"]["number"] == 5 and report["best"]["setting"] == planted
-    assert report["tuned_oof_final"] > report["untuned_oof_final"]
-    assert report["nested_strict"] is True and report["nested_note"] is None  # grid: strictly nested
+    assert resumed_tune.cut in resumed_tune.lines  # alone on its line: every trial appended after it reads back
+    assert sorted(resumed_tune.on_disk) == numbers
 
-    # The variant on disk is the best confirmed trial: of the --confirm 2 best by subsample final and
-    # the untuned one, the best on all OOF rows; its OOF files score that, recomputed with the metric.
+
+@pytest.mark.slow
+def test_tune_holds_one_fold_model_at_a_time_and_releases_the_last(resumed_tune):
+    assert len(resumed_tune.loaded) >= 2 and resumed_tune.alive_at_load == [1] * len(resumed_tune.loaded)
+    assert all(ref() is None for ref in resumed_tune.loaded)  # released once the variant is written
+
+
+@pytest.mark.slow
+def test_the_planted_setting_wins_and_the_variant_on_disk_is_the_best_confirmed_trial(resumed_tune):
+    """Of the --confirm 2 best trials by subsample final and the untuned one, the best on all OOF
+    rows is written; its OOF files score that, recomputed with the metric."""
     import pandas as pd
 
     from competition.metric import score
 
+    report, on_disk, workspace = resumed_tune.report, resumed_tune.on_disk, resumed_tune.workspace
+    assert report["trials"][3]["number"] == 5 and report["trials"][3]["setting"] == resumed_tune.planted
+    assert report["best"]["number"] == 5 and report["best"]["setting"] == resumed_tune.planted
+    assert report["tuned_oof_final"] > report["untuned_oof_final"]
     ranked = sorted(on_disk.values(), key=lambda t: (-t["subsample_final"], t["number"]))
     confirmed = ranked[:2] + [on_disk[0]]
     best_confirmed = max(confirmed, key=lambda t: (t["full_final"], -t["number"]))
     assert report["best"]["number"] == best_confirmed["number"]
-    tuned_oof = pd.concat([pd.read_csv(korean_workspace / "runs" / "t5@tuned" / f"fold_{k}" / "oof.csv",
+    tuned_oof = pd.concat([pd.read_csv(workspace / "runs" / "t5@tuned" / f"fold_{k}" / "oof.csv",
                                        keep_default_na=False) for k in (0, 1)])
-    train = pd.read_csv(korean_workspace / "data" / "train.csv", keep_default_na=False).set_index("fname")
-    on_disk_final = score(tuned_oof["summary"].tolist(), train.loc[tuned_oof["fname"], "summary"].tolist()).final
-    assert on_disk_final == pytest.approx(best_confirmed["full_final"])
-    assert on_disk_final > on_disk[0]["full_final"]
-    # NAME@tuned holds the planted setting's outputs: each OOF row's reference summary.
-    assert tuned_oof["summary"].tolist() == train.loc[tuned_oof["fname"], "summary"].tolist()
+    train = pd.read_csv(workspace / "data" / "train.csv", keep_default_na=False).set_index("fname")
+    references = train.loc[tuned_oof["fname"], "summary"].tolist()
+    on_disk_final = score(tuned_oof["summary"].tolist(), references).final
+    assert on_disk_final == pytest.approx(best_confirmed["full_final"]) and on_disk_final > on_disk[0]["full_final"]
+    assert tuned_oof["summary"].tolist() == references  # the planted setting's outputs
 
-    # Nested: each fold's choice was made on the other fold's subsample rows and is scored on all its
-    # own OOF rows, pooled over rows like the tuned OOF final beside it.
+
+@pytest.mark.slow
+def test_the_nested_score_chooses_on_the_other_fold_and_scores_the_held_out_rows(resumed_tune):
+    """Each fold's choice is made on the other fold's subsample rows and scored on all its own OOF
+    rows, pooled over rows like the tuned OOF final beside it; a grid search is strictly nested."""
+    report, workspace = resumed_tune.report, resumed_tune.workspace
+    assert report["nested_strict"] is True and report["nested_note"] is None
     trials = {t["number"]: t for t in report["trials"]}
-    oof_rows = {fold: len((korean_workspace / "runs" / "t5" / f"fold_{fold}" / "oof.csv").read_text().splitlines()) - 1
+    oof_rows = {fold: len((workspace / "runs" / "t5" / f"fold_{fold}" / "oof.csv").read_text().splitlines()) - 1
                 for fold in (0, 1)}
     assert sum(oof_rows.values()) == report["oof_rows"] == 12
     pooled = 0.0
@@ -183,8 +213,11 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
     best = trials[report["best"]["number"]]
     assert best["full_final"] == pytest.approx(sum(best["full_fold_finals"][str(k)] * oof_rows[k] / 12 for k in (0, 1)))
 
-    # Dynamic length control ran on the fold data: per-bin budgets learnt from the other fold's rows.
-    targets = _independent_length_targets(korean_workspace, tiny_t5)
+
+@pytest.mark.slow
+def test_dynamic_length_budgets_are_learnt_from_the_other_folds_rows(resumed_tune):
+    report = resumed_tune.report
+    targets = _independent_length_targets(resumed_tune.workspace, resumed_tune.model)
     dynamic = [t for t in report["trials"] if t["setting"]["length_control"] == "dynamic"]
     assert dynamic and all(t["length_budgets"] is None for t in report["trials"] if t not in dynamic)
     for trial in dynamic:
@@ -195,26 +228,31 @@ def test_tune_runs_end_to_end_and_resumes(tiny_t5, korean_workspace, cli, monkey
             assert budgets["max_new_tokens"] == [max(1, math.ceil(n * scale)) for n in targets[fold].max_new]
             assert len(budgets["min_new_tokens"]) == len(targets[fold].edges) + 1
 
-    # NAME@tuned is a source like any other: OOF for every row, a test output, ranked by cv, submitted.
-    cv = cli(["cv", "--json"], cwd=korean_workspace)
+
+@pytest.mark.slow
+def test_the_tuned_variant_is_a_source_with_its_own_hash_that_cv_ranks_and_submit_writes(resumed_tune, cli):
+    import pandas as pd
+
+    report, workspace = resumed_tune.report, resumed_tune.workspace
+    cv = cli(["cv", "--json"], cwd=workspace)
     assert cv.exit_code == 0, cv.output
     board = {row["name"]: row for row in json.loads(cv.stdout)}
     assert board["t5@tuned"]["complete"]
     assert np.isclose(board["t5@tuned"]["oof"]["final"], report["tuned_oof_final"], atol=1e-6)
     # Its own config hash (the base candidate's + the setting), the same in every meta, shown by cv.
-    tuned_metas = [json.loads((korean_workspace / "runs" / "t5@tuned" / where / "meta.json").read_text())
+    tuned_metas = [json.loads((workspace / "runs" / "t5@tuned" / where / "meta.json").read_text())
                    for where in ("fold_0", "fold_1", ".")]
     assert len({meta["config_hash"] for meta in tuned_metas}) == 1
     assert board["t5@tuned"]["config_hash"] == tuned_metas[0]["config_hash"] not in ("", board["t5"]["config_hash"])
     assert all(meta["setting"] == report["best"]["setting"] for meta in tuned_metas)
-    submitted = cli(["submit", "t5@tuned", "--json"], cwd=korean_workspace)
+    submitted = cli(["submit", "t5@tuned", "--json"], cwd=workspace)
     assert submitted.exit_code == 0, submitted.output
     row = json.loads(submitted.stdout)
     assert row["source"] == "t5@tuned" and float(row["oof_final"]) == pytest.approx(report["tuned_oof_final"], abs=1e-4)
     assert row["config_hash"] == tuned_metas[0]["config_hash"]
-    written = pd.read_csv(korean_workspace / "submissions" / row["file"], keep_default_na=False)
-    tuned_test = pd.read_csv(korean_workspace / "runs" / "t5@tuned" / "test.csv", keep_default_na=False)
-    assert written["fname"].tolist() == pd.read_csv(korean_workspace / "data" / "sample_submission.csv")["fname"].tolist()
+    written = pd.read_csv(workspace / "submissions" / row["file"], keep_default_na=False)
+    tuned_test = pd.read_csv(workspace / "runs" / "t5@tuned" / "test.csv", keep_default_na=False)
+    assert written["fname"].tolist() == pd.read_csv(workspace / "data" / "sample_submission.csv")["fname"].tolist()
     assert written.set_index("fname")["summary"].to_dict() == tuned_test.set_index("fname")["summary"].to_dict()
 
 
