@@ -79,3 +79,29 @@ def test_similarity_summary_by_hand():
     assert summary["share_at_least"] == {"0.5": 0.5, "0.9": 0.25}
     assert summary["quantiles"]["p50"] == pytest.approx(0.35)
     assert similarity_summary(np.array([]))["rows"] == 0
+
+
+def test_top_columns_are_each_rows_best_in_order_ties_to_the_lower_column():
+    from competition.similarity import top_columns
+
+    rng = np.random.default_rng(3)
+    for shape, width in (((50, 700), 32), ((4, 5), 32), ((6, 90), 1)):
+        block = rng.integers(0, 20, size=shape).astype(np.float32) / 20  # many ties
+        block[:, 0] = -1.0
+        columns, values = top_columns(block, width)
+        expected = np.argsort(-block, axis=1, kind="stable")[:, :min(width, shape[1])]
+        assert np.array_equal(columns, expected)
+        assert np.array_equal(values, np.take_along_axis(block, expected, axis=1))
+
+
+def test_neighbours_leave_out_the_rows_own_group():
+    from scipy import sparse
+
+    from competition.similarity import nearest
+
+    vectors = sparse.csr_matrix(np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1]], dtype=np.float32))
+    groups = np.array([0, 0, 1, 1])
+    found = nearest(vectors, vectors, groups, groups, neighbours=3)
+    assert found.neighbours[0].tolist() == [2, 3, -1]  # row 1 shares its group; only two rows left
+    assert found.neighbours[0, 0] == found.position[0]
+    assert found.neighbour_similarity[0, 0] == pytest.approx(found.similarity[0])
