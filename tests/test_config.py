@@ -284,7 +284,8 @@ def test_bad_metric_value_reaches_the_cli_as_one_line(cli, tmp_path):
 
 
 def test_cv_values_are_checked_at_load_for_every_command(tmp_path, cli):
-    """Before, `run` with k = -3 exited 0 and ran 5 folds, and bootstrap = -5 showed [nan, nan]."""
+    """Every bad [cv] value is named at load, and every command stops there (exit 2) before
+    building folds, running or scoring."""
     message = config_error(tmp_path, "[cv]\nk = -3\nbootstrap = -5\nnear_duplicates = 1.5\npick_by = \"public\"\n")
     assert "[cv] k = -3: use at least 2 folds" in message
     assert "[cv] bootstrap = -5: use at least 100 resamples, or 0 for no intervals" in message

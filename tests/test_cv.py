@@ -190,9 +190,8 @@ def test_member_is_isin():
 
 
 def test_stale_sources_get_a_short_coverage_cell(workspace, cli):
-    """Issue 25.8: a stale source's coverage cell listed every reason (hundreds of characters once
-    an ensemble's members were stale too); now a summary and the command that fixes it, every
-    reason staying in --json."""
+    """A stale source's coverage cell is short: "stale:" and the command that fixes it (for an
+    ensemble of stale members, run then ensemble); every reason stays in --json."""
     toml = workspace / "competition.toml"
     toml.write_text(toml.read_text() + '\n[ensembles.both]\nmethod = "hill-climb"\nmembers = ["lead", "retrieval"]\n',
                     encoding="utf-8")
@@ -210,7 +209,8 @@ def test_stale_sources_get_a_short_coverage_cell(workspace, cli):
 
 
 def test_cv_ranks_by_the_score_pick_by_names(workspace, monkeypatch):
-    """Issue 24.3: cv ranked by the OOF final while the picks used the test-matched final."""
+    """cv ranks by the final [cv] pick_by names (test-matched by default), complete sources first,
+    as the picks do."""
     from competition import cv
 
     finals = {"memorises": (30.0, 25.0), "generalises": (28.0, 27.0), "broken": (40.0, 40.0)}

@@ -301,7 +301,8 @@ def test_library_errors_are_data_errors(tmp_path):
 
 @pytest.mark.parametrize("name", ["train.csv", "dev.csv", "test.csv"])
 def test_a_header_only_file_is_refused(cli, workspace, name):
-    """Before, a header-only train.csv gave `Data OK: train 0 rows` and pipeline said "lower k"."""
+    """A file with a header and no rows is refused by name (dev.csv: with how to turn dev off), by
+    `data check` and by the pipeline alike."""
     path = workspace / "data" / name
     write_text(path, path.read_text(encoding="utf-8").splitlines()[0] + "\n")
     message = refused(cli, workspace)
@@ -312,8 +313,8 @@ def test_a_header_only_file_is_refused(cli, workspace, name):
 
 
 def test_not_found_messages_fit_the_file(cli, workspace, korean_rows):
-    """Before, a missing predictions CSV given to `score` pointed at [data] in competition.toml, and a
-    missing dev.csv did not say that dev can be turned off."""
+    """A missing dev.csv says dev can be turned off ([data] dev = ""); a missing predictions CSV
+    given to `score` says to check its path, not [data]."""
     (workspace / "data" / "dev.csv").unlink()
     assert 'set dev = "" in [data]' in refused(cli, workspace)
     result = cli(["score", workspace / "preds.csv", "--refs", workspace / "data" / "train.csv"], cwd=workspace)

@@ -390,8 +390,8 @@ def test_star_takes_finished_candidates_and_a_half_run_member_is_refused(member_
 
 
 def test_mbr_over_two_members_warns_that_it_cannot_choose(member_workspace, cli):
-    """Issue 25.6. Before: an MBR ensemble of two members built without a word, though every row
-    ties and goes to the first member."""
+    """MBR over two members ties on every row (each is as close to the other), so every row goes to
+    the first: the ensemble warns and names the methods that can choose; three members do not warn."""
     import json
 
     with open(member_workspace / "competition.toml", "a", encoding="utf-8") as toml:

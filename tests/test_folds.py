@@ -132,8 +132,8 @@ def test_include_dev_must_match_the_folds(korean_workspace, cli):
 
 
 def test_folds_with_another_k_than_the_config_are_refused(korean_workspace, cli):
-    """Folds built with k = 3, then [cv] k = 5: run and cv stop with the two ways out (before, run
-    printed "k": 5 and ran the 3 folds of the file)."""
+    """Folds built with k = 3, then [cv] k = 5: run and cv stop before running anything, with the two
+    ways out (set k back, or rebuild the folds)."""
     toml = korean_workspace / "competition.toml"
     toml.write_text('[cv]\nk = 3\n[candidates.lead]\nkind = "lead"\n', encoding="utf-8")
     assert cli(["folds", "build"], cwd=korean_workspace).exit_code == 0

@@ -57,7 +57,8 @@ def test_everything_current_after_a_run(workspace, cli):
 
 
 def test_submit_refuses_test_predictions_of_an_older_test_file(workspace, cli):
-    """Before: `submit lead --allow-duplicate` exited 0 and wrote the old test file's predictions."""
+    """Once data/test.csv changes, submit refuses (exit 2) predictions made on the old test file, a
+    candidate's or an ensemble's, even with --allow-duplicate, and says what to rerun."""
     assert cli(["submit", "lead"], cwd=workspace).exit_code == 0
     test = pd.read_csv(workspace / "data" / "test.csv", dtype=str, keep_default_na=False)
     test.loc[0, "dialogue"] = "#Person1#: 새로 바뀐 시험 대화입니다.\n#Person2#: 네, 그렇군요."
@@ -78,7 +79,7 @@ def test_submit_refuses_test_predictions_of_an_older_test_file(workspace, cli):
 
 def test_folds_of_two_configs_are_incomplete_everywhere(workspace, cli):
     """top_k changed, then `run` killed after fold 0 was rewritten (fold 0 alone re-run stands for
-    that state): before, cv ranked retrieval 3/3 complete and submit and ensemble used it."""
+    that state): cv shows retrieval incomplete with each reason, and submit and ensemble refuse it."""
     toml = workspace / "competition.toml"
     toml.write_text(toml.read_text(encoding="utf-8").replace('kind = "retrieval"', 'kind = "retrieval"\ntop_k = 2'),
                     encoding="utf-8")
@@ -110,8 +111,8 @@ def test_an_ensemble_whose_member_changed_is_not_current(workspace, cli):
 
 
 def test_a_star_ensemble_is_stale_once_another_candidate_ran(workspace, cli):
-    """Issue 25.1. Before: after a new candidate ran, cv showed the "*" ensemble complete and submit
-    wrote the old members' file again."""
+    """A members = ["*"] ensemble is stale once another candidate has run (cv says which members it
+    now stands for), and submit refuses it until it is rebuilt."""
     toml = workspace / "competition.toml"
     toml.write_text(toml.read_text(encoding="utf-8") + '\n[ensembles.every]\nmembers = ["*"]\n', encoding="utf-8")
     assert cli(["ensemble", "every"], cwd=workspace).exit_code == 0
@@ -136,8 +137,8 @@ def test_a_star_ensemble_is_stale_once_another_candidate_ran(workspace, cli):
 
 
 def test_a_changed_config_blames_the_folds_not_the_test_output(workspace, cli):
-    """Issue 25.6. Before: with every meta.json on the old config, cv also said "the test output was
-    made with another config than its folds", which they all shared."""
+    """A changed config makes the folds stale, named; the test output, made with the same config
+    as its folds, is not blamed too."""
     toml = workspace / "competition.toml"
     toml.write_text(toml.read_text(encoding="utf-8").replace("max_turns = 2", "max_turns = 3"), encoding="utf-8")
     problems = _board(cli, workspace)["lead"]["problems"]
@@ -175,7 +176,8 @@ def test_local_model_folders_are_fingerprinted(tmp_path):
 
 
 def test_written_files_follow_the_umask(tmp_path, workspace, cli):
-    """Before, every file the tool wrote had mode 0600 whatever the umask."""
+    """Files the tool writes get the mode the umask allows: 0664 under umask 002, and under 022 the
+    folds, metas, log and submission of every command are 0644."""
     import os
     import stat
 

@@ -90,7 +90,8 @@ def test_ray_timeout_is_refused_where_nothing_is_joined(cli, korean_workspace):
 
 
 def test_wrong_address_fails_within_the_timeout_in_one_line(cli, tmp_path, korean_rows):
-    """Issue 20: `--ray-address 127.0.0.1:1` used to retry for ~14 minutes and print 60 warnings."""
+    """An address where nothing listens fails within the Ray timeout, in one line on stderr (Ray's
+    own warnings kept out), exit 2, nothing run."""
     root = lead_workspace(tmp_path, korean_rows, cli)
     completed, seconds = run_in_subprocess(["run", "lead", "--executor", "ray", "--ray-address", "127.0.0.1:1"],
                                            root, ray_free_environment(), timeout=DEFAULT_RAY_TIMEOUT + 60)

@@ -301,9 +301,8 @@ def test_three_seeds_give_three_sources_and_their_mbr_ranked_by_cv(cli, korean_w
 
 
 def test_run_prints_a_short_readable_line_per_candidate(workspace):
-    """Issue 25.8: run printed each candidate's whole config as a raw JSON line (every param, the
-    metric, the seed); now its kind and the params set away from their defaults, the full settings
-    staying in meta.json."""
+    """run prints one short line per candidate: its kind and the params set away from their
+    defaults, no JSON; the full settings are in meta.json."""
     config = load_config(workspace / "competition.toml")
     lines: list[str] = []
     run_candidates(config, progress=False, echo=lines.append)

@@ -104,7 +104,7 @@ def test_score_cli_multi_reference_jsonl(cli, tmp_path):
 
 
 def test_score_cli_counts_empty_predictions_and_strict_refuses_them(cli, tmp_path, korean_rows):
-    """Before, empty and NaN summaries scored silently."""
+    """Empty and NaN summaries are counted and warned about; --strict refuses them."""
     refs = tmp_path / "refs.csv"
     korean_rows.to_csv(refs, index=False)
     predictions = tmp_path / "preds.csv"
@@ -136,8 +136,8 @@ def lead_workspace(tmp_path, korean_rows, cli):
 
 
 def test_one_fold_scores_the_rows_it_covers_when_asked(cli, lead_workspace, korean_rows):
-    """Issue 25.4. Before: the guide's `score runs/lead/fold_0/oof.csv --refs data/train.csv` failed
-    with "N reference id(s) have no prediction" and no way to score just those rows."""
+    """One fold's OOF file against all training references is refused with the count of rows it
+    does not cover and the way out: --subset scores just the rows it predicts."""
     fold_0 = pd.read_csv(lead_workspace / "runs" / "lead" / "fold_0" / "oof.csv", dtype=str, keep_default_na=False)
     args = ["score", "runs/lead/fold_0/oof.csv", "--refs", "data/train.csv", "--by", "topic"]
     refused = cli(args, cwd=lead_workspace)

@@ -198,8 +198,8 @@ def test_refusals_exit_2_and_name_what_is_wrong(workspace, cli):
 
 
 def test_an_unknown_source_is_pointed_at_a_name_and_a_configured_one_at_its_command(workspace, cli):
-    """Issue 25.6. Before: `submit leed` said to run `competition run leed`, and `submit other`
-    (configured, never run) asked "did you mean 'lead'?"."""
+    """A typo gets the closest source's name, never a command for the typo; a configured source that
+    never ran gets the command that makes its predictions, never a "did you mean"."""
     add_source(workspace, "lead", TEST_SUMMARIES)
     typo = cli(["submit", "leed"], cwd=workspace)
     assert typo.exit_code == 2 and "did you mean 'lead'?" in typo.output

@@ -264,7 +264,8 @@ def test_curves_of_a_source_that_never_trained_is_one_line(cli, korean_workspace
 
 
 def test_curves_of_a_kind_that_never_trains_say_so(cli, korean_workspace):
-    """Issue 25.6. Before: `cv --curves lead` said to run `competition run lead`, which never trains."""
+    """`cv --curves` of a kind or ensemble that trains no model says so in one line, and sends
+    nobody to `competition run`."""
     toml = korean_workspace / "competition.toml"
     toml.write_text(toml.read_text(encoding="utf-8") + '\n[candidates.lead]\nkind = "lead"\n\n[ensembles.mix]\n'
                     'members = ["lead"]\n', encoding="utf-8")

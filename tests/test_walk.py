@@ -72,9 +72,9 @@ def test_every_skip_names_its_reason_and_the_walk_runs_the_rest():
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
 def test_the_docs_run_as_written_in_a_fresh_folder(doc, tmp_path):
-    """Before: `competition` was not on PATH after `make submit`, `competition ensemble mbr_all`
-    failed on the shipped competition.toml, and the guide's `score`, `folds build --include-dev`,
-    `submit ... --data ../other/data` and `diff 3 5` lines failed in a fresh workspace."""
+    """Every command line of the doc runs as written, in order, in a fresh folder (`competition` on
+    PATH after `make submit`, the shipped competition.toml, the guide's `score`, `folds build
+    --include-dev`, `submit ... --data ../other/data` and `diff 3 5` lines included)."""
     script, skipped = walk_script(doc)
     folder = tmp_path / "walk"
     folder.mkdir()

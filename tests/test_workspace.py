@@ -36,8 +36,8 @@ def _shown_values(text: str) -> list[tuple[str, str, str, str]]:
 
 
 def test_the_template_shows_the_defaults_or_says_which_it_changes():
-    """Issue 25.5. The header says a value shown is the key's default unless its comment says
-    "(default X)"; before, it set [tracking] mlflow (default "") and an old near_duplicates silently."""
+    """The header says a value shown is the key's default unless its comment says "(default X)",
+    and every value the template sets away from its default says so."""
     import dataclasses
     import re
     import tomllib
@@ -114,8 +114,8 @@ def test_init_writes_a_workspace_and_refuses_to_overwrite(tmp_path, cli):
 
 
 def test_run_and_submit_outside_a_workspace_say_how_to_make_one(tmp_path, cli):
-    """Issue 25.6. Before: in a folder without competition.toml, `run` said "no enabled candidate in
-    competition.toml" and `submit lead` printed the bundled-sample note."""
+    """In a folder without competition.toml, run and submit stop with one line saying how to make a
+    workspace, and write nothing there."""
     for command in (["run"], ["run", "lead"], ["submit", "lead"]):
         result = cli(command, cwd=tmp_path)
         assert result.exit_code == 2 and "Traceback" not in result.output
@@ -128,7 +128,7 @@ def test_run_and_submit_outside_a_workspace_say_how_to_make_one(tmp_path, cli):
 @pytest.mark.slow
 def test_pipeline_runs_on_the_bundled_sample_without_data(tmp_path, cli):
     """A fresh clone has no data/: pipeline says it uses the sample (one line, how to point at the
-    real files) and runs the whole flow (before: it stopped with "data folder not found")."""
+    real files) and runs the whole flow; an explicit folder that is absent is still an error."""
     (tmp_path / "competition.toml").write_text(TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
     result = cli(["pipeline"], cwd=tmp_path)
     assert result.exit_code == 0, result.output
@@ -158,7 +158,7 @@ def _rouge_numbers(value, key: str = "") -> list[tuple[str, float]]:
 
 
 def test_every_score_is_on_the_0_100_scale(tmp_path, cli, korean_rows):
-    """One unit: before, cv showed R1 as 30.96 while score, the pipeline table and the log said 0.3096."""
+    """One unit: cv, score, the pipeline table and the log all show every ROUGE as 0-100."""
     from conftest import write_workspace
 
     dev = korean_rows.head(4).assign(fname=lambda f: "dev_" + f["fname"])

@@ -80,7 +80,7 @@ def test_flat_toml_keys_still_load_into_the_parts():
 
 
 def test_a_qlora_launcher_typo_is_refused_at_config_load():
-    """Before, qlora's Params did not check `launcher`: the typo failed only when a fold ran."""
+    """Refused when the config loads, with the choices, before any fold runs."""
     assert "[candidates.c] launcher = 'acelerate' should be one of none, accelerate" in \
         config_error({"kind": "qlora", "launcher": "acelerate"})
 

@@ -148,7 +148,7 @@ def test_tiny_qlora_through_competition_run(cli, korean_workspace, tiny_causal_l
 @pytest.mark.slow
 def test_same_seed_same_adapter_bytes_other_seed_other_adapter(tiny_causal_lm, korean_rows, tmp_path):
     """The LoRA matrices are drawn from the candidate's seed: two trainings of the same config and
-    rows save byte-identical adapters (before, the A matrices came unseeded: up to 0.26 apart)."""
+    rows save byte-identical adapters, whatever was drawn in between; another seed, another adapter."""
     params = tiny_params(tiny_causal_lm, max_steps=2, save_steps=50)
     train = korean_rows.head(8)
     adapters = []
@@ -164,8 +164,8 @@ def test_same_seed_same_adapter_bytes_other_seed_other_adapter(tiny_causal_lm, k
 
 
 def test_a_changed_local_base_model_changes_the_training_fingerprint(tmp_path, korean_rows):
-    """Overwriting the base model's weights makes the fold train again (before, the old adapter was
-    kept, and ran on the new base)."""
+    """Overwriting the base model's weights makes the fold train again: an adapter never runs on a
+    base it was not trained on."""
     from competition.training import training_fingerprint
 
     model = tmp_path / "model"

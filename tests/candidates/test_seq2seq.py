@@ -23,9 +23,9 @@ def test_found_tags(korean_rows):
 
 @pytest.mark.slow
 def test_tags_of_every_split_are_added_and_training_is_reproducible(tiny_t5, korean_rows, tmp_path):
-    """A tag only the test rows hold is one whole token after training (before, only the training
-    folds' tags were added), and two trainings with one seed save the same bytes (the resized
-    embeddings are drawn from the candidate's seed)."""
+    """The tags of every split are added, so a tag only the test rows hold is one whole token after
+    training; two trainings with one seed save the same bytes (the resized embeddings are drawn
+    from the candidate's seed)."""
     params = tiny_params(tiny_t5, max_steps=2, save_steps=50)
     train = korean_rows.head(8)
     saved = []
