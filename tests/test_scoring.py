@@ -32,7 +32,7 @@ def test_score_cli_json_gives_the_official_final(cli, tmp_path, dev_predictions)
     assert report["rows"] == 499
     assert report["final"] == pytest.approx(expected.final, abs=1e-9)
     assert report["final"] == pytest.approx(15.78, abs=0.005)
-    # One unit everywhere: R1/R2/RL F1 x 100, like the final (before, 0.2x next to a final of 15.78).
+    # One unit everywhere: R1/R2/RL F1 x 100, like the final.
     assert report["rouge1"]["f1"] == pytest.approx(expected.f1["rouge1"] * 100, abs=1e-10)
     assert report["final"] == pytest.approx(np.mean([report[m]["f1"] for m in METRICS]), abs=1e-9)
 

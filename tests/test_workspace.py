@@ -81,7 +81,7 @@ def test_the_sample_is_valid_and_carries_its_licence():
     assert "CC BY-NC-SA 4.0" in licence and "DialogSum" in licence
     readme = (SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
     assert "Chen" in readme
-    # Issue 25.5: the README's id ranges are the files' (before: "dev_0 .. dev_400" for a file ending at dev_399).
+    # The README's id ranges are the files' own, first and last id included.
     for split, frame in (("train.csv", data.train), ("dev.csv", data.dev)):
         numbers = sorted(int(fname.split("_")[1]) for fname in frame["fname"])
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{split}`"))

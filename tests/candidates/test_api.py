@@ -188,7 +188,7 @@ def test_empty_rows_are_reported_by_competition_run(cli, korean_workspace, stub)
     assert not list(korean_workspace.rglob("api_cache.jsonl")) or all(
         path.read_text() == "" for path in korean_workspace.rglob("api_cache.jsonl"))
     # The count is in each fold's meta.json, and a plain re-run (no --force) asks again once the
-    # server answers (before, the folds counted as done and the lead fallbacks stayed for good).
+    # server answers: folds with lead fallbacks never count as done.
     meta = json.loads((korean_workspace / "runs" / "remote" / "fold_0" / "meta.json").read_text(encoding="utf-8"))
     assert [meta["reports"][split]["empty_to_lead"] for split in ("oof", "test", "dev")] == [6, 4, 4]
     server.default = "ok"
