@@ -103,6 +103,9 @@ def candidate_settings(config, name: str) -> dict:
         # Kinds that tune on ROUGE (lead, retrieval), and trainings whose kept checkpoint is chosen by
         # validation ROUGE, change with the metric's settings.
         settings["metric"] = config.metric.scoring()
+    if candidate_class(candidate.kind).uses_objective and config.cv.objective != "oof":
+        # Counted only when not "oof", so configs written before objectives keep their hash under "oof".
+        settings["objective"] = config.cv.objective
     return settings
 
 
@@ -316,3 +319,4 @@ def require_current(config, name: str, hashes: dict, k: int, role: str = "") -> 
         who = f"{role} {name!r}" if role else repr(name)
         raise StaleSource(f"{who} is not current: {'; '.join(problems)}: rerun it with "
                           f"`{rerun_command(config, name)}`")
+
