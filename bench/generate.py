@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the same builder the tests use
@@ -42,6 +43,7 @@ def merge_comparison(args, model_dir: Path) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from competition.candidates import qlora
     from competition.candidates.qlora import Params, QLoRACandidate
     from competition.modeling import load_causal_lm
 
@@ -58,7 +60,10 @@ def merge_comparison(args, model_dir: Path) -> dict:
         del adapter
         for way, merged in (("4-bit + adapter", False), ("merged (merge_for_inference)", True)):
             candidate = QLoRACandidate("bench", replace(params, merge_for_inference=merged), Path(work))
-            candidate.load()  # loading is not timed
+            # Without CUDA the kind predicts through the merged copy whatever merge_for_inference says
+            # (modeling.predicts_dequantised); the 4-bit layers are what is compared here, as on CUDA.
+            with mock.patch.object(qlora, "predicts_dequantised", lambda params, device: False):
+                candidate.load()  # loading is not timed
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()

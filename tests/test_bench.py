@@ -38,11 +38,30 @@ def test_train_gpu_prints_the_batching_by_optimizer_table_on_cpu(capsys):
 
 @pytest.mark.slow
 def test_generate_compares_4bit_and_merged_prediction_on_cpu(capsys):
-    """A random, non-zero adapter on the tiny Qwen3, both ways timed. Without CUDA the 4-bit way
-    also predicts through the adapter merged into the dequantised base, so no greedy summary differs."""
+    """A random, non-zero adapter on the tiny Qwen3, both ways timed: through 4-bit layers (kept on
+    CPU too, where the kind itself would predict merged) and merged into the dequantised base; no
+    greedy summary differs."""
     result = bench_module("generate").main(["--merge", "--rows", "6", "--max-new-tokens", "8", "--repeats", "1",
                                             "--batch-size", "3"])
     assert result["device"] == "cpu" and result["rows"] == 6 and result["differing_share"] == 0
     assert set(result["seconds"]) == {"4-bit + adapter", "merged (merge_for_inference)"}
     printed = capsys.readouterr().out
     assert "greedy summaries differing between the two: 0.0% of 6 rows (cpu)" in printed and "summaries/s" in printed
+
+
+@pytest.mark.slow
+def test_real_model_bench_runs_its_sources_on_a_tiny_gguf(tiny_gguf, tmp_path, capsys):
+    """bench/real_model.py with the tests' tiny GGUF instead of SmolLM2 (so no download): the
+    workspace, `competition run` per source in its own process, the scores and timings table."""
+    results = bench_module("real_model").main(["--gguf", str(tiny_gguf), "--rows", "8", "--steps", "1", "--dev", "2",
+                                               "--test", "1", "--sources", "lead,qlora_none",
+                                               "--workspace", str(tmp_path / "ws")])
+    assert [r["name"] for r in results] == ["lead", "qlora_none"]
+    lead, tuned = results
+    assert lead["oof_rows"] == tuned["oof_rows"] > 0 and lead["dev"] is not None and lead["oof"] > 0
+    assert tuned["train_tokens_per_s"] > 0 and tuned["peak_rss_mib"] > 0 and tuned["rows_per_s"] > 0
+    assert "train_tokens_per_s" not in lead
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("tiny-llama.F32.gguf on English DialogSum, CPU")
+    assert printed[1].startswith("| source | OOF | dev | dev-novel |") and len(printed) == 5
+    assert printed[3].startswith("| lead | ") and printed[4].startswith("| qlora_none | ")

@@ -10,8 +10,7 @@ import pytest
 from competition import gguf
 from competition.errors import ConfigError
 from competition.provenance import model_fingerprint
-from tiny_models import FIXED_SUMMARY, run_through_cli, tiny_causal_lm, tiny_gguf, tiny_llama  # noqa: F401
-from tiny_models import tiny_summariser_gguf  # noqa: F401
+from tiny_models import FIXED_SUMMARY, run_through_cli
 
 
 def test_a_file_that_is_not_gguf_or_is_missing_is_one_line_with_the_fix(tmp_path, monkeypatch):
