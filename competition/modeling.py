@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .gguf import converted_folder, is_gguf
+from .progress import quiet_library_bars
 
 
 def resolve_device(params) -> str:
@@ -135,7 +136,11 @@ def load_error(params, error: Exception) -> ConfigError:
 
 
 def load_tokenizer(params, source: str | None = None):
+    """The tokenizer of `model` (or `source`), with EOS as pad token when it has none. Every model
+    path starts here, so this is where the libraries' own bars are silenced off a terminal."""
     from transformers import AutoTokenizer
+
+    quiet_library_bars()
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source or model_source(params),

@@ -156,6 +156,21 @@ class Silent(StageLine):
         self._closed = True
 
 
+def quiet_library_bars() -> None:
+    """Off a terminal, turn off the bars transformers, datasets and huggingface_hub draw while
+    loading, converting and mapping (their carriage returns fill a log with one endless line);
+    on a terminal they stay."""
+    if on_terminal():
+        return
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def progress(iterable: Iterable | None = None, *, desc: str, total: int | None = None, unit: str = "rows",
              enabled: bool = True, leave: bool = False, initial: int = 0):
     """A progress reporter over `iterable` (or updated by hand with `total`, starting at `initial`):

@@ -79,3 +79,23 @@ def test_a_stage_names_the_bars_below_it_and_a_resumed_count_starts_at_initial(m
     lines = err.getvalue().splitlines()
     assert lines[0].startswith("smol fold 0 OOF training: 35/40 steps, ") and lines[0].endswith(" left")
     assert lines[1].startswith("smol fold 0 OOF training: 35 steps in ")
+
+
+def test_off_a_terminal_the_libraries_bars_are_silenced(monkeypatch):
+    """transformers' "Loading weights", the GGUF conversion's and datasets' map bars wrote carriage
+    returns into run logs; on a terminal they stay."""
+    import datasets
+    import transformers.utils.logging as transformers_logging
+
+    from competition.progress import quiet_library_bars
+
+    try:
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        quiet_library_bars()
+        assert transformers_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+        quiet_library_bars()
+        assert not transformers_logging.is_progress_bar_enabled() and not datasets.is_progress_bar_enabled()
+    finally:
+        transformers_logging.enable_progress_bar()
+        datasets.enable_progress_bars()
