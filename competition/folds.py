@@ -44,8 +44,13 @@ AUTO_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 ALWAYS_TOGETHER = 0.9
 MAX_UNMATCHED = 0.02
 _NEIGHBOURS = 32  # per row, enough that nearly every row finds one in another fold among them
+# The calibration compares histograms in bins as fine as the grid's step (cv's test-matched final
+# uses 10): with 0.1-wide bins, a threshold of 0.85 half fills [0.8, 0.9) with CV rows and hides
+# the test rows of [0.85, 0.9), which no CV row resembles.
+CALIBRATION_BINS = 20
 AUTO_RULE = (f"the largest test-matched effective sample among thresholds leaving <= {MAX_UNMATCHED:.0%} of the "
-             f"test's similarity mass unmatched (else the least unmatched); pairs >= {ALWAYS_TOGETHER:g} always together")
+             f"test's similarity mass unmatched (else the least unmatched), in {CALIBRATION_BINS} bins of cosine; "
+             f"pairs >= {ALWAYS_TOGETHER:g} always together")
 
 
 def labelled_rows(config, data) -> pd.DataFrame:
@@ -224,7 +229,8 @@ def choose_threshold(trials: list[ThresholdTrial]) -> ThresholdTrial:
 def calibrate_threshold(rows: pd.DataFrame, test_dialogues: list[str], tokenizer: str, k: int, seed: int,
                         strategy: str, grid: tuple[float, ...] = AUTO_GRID) -> tuple[ThresholdTrial, list[ThresholdTrial], np.ndarray]:
     """(chosen trial, every trial, the chosen clusters): folds built at each threshold of `grid`,
-    each CV row's similarity to its training folds compared with the test's to train.
+    each CV row's similarity to its training folds compared with the test's to train (histograms
+    of CALIBRATION_BINS bins).
 
     One similarity pass serves every threshold (pairs at the lowest, each row's best neighbours),
     so the grid costs little more than a single threshold.
@@ -240,7 +246,7 @@ def calibrate_threshold(rows: pd.DataFrame, test_dialogues: list[str], tokenizer
         except ConfigError:  # fewer clusters (or groups) than folds at this threshold: not a candidate
             continue
         oof_similarity = oof_nearest_from_neighbours(vectors, found, fold_of)
-        _, matched = matched_weights(oof_similarity, test_similarity)
+        _, matched = matched_weights(oof_similarity, test_similarity, bins=CALIBRATION_BINS)
         summary = similarity_summary(oof_similarity)
         stats = cluster_stats(clusters)
         trials.append(ThresholdTrial(float(threshold), round(matched["unmatched_test_share"], 6),

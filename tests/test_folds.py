@@ -262,10 +262,12 @@ def _words(start: int, count: int) -> list[str]:
     return [f"w{i}" for i in range(start, start + count)]
 
 
-def planted_neighbourhood() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and test on whitespace tokens with planted cosines: 40 unrelated dialogues, 4 copies
-    (cosine ~0.94), 6 pairs at ~0.82 and 6 at ~0.6; 30 unrelated test rows and 4 that share 14 of
-    a train dialogue's 20 words (cosine ~0.84 to it, the test's close neighbours)."""
+def planted_neighbourhood(pairs_sharing=(19,) * 4 + (17,) * 6 + (13,) * 6,
+                          test_sharing: int = 14) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test on whitespace tokens with planted cosines: 40 unrelated dialogues, pairs that
+    share 19 of their 20 words (4 copies, cosine ~0.94), 17 (6 pairs, ~0.82) and 13 (6, ~0.6); 30
+    unrelated test rows and 4 that share `test_sharing` of a train dialogue's 20 words (14: cosine
+    ~0.84 to it, 15: ~0.87; the test's close neighbours)."""
     train, test, word = [], [], 0
 
     def add(rows, tokens, prefix):
@@ -274,7 +276,7 @@ def planted_neighbourhood() -> tuple[pd.DataFrame, pd.DataFrame]:
     for _ in range(40):
         add(train, _words(word, 20), "r")
         word += 20
-    for shared in [19] * 4 + [17] * 6 + [13] * 6:  # the pair shares `shared` of its 20 words
+    for shared in pairs_sharing:  # the pair shares `shared` of its 20 words
         first = _words(word, 20)
         add(train, first, "r")
         add(train, first[:shared] + _words(word + 20, 20 - shared), "r")
@@ -282,14 +284,14 @@ def planted_neighbourhood() -> tuple[pd.DataFrame, pd.DataFrame]:
     for _ in range(30):
         add(test, _words(word, 20), "x")
         word += 20
-    for source in range(4):  # 14 words of train row r<source>, 6 unseen ones (dropped: not in train)
-        add(test, train[source][1].split()[:14] + _words(word, 6), "x")
-        word += 6
+    for source in range(4):  # words of train row r<source>, and unseen ones (dropped: not in train)
+        add(test, train[source][1].split()[:test_sharing] + _words(word, 20 - test_sharing), "x")
+        word += 20 - test_sharing
     columns = ["fname", "dialogue", "summary", "topic"]
     return pd.DataFrame(train, columns=columns), pd.DataFrame(test, columns=columns)
 
 
-def _hand_trial(vectors, test_vectors, rows, threshold):
+def _hand_trial(vectors, test_vectors, rows, threshold, bins=20):
     """Everything calibrate_threshold does, the obvious slow way: dense cosines, clusters by
     union-find, each row's best cosine to the other folds, the binned ratio weights."""
     cosine = (vectors @ vectors.T).toarray()
@@ -307,10 +309,10 @@ def _hand_trial(vectors, test_vectors, rows, threshold):
     fold = assign_folds(rows, 3, 42, "length", clusters)["fold"].to_numpy()
     oof = np.where(fold[:, None] != fold[None, :], cosine, -1).max(axis=1)
     test = (test_vectors @ vectors.T).toarray().max(axis=1)
-    oof_bins = np.minimum((oof * 10).astype(int), 9)
-    test_bins = np.minimum((test * 10).astype(int), 9)
-    oof_share = np.bincount(oof_bins, minlength=10) / len(oof)
-    test_share = np.bincount(test_bins, minlength=10) / len(test)
+    oof_bins = np.minimum((oof * bins).astype(int), bins - 1)  # 20: 0.05-wide, the grid's step
+    test_bins = np.minimum((test * bins).astype(int), bins - 1)
+    oof_share = np.bincount(oof_bins, minlength=bins) / len(oof)
+    test_share = np.bincount(test_bins, minlength=bins) / len(test)
     weights = np.array([min(test_share[b] / oof_share[b], 10.0) for b in oof_bins])
     return test_share[oof_share == 0].sum(), weights.sum() ** 2 / (weights ** 2).sum()
 
@@ -366,3 +368,28 @@ def test_auto_folds_are_checked_as_auto(tmp_path):
     config.cv.near_duplicates = 0.85  # the number auto chose, but asked for as a number: another setting
     with pytest.raises(FoldMismatch, match=r'near_duplicates = "auto" on whitespace tokens but .* near_duplicates = 0.85'):
         check_folds(config, train)
+
+
+def _rule(by_hand: dict) -> float:
+    """The auto rule by hand: the largest ESS among thresholds leaving <= 2% unmatched, ties to the lower."""
+    fitting = [t for t, (unmatched, _) in by_hand.items() if unmatched <= 0.02]
+    return max(fitting, key=lambda t: (round(by_hand[t][1], 6), -t))
+
+
+def test_auto_compares_the_test_at_the_grids_resolution(tmp_path):
+    """Test rows at ~0.87 and CV pairs at ~0.82 and ~0.88: at 0.85 the ~0.82 pairs split and fill
+    [0.8, 0.9) with CV rows, so 10 bins would see every test row matched there, though no CV row is
+    as close as the test's; in 0.05 bins [0.85, 0.9) is empty until 0.9 splits the ~0.88 pairs."""
+    from competition.similarity import tfidf_vectors
+
+    train, test = planted_neighbourhood((19,) * 4 + (17,) * 6 + (18,) * 6, test_sharing=15)
+    root = write_workspace(tmp_path, train, test, config='[metric]\ntokenizer = "whitespace"\n[cv]\nk = 3\n')
+    config = load_config(root / "competition.toml")
+    info = build_folds(config, train)
+    vectors, test_vectors = tfidf_vectors(list(train["dialogue"]), "whitespace", list(test["dialogue"]))
+    grid = [trial["threshold"] for trial in info["near_duplicates"]["grid"]]
+    coarse = {t: _hand_trial(vectors, test_vectors, train, t, bins=10) for t in grid}
+    fine = {t: _hand_trial(vectors, test_vectors, train, t, bins=20) for t in grid}
+    assert _rule(coarse) == 0.85 and coarse[0.85][0] == 0  # what 0.1-wide bins would choose
+    assert fine[0.85][0] == pytest.approx(4 / 34)
+    assert _rule(fine) == 0.9 == info["near_duplicates"]["threshold"]
