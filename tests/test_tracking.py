@@ -233,12 +233,12 @@ def test_ensemble_submission_and_leaderboard_scores(workspace, cli):
     copy = client.download_artifacts(logged["run_id"], "submission/0001-mix.csv", str(workspace / "download"))
     assert open(copy, "rb").read() == (workspace / "submissions" / "0001-mix.csv").read_bytes()
 
-    invoke(cli, workspace, "lb", "record", "1", "--public", "41.5")
-    invoke(cli, workspace, "lb", "record", "1", "--public", "42.25", "--private", "40")
+    invoke(cli, workspace, "lb", "record", "1", "--public", "21.5")
+    invoke(cli, workspace, "lb", "record", "1", "--public", "22.25", "--private", "20")
     logged = runs_of(workspace, "submission").iloc[0]
-    assert logged["metrics.public"] == 42.25 and logged["metrics.private"] == 40
+    assert logged["metrics.public"] == 22.25 and logged["metrics.private"] == 20
     history = client.get_metric_history(logged["run_id"], "public")
-    assert sorted(m.value for m in history) == [41.5, 42.25]
+    assert sorted(m.value for m in history) == [21.5, 22.25]
 
 
 def test_scores_recorded_for_a_submission_made_before_tracking_was_on(workspace, cli):
@@ -251,9 +251,9 @@ def test_scores_recorded_for_a_submission_made_before_tracking_was_on(workspace,
     invoke(cli, workspace, "submit", "lead")
     assert len(runs_of(workspace)) == 0
     toml.write_text(toml.read_text(encoding="utf-8") + TRACKED, encoding="utf-8")
-    invoke(cli, workspace, "lb", "record", "0001", "--public", "38.5")
+    invoke(cli, workspace, "lb", "record", "0001", "--public", "18.5")
     logged = runs_of(workspace, "submission")
-    assert len(logged) == 1 and logged.iloc[0]["metrics.public"] == 38.5
+    assert len(logged) == 1 and logged.iloc[0]["metrics.public"] == 18.5
     row = read_log(load_config(toml)).iloc[0]
     assert logged.iloc[0]["metrics.oof_final"] == pytest.approx(float(row["oof_final"]))
 

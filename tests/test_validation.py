@@ -211,7 +211,7 @@ def test_through_run_validation_rows_come_from_the_training_folds_and_cv_draws_t
     from conftest import write_workspace
 
     from competition.config import load_config
-    from competition.folds import load_folds
+    from competition.folds import grouping_threshold, load_folds
     from competition.shift import near_duplicate_clusters
 
     twins = korean_rows.head(6).assign(fname=lambda f: f["fname"] + "_twin",
@@ -228,7 +228,8 @@ def test_through_run_validation_rows_come_from_the_training_folds_and_cv_draws_t
 
     config = load_config(tmp_path / "competition.toml")
     fold_of = load_folds(config).set_index("fname")["fold"]
-    labels = near_duplicate_clusters(train["dialogue"].tolist(), config.metric.tokenizer, config.cv.near_duplicates)
+    labels = near_duplicate_clusters(train["dialogue"].tolist(), config.metric.tokenizer,
+                                    grouping_threshold(config))  # the threshold folds build chose
     cluster_of = dict(zip(train["fname"], labels))
     assert all(cluster_of[f] == cluster_of[f"{f}_twin"] for f in korean_rows.head(6)["fname"])  # planted
     for fold in (0, 1):

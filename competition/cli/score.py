@@ -50,6 +50,9 @@ def score(config, predictions, references, subset, tokenizer, convention, multi_
     elif predictions in list_sources(config):
         report = score_source(config, predictions, references, tokenizer=tokenizer, convention=convention,
                               multi_ref=multi_ref, **settings)
+    elif Path(predictions).suffix or len(Path(predictions).parts) > 1:  # meant as a file: say where it was sought
+        raise ConfigError(f"{predictions} not found: check the path of the predictions file (a fname,summary CSV), "
+                          f"or name a source under runs/")
     else:
         sources = list_sources(config)
         raise ConfigError(f"{predictions} is neither a file nor a source under runs/ "
