@@ -163,12 +163,10 @@ def quiet_library_bars() -> None:
     if on_terminal():
         return
     import datasets
-    import huggingface_hub.utils
     import transformers.utils.logging
 
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # huggingface_hub's bars too
     datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
 
 
 def progress(iterable: Iterable | None = None, *, desc: str, total: int | None = None, unit: str = "rows",
