@@ -90,6 +90,8 @@ def test_off_a_terminal_the_libraries_bars_are_silenced(monkeypatch):
     from competition.progress import quiet_library_bars
 
     try:
+        transformers_logging.enable_progress_bar()  # an earlier test's model loading may have turned them off
+        datasets.enable_progress_bars()
         monkeypatch.setattr(sys, "stderr", Terminal())
         quiet_library_bars()
         assert transformers_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
