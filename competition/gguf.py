@@ -122,7 +122,12 @@ def convert(path: Path, out: Path) -> None:
             raise
         raise ConfigError(f"model {str(path)!r} is a GGUF file, which needs the `gguf` package: "
                           "pip install 'competition[gguf]' (or pip install gguf)") from None
-    except (ValueError, KeyError, NotImplementedError) as error:
+    except (ValueError, NotImplementedError) as error:
+        # transformers' own refusals: an architecture it has no GGUF mapping for (ValueError "... is
+        # not supported") or a block type it cannot dequantise (NotImplementedError). Any other
+        # error is a bug or a damaged file, and keeps its traceback.
+        if isinstance(error, ValueError) and "not supported" not in str(error):
+            raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"transformers {transformers.__version__} cannot dequantise GGUF file {str(path)!r} "
                           f"({type(error).__name__}: {first}): use a GGUF of an architecture transformers reads "

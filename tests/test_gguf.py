@@ -133,3 +133,25 @@ def test_seq2seq_refuses_a_gguf_model_at_config_load():
 
     with pytest.raises(InvalidValues, match=r"a \.gguf file is read as a causal LM \(kinds prompt and qlora\)"):
         Params(model="models/t5.gguf")
+
+
+@pytest.mark.parametrize("raised, refused", [(ValueError("GGUF model with architecture odd is not supported yet."), True),
+                                             (NotImplementedError("Dequantization for Q9 is not yet implemented"), True),
+                                             (ValueError("tensor row size 7 is not a multiple of 32"), False),
+                                             (KeyError("general.name"), False)])
+def test_only_transformers_refusals_read_as_an_unsupported_gguf(raised, refused, tmp_path, monkeypatch):
+    """transformers' "not supported" and "not implemented" become the one-line refusal; any other
+    error (a damaged file, a bug) keeps its traceback instead of blaming the architecture."""
+    import transformers
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(60))
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    with pytest.raises(ConfigError if refused else type(raised)) as error:
+        gguf.converted_folder(str(tmp_path / "m.gguf"))
+    assert (error.type is ConfigError) == refused
+    assert not list((tmp_path / "runs" / ".cache" / "gguf").glob("*.partial-*"))
