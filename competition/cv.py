@@ -24,7 +24,7 @@ from .metric import METRICS, RougeResult, get_scorer
 from .predictions import done_folds, list_sources, load_dev, load_meta, load_oof
 from .progress import progress as show_progress
 from .provenance import input_hashes, source_problems
-from .shift import matched_weights, workspace_profile
+from .shift import profile_weights, workspace_profile
 
 
 def _scorer(config: Config):
@@ -141,7 +141,7 @@ def _source_meta(config: Config, name: str) -> dict:
 
 def test_matched(config: Config, result: RougeResult, fnames: pd.Series, profile) -> dict:
     """The OOF scores of rows `fnames` weighted to the test's similarity profile (shift.py)."""
-    weights, info = matched_weights(profile.oof.reindex(fnames).fillna(0.0).to_numpy(), profile.test.to_numpy())
+    weights, info = profile_weights(profile, fnames)
     if not len(weights):
         return {**{metric: 0.0 for metric in METRICS}, "final": 0.0, "ci95": [None, None], **info}
     f1 = (result.per_row[:, :, 2] * weights[:, None]).sum(axis=0) / weights.sum() * 100

@@ -3,7 +3,7 @@
 - ``best``: the member with the best OOF final.
 
 Every "best" here is by [cv] objective: with "test_matched" (the default) rows weigh as in cv's
-test-matched final (shift.objective_weights), so members that profit from close training
+test-matched final (RunContext.objective_row_weights), so members that profit from close training
 neighbours count as much as the test rewards them.
 - ``mbr`` (minimum Bayes risk): per row, the output with the highest weighted mean ROUGE against
   the members' outputs. The mean runs over every member, the candidate's own output included
@@ -36,7 +36,7 @@ from .predictions import (list_sources, load_dev, load_fold_dev, load_fold_test,
                           load_test, write_fold, write_source_outputs)
 from .progress import progress as show_progress
 from .provenance import require_current, rerun_command, wildcard_members
-from .shift import objective_weights, weighted_mean
+from .shift import weighted_mean
 from .tracking import log_ensemble
 
 
@@ -304,9 +304,8 @@ def resolve_ensemble(config: Config, name: str) -> EnsembleInputs:
                                f"rerun it with `{rerun_command(config, member)}`")
         oof_outputs.append(_aligned(oof, fnames, f"runs/{member} OOF"))
     row_weights = None
-    if uses_objective(ensemble):
-        folds = pd.DataFrame({"fname": fnames, "fold": fold_of})
-        row_weights = objective_weights(config, folds, context.rows, context.dev, context.test, fnames)
+    if uses_objective(ensemble) and context.objective_row_weights is not None:
+        row_weights = context.objective_row_weights.to_numpy()  # in the order of context.rows, like fnames
     return EnsembleInputs(name, ensemble, context, members, oof_outputs, scorer, row_weights)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -63,6 +64,14 @@ class RunContext:
     hashes: dict
     data_dir: str | None = None  # the --data override, passed on to launched training processes
     refresh: bool = False  # `run --refresh`: candidates re-send what they cached from an endpoint
+
+    @functools.cached_property
+    def objective_row_weights(self) -> pd.Series | None:
+        """Each labelled row's weight under [cv] objective, by fname (None for "oof"): computed once
+        per run, for every fold and stage that chooses by it (lead's N, ensembles, tune)."""
+        folds = pd.DataFrame({"fname": self.rows["fname"], "fold": self.fold_of})
+        weights = objective_weights(self.config, folds, self.rows, self.dev, self.test, self.rows["fname"])
+        return None if weights is None else pd.Series(weights, index=self.rows["fname"].to_numpy())
 
 
 def prepare(config: Config, data_dir: str | Path | None = None) -> RunContext:
@@ -122,15 +131,8 @@ def make_candidate(context: RunContext, name: str, workdir: Path):
     instance.refresh = context.refresh
     instance.row_groups = row_groups(context, name)
     if instance.uses_objective:
-        instance.row_weights = objective_row_weights(context)
+        instance.row_weights = context.objective_row_weights
     return instance
-
-
-def objective_row_weights(context: RunContext) -> pd.Series | None:
-    """Each labelled row's weight under [cv] objective, by fname (None for "oof")."""
-    folds = pd.DataFrame({"fname": context.rows["fname"], "fold": context.fold_of})
-    weights = objective_weights(context.config, folds, context.rows, context.dev, context.test, context.rows["fname"])
-    return None if weights is None else pd.Series(weights, index=context.rows["fname"].to_numpy())
 
 
 def row_groups(context: RunContext, name: str):

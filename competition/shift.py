@@ -180,6 +180,12 @@ def matched_weights(oof_similarity: np.ndarray, test_similarity: np.ndarray, bin
     return weights, info
 
 
+def profile_weights(profile: FoldProfile, fnames) -> tuple[np.ndarray, dict]:
+    """matched_weights of the OOF rows `fnames` against the test, from a fold profile (a row the
+    profile lacks counts as having no neighbour)."""
+    return matched_weights(profile.oof.reindex(list(fnames)).fillna(0.0).to_numpy(), profile.test.to_numpy())
+
+
 def objective_weights(config, folds: pd.DataFrame, labelled: pd.DataFrame, dev: pd.DataFrame | None,
                       test: pd.DataFrame, fnames) -> np.ndarray | None:
     """Per-row weights of the CV objective for the labelled rows `fnames`: None (every row counts
@@ -187,9 +193,7 @@ def objective_weights(config, folds: pd.DataFrame, labelled: pd.DataFrame, dev: 
     test-matched final gives those rows, so every choice maximises the score cv ranks by."""
     if config.cv.objective != "test_matched":
         return None
-    profile = workspace_profile(config, folds, labelled, dev, test)
-    weights, _ = matched_weights(profile.oof.reindex(list(fnames)).fillna(0.0).to_numpy(), profile.test.to_numpy())
-    return weights
+    return profile_weights(workspace_profile(config, folds, labelled, dev, test), fnames)[0]
 
 
 def weighted_mean(values: np.ndarray, row_weights: np.ndarray | None, axis: int = 0):

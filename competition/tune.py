@@ -34,7 +34,7 @@ from .provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
 from .runner import choose_outputs
 from .search import (LENGTH_KEYS, GridSearch, Trial, TrialStore, canonical, check_method, load_space, make_search,
                      setting_key)
-from .shift import objective_weights, weighted_mean
+from .shift import weighted_mean
 from .tracking import log_tune
 from .training import finished_fit
 
@@ -311,9 +311,7 @@ def plan_tune(config, name: str, options: TuneOptions, data_dir=None, echo: Call
     base_hash = candidate_hash(context.config, name)[0]
     train_rows = {fold: training_rows(context, name, context.fold_of != fold) for fold in range(context.k)}
     metas = check_trained(context, name, {"config_hash": base_hash, **context.hashes}, train_rows)
-    folds = pd.DataFrame({"fname": context.rows["fname"], "fold": context.fold_of})
-    weights = objective_weights(config, folds, context.rows, context.dev, context.test, context.rows["fname"])
-    row_weights = None if weights is None else pd.Series(weights, index=context.rows["fname"].to_numpy())
+    row_weights = context.objective_row_weights
     store = TrialStore(run_dir(config, name + TUNED_SUFFIX) / "trials.jsonl", {
         "candidate": name, "config_hash": base_hash, **context.hashes, "k": context.k,
         "fold_trained_at": [metas[fold].get("finished_at") for fold in range(context.k)],
