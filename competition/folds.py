@@ -41,7 +41,7 @@ _LENGTH_BINS = 10
 # DialogSum's test rows have a train neighbour that close, 25% of CV rows would without grouping),
 # and the most test mass the chosen folds may leave with no CV row of the same similarity.
 AUTO_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
-ALWAYS_TOGETHER = 0.9
+ALWAYS_TOGETHER = AUTO_GRID[-1]  # every threshold tried keeps pairs this close together
 MAX_UNMATCHED = 0.02
 _NEIGHBOURS = 32  # per row, enough that nearly every row finds one in another fold among them
 # The calibration compares histograms in bins as fine as the grid's step (cv's test-matched final
@@ -235,6 +235,7 @@ def calibrate_threshold(rows: pd.DataFrame, test_dialogues: list[str], tokenizer
     One similarity pass serves every threshold (pairs at the lowest, each row's best neighbours),
     so the grid costs little more than a single threshold.
     """
+    assign_folds(rows, k, seed, strategy)  # k, strategy and its column checked once, before any search
     vectors, test_vectors = tfidf_vectors(list(rows["dialogue"]), tokenizer, test_dialogues)
     found = self_nearest(vectors, min(grid), neighbours=_NEIGHBOURS)
     test_similarity = nearest(test_vectors, vectors).similarity.astype(float)
@@ -243,7 +244,7 @@ def calibrate_threshold(rows: pd.DataFrame, test_dialogues: list[str], tokenizer
         clusters = components(len(rows), found.pairs[found.pair_similarity >= threshold])
         try:
             fold_of = assign_folds(rows, k, seed, strategy, clusters)["fold"].to_numpy()
-        except ConfigError:  # fewer clusters (or groups) than folds at this threshold: not a candidate
+        except ConfigError:  # fewer clusters (or groups joined by them) than folds here: not a candidate
             continue
         oof_similarity = oof_nearest_from_neighbours(vectors, found, fold_of)
         _, matched = matched_weights(oof_similarity, test_similarity, bins=CALIBRATION_BINS)
@@ -311,9 +312,6 @@ def build_folds(config, rows: pd.DataFrame, k: int | None = None, seed: int | No
         if not len(test):
             raise ConfigError("[cv] near_duplicates = \"auto\" calibrates on the test dialogues, and there are none: "
                               "add test.csv, or set [cv] near_duplicates to a cosine (e.g. 0.7)")
-        if len(rows) < k:
-            raise ConfigError(f"k = {k} folds but only {len(rows)} labelled row(s): lower k")
-        parse_strategy(strategy)
         chosen, trials, clusters = calibrate_threshold(rows, list(test["dialogue"]), config.metric.tokenizer, k,
                                                        seed, strategy)
         threshold = chosen.threshold

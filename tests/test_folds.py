@@ -393,3 +393,15 @@ def test_auto_compares_the_test_at_the_grids_resolution(tmp_path):
     assert _rule(coarse) == 0.85 and coarse[0.85][0] == 0  # what 0.1-wide bins would choose
     assert fine[0.85][0] == pytest.approx(4 / 34)
     assert _rule(fine) == 0.9 == info["near_duplicates"]["threshold"]
+
+
+def test_auto_reports_a_bad_strategy_or_k_as_such(tmp_path):
+    """A mistake in k or the strategy's column is named before any threshold is tried, not read
+    as "no threshold leaves enough clusters"."""
+    train, test = planted_neighbourhood()
+    root = write_workspace(tmp_path, train, test, config='[metric]\ntokenizer = "whitespace"\n[cv]\nk = 3\n')
+    config = load_config(root / "competition.toml")
+    with pytest.raises(ConfigError, match="no column 'level' in the data"):
+        build_folds(config, train, strategy="stratify:level")
+    with pytest.raises(ConfigError, match=r"k = 80 folds but only 72 labelled row\(s\): lower k"):
+        build_folds(config, train, k=80)
