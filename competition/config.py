@@ -241,6 +241,15 @@ class Config:
         return self.candidates[name]
 
 
+def field_default(item: dataclasses.Field) -> Any:
+    """A dataclass field's default value (its default_factory called), or dataclasses.MISSING."""
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return dataclasses.MISSING
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if annotation is Any:

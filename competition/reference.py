@@ -16,7 +16,7 @@ import click
 
 from .candidates import KINDS, params_class
 from .cli import main as cli
-from .config import SECTIONS, CandidateConfig, EnsembleConfig
+from .config import SECTIONS, CandidateConfig, EnsembleConfig, field_default
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?#\s*(.+?)\s*$")
 # Keys of a [candidates.NAME] table that belong to the candidate, not to its kind's Params.
@@ -41,11 +41,8 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 def _default(item: dataclasses.Field) -> str:
-    if item.default is not dataclasses.MISSING:
-        value = item.default
-    elif item.default_factory is not dataclasses.MISSING:
-        value = item.default_factory()
-    else:
+    value = field_default(item)
+    if value is dataclasses.MISSING:
         return "(required)"
     if isinstance(value, bool):
         return "true" if value else "false"

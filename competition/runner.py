@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .candidates import candidate_class
-from .config import Config
+from .config import Config, field_default
 from .ensemble import run_ensemble
 from .errors import CudaRequired, FoldMismatch, UnknownCandidate
 from .executors import JobResult, jobs_for, make_executor, run_jobs
@@ -202,13 +202,7 @@ def _changed_fields(params) -> list[str]:
     changed = []
     for field in dataclasses.fields(params):
         value = getattr(params, field.name)
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = dataclasses.MISSING
-        if value != default:
+        if value != field_default(field):
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
             changed.append(f"{field.name} {text[:37] + '...' if len(text) > 40 else text}")
     return changed
