@@ -38,3 +38,9 @@ def parse_strategy(strategy: str) -> FoldPlan:
         return FoldPlan(kind, column)
     raise ConfigError(f"fold strategy {strategy!r} is not one of {', '.join(STRATEGIES)} "
                       f"(e.g. group:topic); fix [cv] strategy or --strategy")
+
+
+def listed(names) -> str:
+    """Names as a message offers them: "a", "a or b", "a, b or c"."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import re
 import sys
 import types
@@ -23,11 +21,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .candidates import params_class
-from .choices import (CONVENTIONS, ENSEMBLE_METHODS, LEADERBOARD_BACKENDS, MULTI_REF_RULES, PICK_BY, STRATEGIES,
-                      parse_strategy)
-from .errors import ConfigError, UnknownCandidate
+from .choices import ENSEMBLE_METHODS, LEADERBOARD_BACKENDS, PICK_BY, STRATEGIES, listed, parse_strategy
+from .errors import ConfigError, InvalidValues, UnknownCandidate, raise_if_invalid
 from .mbr import UTILITIES
-from .tokenizers import TOKENIZERS
+from .metric import MetricConfig
 
 DEFAULT_CONFIG = "competition.toml"
 # A Kaggle competition slug: lower-case letters, digits and hyphens.
@@ -42,49 +39,6 @@ class DataConfig:
     dev: str = "dev.csv"  # same columns; "" when there is no dev file
     test: str = "test.csv"  # fname,dialogue
     sample_submission: str = "sample_submission.csv"  # fname,summary in leaderboard order
-
-
-class InvalidValues(ValueError):
-    """Raised by a config dataclass's __post_init__ with every bad value it found, each message
-    "key = value: choose ..."; build_dataclass reports each one under the section's name."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = list(problems)
-
-
-def _choices(names) -> str:
-    names = list(names)
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-
-
-def _raise_if(problems: list[str]) -> None:
-    if problems:
-        raise InvalidValues(problems)
-
-
-@dataclass
-class MetricConfig:
-    tokenizer: str = "kiwi"  # kiwi (Korean morphemes), whitespace or english
-    convention: str = "official"  # official (rouge 1.0.1, as the organisers) or rouge-score
-    multi_ref: str = "mean"  # mean over references (the competition's rule) or max
-    cache_mb: int = 1024  # token cache runs/.cache/tokens.sqlite, least recently used evicted; 0 = off
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.tokenizer not in TOKENIZERS:
-            problems.append(f"tokenizer = {self.tokenizer!r}: choose {_choices(sorted(TOKENIZERS))}")
-        if self.convention not in CONVENTIONS:
-            problems.append(f"convention = {self.convention!r}: choose {_choices(CONVENTIONS)}")
-        if self.multi_ref not in MULTI_REF_RULES:
-            problems.append(f"multi_ref = {self.multi_ref!r}: choose {_choices(MULTI_REF_RULES)}")
-        if not isinstance(self.cache_mb, int) or isinstance(self.cache_mb, bool) or self.cache_mb < 0:
-            problems.append(f"cache_mb = {self.cache_mb!r}: choose a size in MB (e.g. 1024), or 0 for no token cache")
-        _raise_if(problems)
-
-    def scoring(self) -> dict:
-        """The settings scores depend on (cache_mb only changes speed): what results are hashed with."""
-        return {"tokenizer": self.tokenizer, "convention": self.convention, "multi_ref": self.multi_ref}
 
 
 @dataclass
@@ -112,16 +66,16 @@ class CVConfig:
             problems.append(f"near_duplicates = {self.near_duplicates!r}: choose \"auto\", a cosine in (0, 1], or 0 "
                             f"for off")
         if self.pick_by not in PICK_BY:
-            problems.append(f"pick_by = {self.pick_by!r}: choose {_choices(PICK_BY)}")
+            problems.append(f"pick_by = {self.pick_by!r}: choose {listed(PICK_BY)}")
         if self.objective not in PICK_BY:
-            problems.append(f"objective = {self.objective!r}: choose {_choices(PICK_BY)}")
+            problems.append(f"objective = {self.objective!r}: choose {listed(PICK_BY)}")
         try:
             parse_strategy(self.strategy)
         except ConfigError:
-            problems.append(f"strategy = {self.strategy!r}: choose {_choices(STRATEGIES)} (e.g. group:topic)")
+            problems.append(f"strategy = {self.strategy!r}: choose {listed(STRATEGIES)} (e.g. group:topic)")
         if self.test_strategy not in ("mbr", "refit"):
             problems.append(f"test_strategy = {self.test_strategy!r}: choose mbr or refit")
-        _raise_if(problems)
+        raise_if_invalid(problems)
 
 
 @dataclass
@@ -155,7 +109,7 @@ class LeaderboardConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.backend not in LEADERBOARD_BACKENDS:
-            problems.append(f"backend = {self.backend!r}: choose {_choices(LEADERBOARD_BACKENDS)}")
+            problems.append(f"backend = {self.backend!r}: choose {listed(LEADERBOARD_BACKENDS)}")
         if self.backend == "kaggle" and not self.competition:
             problems.append('backend = "kaggle" needs competition = "SLUG" (the name in kaggle.com/competitions/SLUG)')
         slug = self.competition.rstrip("/").rpartition("/")[2]
@@ -171,7 +125,7 @@ class LeaderboardConfig:
             problems.append(f"poll_max_s = {self.poll_max_s!r} is below poll_s = {self.poll_s!r}: raise it")
         if not isinstance(self.tries, int) or isinstance(self.tries, bool) or self.tries < 1:
             problems.append(f"tries = {self.tries!r}: use 1 or more attempts")
-        _raise_if(problems)
+        raise_if_invalid(problems)
 
 
 @dataclass
@@ -204,10 +158,10 @@ class EnsembleConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.method not in ENSEMBLE_METHODS:
-            problems.append(f"method = {self.method!r}: choose {_choices(ENSEMBLE_METHODS)}")
+            problems.append(f"method = {self.method!r}: choose {listed(ENSEMBLE_METHODS)}")
         if self.utility not in UTILITIES:
-            problems.append(f"utility = {self.utility!r}: choose {_choices(UTILITIES)}")
-        _raise_if(problems)
+            problems.append(f"utility = {self.utility!r}: choose {listed(UTILITIES)}")
+        raise_if_invalid(problems)
 
 
 @dataclass
@@ -419,9 +373,3 @@ def load_config(path: str | Path | None = None) -> Config:
     return parse_config(raw, config_path.resolve())
 
 
-def config_hash(value: Any) -> str:
-    """A stable short hash of a dataclass or plain value (what a run depends on)."""
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    text = json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -26,7 +26,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import Config, EnsembleConfig, config_hash
+from .config import Config, EnsembleConfig
+from .hashing import config_hash
 from .data import references
 from .errors import ConfigError, FoldMismatch, UnknownCandidate
 from .fold_run import RunContext, prepare

@@ -35,3 +35,18 @@ class CudaRequired(CompetitionError):
 
 class LeaderboardError(CompetitionError):
     """The leaderboard platform refused a request, cannot be reached, or is not set up."""
+
+
+class InvalidValues(ValueError):
+    """Raised by a config dataclass's __post_init__ with every bad value it found, each message
+    "key = value: choose ..."; build_dataclass reports each one under the section's name."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def raise_if_invalid(problems: list[str]) -> None:
+    """The end of a settings dataclass's __post_init__: every problem it collected, at once."""
+    if problems:
+        raise InvalidValues(problems)

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .augment import check_unique_fnames, fold_training_rows, read_augmented
+from .augmented import check_unique_fnames, fold_training_rows, read_augmented
 from .candidates import candidate_class
 from .config import Config
 from .data import load_from_config

@@ -32,7 +32,7 @@ import pandas as pd
 from .choices import parse_strategy
 from .data import load_from_config, rows_sha256
 from .errors import ConfigError, FoldMismatch, MissingFolds
-from .predictions import atomic_write_text
+from .files import atomic_write_text
 from .shift import matched_weights, near_duplicate_clusters
 from .similarity import cluster_stats, components, nearest, self_nearest, similarity_summary, tfidf_vectors
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .candidates.lead import lead_text
+from .turns import lead_text
 from .progress import progress as show_progress
 from .prompts import DEFAULT_MARKER
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from .candidates.parts import Launch
 from .errors import CompetitionError, ConfigError
-from .predictions import atomic_write_text
+from .files import atomic_write_text
 
 # Where a launched rank writes the one line of a user mistake (set by run_launcher, read by train_fold).
 ERROR_FILE_VARIABLE = "COMPETITION_ERROR_FILE"

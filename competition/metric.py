@@ -29,9 +29,9 @@ from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cpdist
 
 from . import token_cache
-from .choices import CONVENTIONS, MULTI_REF_RULES
-from .errors import ConfigError
-from .tokenizers import Tokenizer, get_tokenizer, tokenize
+from .choices import CONVENTIONS, MULTI_REF_RULES, listed
+from .errors import ConfigError, raise_if_invalid
+from .tokenizers import TOKENIZERS, Tokenizer, get_tokenizer, tokenize
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 STATS = ("precision", "recall", "f1")
@@ -42,6 +42,30 @@ _STORED_FLOAT = np.dtype("<f8")
 _PAIR_BYTES = 9 * _STORED_FLOAT.itemsize
 # Fewer pairs are counted faster than a lookup and a write.
 _STORE_MIN_PAIRS = 50
+
+
+@dataclass
+class MetricConfig:
+    tokenizer: str = "kiwi"  # kiwi (Korean morphemes), whitespace or english
+    convention: str = "official"  # official (rouge 1.0.1, as the organisers) or rouge-score
+    multi_ref: str = "mean"  # mean over references (the competition's rule) or max
+    cache_mb: int = 1024  # token cache runs/.cache/tokens.sqlite, least recently used evicted; 0 = off
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.tokenizer not in TOKENIZERS:
+            problems.append(f"tokenizer = {self.tokenizer!r}: choose {listed(sorted(TOKENIZERS))}")
+        if self.convention not in CONVENTIONS:
+            problems.append(f"convention = {self.convention!r}: choose {listed(CONVENTIONS)}")
+        if self.multi_ref not in MULTI_REF_RULES:
+            problems.append(f"multi_ref = {self.multi_ref!r}: choose {listed(MULTI_REF_RULES)}")
+        if not isinstance(self.cache_mb, int) or isinstance(self.cache_mb, bool) or self.cache_mb < 0:
+            problems.append(f"cache_mb = {self.cache_mb!r}: choose a size in MB (e.g. 1024), or 0 for no token cache")
+        raise_if_invalid(problems)
+
+    def scoring(self) -> dict:
+        """The settings scores depend on (cache_mb only changes speed): what results are hashed with."""
+        return {"tokenizer": self.tokenizer, "convention": self.convention, "multi_ref": self.multi_ref}
 
 
 @dataclass

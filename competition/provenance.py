@@ -13,7 +13,6 @@ list of reasons and the command that fixes them. Package versions are recorded, 
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
 from typing import Iterable
 
@@ -21,11 +20,11 @@ import pandas as pd
 
 from .candidates import candidate_class
 from .candidates.parts import Trainer, hashed_settings
-from .config import config_hash
+from .hashing import config_hash, file_sha256
 from .data import load_from_config, rows_sha256
 from .errors import FoldMismatch, UnknownCandidate
 from .folds import check_folds, folds_sha256, labelled_rows
-from .gguf import gguf_fingerprint, is_gguf
+from .fingerprint import params_models
 from .predictions import done_folds, list_sources, load_meta, run_dir
 
 INPUT_KEYS = ("data_sha256", "folds_sha256", "test_sha256", "dev_sha256")
@@ -34,51 +33,10 @@ INPUT_NAMES = {"data_sha256": "other labelled data", "folds_sha256": "another fo
                "test_sha256": "another test file", "dev_sha256": "another dev file"}
 FOLD_KEYS = ("config_hash", *INPUT_KEYS)
 TUNED_SUFFIX = "@tuned"
-# Weights up to this size are hashed whole; larger ones by name, size and index file (a 7B model
-# would take minutes to hash on every run).
-FULL_HASH_BYTES = 64 * 2 ** 20
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 class StaleSource(FoldMismatch):
     """A source whose stored predictions were not made from the current config and inputs."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(model: str) -> dict | None:
-    """For a local model folder: its files' names and sizes, the sha256 of config.json and of any
-    weight index, and of the weights themselves when they total at most FULL_HASH_BYTES. None for
-    a hub id (its name is in the settings already). A .gguf file: its name, size and sha256."""
-    folder = Path(model).expanduser()
-    if is_gguf(model) and folder.is_file():
-        return gguf_fingerprint(folder)
-    if not folder.is_dir():
-        return None
-    files = sorted(path for path in folder.rglob("*") if path.is_file())
-    sizes = {str(path.relative_to(folder)): path.stat().st_size for path in files}
-    weights = [path for path in files if path.name.endswith(_WEIGHT_SUFFIXES)]
-    fingerprint = {"files": sizes, "hashed": {}}
-    for path in files:
-        if path.name == "config.json" or path.name.endswith(".index.json"):
-            fingerprint["hashed"][str(path.relative_to(folder))] = file_sha256(path)
-    if sum(path.stat().st_size for path in weights) <= FULL_HASH_BYTES:
-        for path in weights:
-            fingerprint["hashed"][str(path.relative_to(folder))] = file_sha256(path)
-    return fingerprint
-
-
-def params_models(params) -> dict:
-    """Fingerprints of the local model folders a candidate's params point at (its `model`)."""
-    model = getattr(params, "model", None)
-    fingerprint = model_fingerprint(model) if isinstance(model, str) and model else None
-    return {"model": fingerprint} if fingerprint is not None else {}
 
 
 def candidate_seed(config, name: str) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CompetitionError, ConfigError
-from .predictions import atomic_write_text
+from .files import atomic_write_text
 
 # Generation parameters a setting may change; "length_control"/"length_scale" are ours (below).
 GENERATION_KEYS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "repetition_penalty",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .predictions import atomic_write_text
+from .files import atomic_write_text
 from .similarity import (cluster_stats, components, nearest, self_nearest, similarity_summary,
                          tfidf_vectors)
 

@@ -30,7 +30,8 @@ from .cv import leaderboard
 from .data import data_folder, read_split
 from .errors import SubmissionError
 from .metric import get_scorer
-from .predictions import atomic_write_text, csv_text, list_sources, load_test, write_temp
+from .files import atomic_write_text, csv_text, write_temp
+from .predictions import list_sources, load_test
 from .provenance import missing_source, require_current, workspace_inputs
 from .tracking import log_submission, record_leaderboard
 

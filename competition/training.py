@@ -14,13 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from .candidates.parts import Generation, Inference, Placement, field_names, hashed_settings
-from .config import config_hash
+from .hashing import config_hash
 from .data import rows_sha256
 from .errors import ConfigError
 from .modeling import is_main_process, launched_distributed, world_size
-from .predictions import atomic_write_json, read_meta
+from .files import atomic_write_json
+from .predictions import read_meta
 from .progress import progress
-from .provenance import params_models
+from .fingerprint import params_models
 from .validation import validation_arguments
 
 # Params that do not change training (generation, inference, where a job runs): editing them keeps the
@@ -31,7 +32,7 @@ REPORT_FILE = "train.json"
 
 def training_fingerprint(params, train_rows: pd.DataFrame, extra: dict | None = None) -> str:
     """What a trained adapter or model depends on: training params (not generation ones), the
-    local base model's files (provenance.params_models), the rows, and `extra` (the candidate's
+    local base model's files (fingerprint.params_models), the rows, and `extra` (the candidate's
     training_inputs)."""
 
     training = {k: v for k, v in hashed_settings(params).items() if k not in NOT_TRAINING}

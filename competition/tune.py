@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .candidates.parts import Generation, Prompt
-from .config import config_hash
+from .hashing import config_hash
 from .data import references
 from .errors import CompetitionError
 from .fold_run import RunContext, make_candidate, prepare, training_rows

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from competition import augment as aug
+from competition import augmented
 from competition.chat import Endpoint
 from competition.errors import CompetitionError, DataError
 
@@ -52,7 +53,7 @@ def test_fold_training_rows_never_include_rows_derived_from_the_held_out_fold(ko
     for fold in range(3):
         held_out = {f for f, k in folds.items() if k == fold}
         train = korean_rows[~korean_rows["fname"].isin(held_out)]
-        rows = aug.fold_training_rows(train, [swapped, synthetic])
+        rows = augmented.fold_training_rows(train, [swapped, synthetic])
         derived = set(swapped.set_index("fname").loc[[f for f in rows["fname"] if f.endswith("__swap")],
                                                      "source_fname"])
         assert not derived & held_out
@@ -63,15 +64,15 @@ def test_fold_training_rows_never_include_rows_derived_from_the_held_out_fold(ko
 
 def test_augmented_fname_colliding_across_files_or_with_training_is_refused(korean_rows, tmp_path):
     swapped, _ = aug.speaker_swap(korean_rows)
-    first = aug.read_augmented(aug.write_augmented(swapped, tmp_path / "swap_a.csv"))
-    second = aug.read_augmented(aug.write_augmented(swapped.head(2), tmp_path / "swap_b.csv"))
+    first = augmented.read_augmented(aug.write_augmented(swapped, tmp_path / "swap_a.csv"))
+    second = augmented.read_augmented(aug.write_augmented(swapped.head(2), tmp_path / "swap_b.csv"))
     with pytest.raises(DataError, match=r"'f_0__swap' is in both .*swap_a\.csv and .*swap_b\.csv"):
-        aug.fold_training_rows(korean_rows, [first, second])
+        augmented.fold_training_rows(korean_rows, [first, second])
     with pytest.raises(DataError, match=r"'f_0__swap' is twice in .*swap_a\.csv"):
-        aug.fold_training_rows(korean_rows, [first, first])
-    clash = aug.read_augmented(aug.write_augmented(swapped.head(1).assign(fname="f_5"), tmp_path / "clash.csv"))
+        augmented.fold_training_rows(korean_rows, [first, first])
+    clash = augmented.read_augmented(aug.write_augmented(swapped.head(1).assign(fname="f_5"), tmp_path / "clash.csv"))
     with pytest.raises(DataError, match=r"'f_5' is in both the training data and .*clash\.csv"):
-        aug.fold_training_rows(korean_rows, [clash])
+        augmented.fold_training_rows(korean_rows, [clash])
 
 
 def test_augment_cli_fnames_follow_the_output_file_so_two_files_train_together(korean_workspace, cli):
@@ -80,9 +81,9 @@ def test_augment_cli_fnames_follow_the_output_file_so_two_files_train_together(k
         result = cli(["augment", "speaker-swap", "--permutation", permutation, "--out", folder / f"{name}.csv"],
                      cwd=korean_workspace)
         assert result.exit_code == 0, result.output
-    files = [aug.read_augmented(folder / f"{name}.csv") for name in ("swap_a", "swap_b")]
+    files = [augmented.read_augmented(folder / f"{name}.csv") for name in ("swap_a", "swap_b")]
     assert files[0]["fname"].str.endswith("__swap_a").all() and files[1]["fname"].str.endswith("__swap_b").all()
-    rows = aug.fold_training_rows(pd.read_csv(korean_workspace / "data" / "train.csv", dtype=str,
+    rows = augmented.fold_training_rows(pd.read_csv(korean_workspace / "data" / "train.csv", dtype=str,
                                               keep_default_na=False), files)
     assert len(rows) == 12 + 12 + 12 and rows["fname"].is_unique
 
@@ -94,7 +95,7 @@ def test_write_augmented_round_trips_hostile_text(tmp_path):
                           "augmentation": "paraphrase", "dialogue": hostile, "summary": hostile[::-1],
                           "topic": hostile})
     path = aug.write_augmented(frame, tmp_path / "aug.csv")
-    pd.testing.assert_frame_equal(aug.read_augmented(path), frame[aug.AUGMENTED_COLUMNS])
+    pd.testing.assert_frame_equal(augmented.read_augmented(path), frame[augmented.AUGMENTED_COLUMNS])
     assert [p.name for p in tmp_path.iterdir()] == ["aug.csv"]  # no temp file left behind
 
 
@@ -213,7 +214,7 @@ def test_augment_cli_paraphrase_through_base_url_filters_by_rouge_to_source(kore
     assert report["source_rows"] == 4 and report["made"] == 3 and report["kept"] == 1
     # f_0 lost #Person2#; f_1 is too far from its source, f_2 too near to be a rewrite.
     assert report["dropped"] == {"lost a speaker or mask tag": 1, "ROUGE to source out of bounds": 2}
-    written = aug.read_augmented(out)
+    written = augmented.read_augmented(out)
     assert written[["fname", "source_fname", "augmentation"]].values.tolist() == [["f_3__para_a", "f_3", "paraphrase"]]
     assert "think" not in out.read_text(encoding="utf-8")
     assert written["dialogue"][0].startswith("#Person1#: 요즘 잠을 잘 못 자요. 음, 그러니까")
@@ -229,8 +230,8 @@ def test_augment_cli_writes_speaker_swap_file(korean_workspace, cli):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["made"] == 12 and report["kept"] == 12
-    written = aug.read_augmented(korean_workspace / "data" / "augmented" / "speaker-swap.csv")
-    assert list(written.columns) == aug.AUGMENTED_COLUMNS and len(written) == 12
+    written = augmented.read_augmented(korean_workspace / "data" / "augmented" / "speaker-swap.csv")
+    assert list(written.columns) == augmented.AUGMENTED_COLUMNS and len(written) == 12
 
 
 def test_augment_cli_paraphrase_without_generator_says_what_to_pass(korean_workspace, cli):
@@ -280,7 +281,7 @@ def test_a_local_generator_decodes_greedily_with_the_generation_part():
 
 
 def test_a_bad_local_generator_length_is_refused_before_any_model_loads(korean_workspace, cli):
-    from competition.config import InvalidValues
+    from competition.errors import InvalidValues
 
     with pytest.raises(InvalidValues, match="max_new_tokens = 0 should be 1 or more"):
         aug.local_completer("no/such-model", 0)

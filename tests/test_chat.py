@@ -10,7 +10,7 @@ import time
 import pytest
 
 from competition.chat import ChatClient, Endpoint, EndpointError, ResponseCache, retry_after_seconds
-from competition.config import InvalidValues
+from competition.errors import InvalidValues
 from stub_server import StubServer, echo_first_line
 
 KEY = "sk-chat-test-secret-42"

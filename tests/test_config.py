@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from competition.config import (CVConfig, DataConfig, MetricConfig, SubmitConfig, build_dataclass, config_hash,
-                                load_config, parse_config)
+from competition.config import CVConfig, DataConfig, SubmitConfig, build_dataclass, load_config, parse_config
 from competition.errors import ConfigError
+from competition.hashing import config_hash
+from competition.metric import MetricConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"data": DataConfig, "metric": MetricConfig, "cv": CVConfig, "submit": SubmitConfig}

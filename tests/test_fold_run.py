@@ -44,7 +44,8 @@ def test_augmented_rows_train_only_the_folds_their_source_is_in(workspace):
 
 def test_no_fold_trains_on_a_row_derived_from_its_held_out_dialogues(tmp_path, korean_rows, monkeypatch):
     """The leakage rule end to end, for every fold, on the Korean fixture rows (never skipped)."""
-    from competition.augment import read_augmented, speaker_swap, write_augmented
+    from competition.augment import speaker_swap, write_augmented
+    from competition.augmented import read_augmented
     from competition.candidates.retrieval import RetrievalCandidate
 
     test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])

@@ -23,7 +23,7 @@ def test_clean_output_strips_chat_tokens_thinking_and_a_cut_sentence():
 
 
 def test_empty_output_falls_back_to_lead_and_is_counted():
-    from competition.candidates.lead import lead_text
+    from competition.turns import lead_text
 
     report = GenerationReport()
     dialogue = "#Person1#: 안녕하세요.\n#Person2#: 반가워요.\n#Person1#: 잘 가요."

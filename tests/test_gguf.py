@@ -9,7 +9,7 @@ import pytest
 
 from competition import gguf
 from competition.errors import ConfigError
-from competition.provenance import model_fingerprint
+from competition.fingerprint import model_fingerprint
 from tiny_models import FIXED_SUMMARY, run_through_cli
 
 
@@ -129,7 +129,7 @@ def test_a_qlora_candidate_trains_on_a_gguf_in_4bit(tiny_gguf, korean_rows, tmp_
 def test_seq2seq_refuses_a_gguf_model_at_config_load():
     """The conversion reads causal LMs; a seq2seq candidate says so before anything runs."""
     from competition.candidates.seq2seq import Params
-    from competition.config import InvalidValues
+    from competition.errors import InvalidValues
 
     with pytest.raises(InvalidValues, match=r"a \.gguf file is read as a causal LM \(kinds prompt and qlora\)"):
         Params(model="models/t5.gguf")

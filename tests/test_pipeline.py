@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from competition.candidates.lead import lead_text
+from competition.turns import lead_text
 from competition.config import load_config
 from competition.cv import leaderboard
 from competition.pipeline import with_data_dir

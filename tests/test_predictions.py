@@ -9,7 +9,7 @@ import pytest
 from conftest import write_workspace
 
 from competition.config import load_config
-from competition.predictions import atomic_write_text
+from competition.files import atomic_write_text
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

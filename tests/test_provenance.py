@@ -10,7 +10,8 @@ import pytest
 from conftest import write_workspace
 
 from competition.config import load_config
-from competition.provenance import candidate_hash, model_fingerprint, source_problems, workspace_inputs
+from competition.fingerprint import model_fingerprint
+from competition.provenance import candidate_hash, source_problems, workspace_inputs
 
 CONFIG = """
 [metric]
@@ -181,7 +182,7 @@ def test_written_files_follow_the_umask(tmp_path, workspace, cli):
     import os
     import stat
 
-    from competition.predictions import atomic_write_text
+    from competition.files import atomic_write_text
 
     old = os.umask(0o002)
     try:

@@ -216,7 +216,7 @@ def test_changed_params_make_folds_stale_and_force_reruns(workspace, cli):
 
 
 def test_refit_fits_once_on_every_row(workspace):
-    from competition.candidates.lead import lead_text
+    from competition.turns import lead_text
 
     (workspace / "competition.toml").write_text(
         CONFIG.replace("bootstrap = 100", 'bootstrap = 100\ntest_strategy = "refit"').replace("max_turns = 4", "turns = 2"),

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from competition import metric, token_cache
-from competition.config import MetricConfig, load_config
+from competition.config import load_config
+from competition.metric import MetricConfig
 from competition.errors import ConfigError
 from competition.metric import RougeScorer
 from competition.tokenizers import KiwiTokenizer, cached_tokens, get_tokenizer, tokenize

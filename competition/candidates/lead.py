@@ -3,20 +3,18 @@ must beat, and the CPU default."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import pandas as pd
 
-from ..config import MetricConfig
+from ..metric import MetricConfig
+from ..turns import lead_text
 from ..data import references
 from ..errors import ConfigError
 from ..metric import get_scorer
 from ..shift import weighted_mean
 from .base import Candidate
 from .parts import Composed, at_least
-
-_TURN = re.compile(r"^\s*(#[A-Za-z][A-Za-z0-9]*#)\s*:\s*(.*)$")
 
 
 @dataclass
@@ -35,30 +33,6 @@ class Params(Composed):
         if "{text}" not in self.turn_format:
             problems.append(f"turn_format = {self.turn_format!r} should contain {{text}}")
         return problems
-
-
-def split_turns(dialogue: str) -> list[tuple[str, str]]:
-    """(speaker tag, text) per turn; a line without a tag continues the previous turn."""
-    turns: list[tuple[str, str]] = []
-    for line in dialogue.split("\n"):
-        match = _TURN.match(line)
-        if match:
-            turns.append((match.group(1), match.group(2).strip()))
-        elif line.strip():
-            if turns:
-                speaker, text = turns[-1]
-                turns[-1] = (speaker, f"{text} {line.strip()}".strip())
-            else:
-                turns.append(("", line.strip()))
-    return turns
-
-
-def lead_text(dialogue: str, turns: int, turn_format: str = "{speaker}: {text}", joiner: str = " ") -> str:
-    """The first `turns` turns of a dialogue, each written with `turn_format`."""
-    written = []
-    for speaker, text in split_turns(dialogue)[:turns]:
-        written.append(turn_format.format(speaker=speaker, text=text).strip() if speaker else text)
-    return joiner.join(written)
 
 
 class LeadCandidate(Candidate):

@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, distribution
 
-from ..config import InvalidValues
+from ..errors import InvalidValues
 from ..prompts import (DEFAULT_DIALOGUE_LABEL, DEFAULT_INSTRUCTION, DEFAULT_MARKER, DEFAULT_SUMMARY_LABEL, DEFAULT_SYSTEM,
                        DEFAULT_TOPIC_LABEL)
 
@@ -113,7 +113,7 @@ def at_least(params, keys: tuple[str, ...], floor: float) -> list[str]:
 
 class Composed:
     """Base of every composed Params: __post_init__ runs each part's `check` (its own problems)
-    once and raises them together (config.InvalidValues, reported per key at config load)."""
+    once and raises them together (errors.InvalidValues, reported per key at config load)."""
 
     def __post_init__(self) -> None:
         problems = []

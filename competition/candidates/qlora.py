@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import MetricConfig
+from ..metric import MetricConfig
 from ..errors import ConfigError, DataError
 from ..generation import GenerationReport, finish, generate
 from ..modeling import (dequantised_note, is_main_process, load_causal_lm, load_tokenizer, lora_model, merged_causal_lm,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..config import MetricConfig
+from ..metric import MetricConfig
 from ..mbr import mbr_select
 from ..metric import get_scorer
 from ..progress import progress as show_progress

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import MetricConfig
+from ..metric import MetricConfig
 from ..generation import GenerationReport, encode, finish, generate
 from ..gguf import is_gguf
 from ..modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, lora_config, model_source,

@@ -11,7 +11,8 @@ import click
 
 from ..config import Config, load_config
 from ..errors import ConfigError
-from ..predictions import RUNS_DIR, remove_stale_temps
+from ..files import remove_stale_temps
+from ..predictions import RUNS_DIR
 from ..submission import submissions_dir, tidy_submissions
 from ..token_cache import workspace
 

@@ -7,7 +7,7 @@ from ..config import Config
 from ..cv import leaderboard
 from ..history import CV_NAMES, describe_calibration, expect_public
 from ..folds import grouping_threshold
-from ..validation import fold_curves, plot_curves
+from ..curves import fold_curves, plot_curves
 from .common import json_option, png_option, print_json, table, with_config
 
 

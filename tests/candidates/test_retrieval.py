@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from competition.candidates.retrieval import Params as RetrievalParams, RetrievalCandidate, remap_speakers
-from competition.config import MetricConfig, build_dataclass
+from competition.config import build_dataclass
+from competition.metric import MetricConfig
 
 
 def test_remap_speakers_follows_order_of_appearance():
