@@ -19,11 +19,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import token_cache
+from . import PACKAGE_DIR, token_cache
 from .errors import DataError
 from .tokenizers import cached_tokens
-from .workspace import SAMPLE_DIR
 
+SAMPLE_DIR = PACKAGE_DIR / "sample"  # 400 train, 99 dev, 200 test rows of the Korean data (see its README)
 SPLITS = ("train", "dev", "test", "sample_submission")
 REQUIRED_COLUMNS = {
     "train": ("fname", "dialogue"),

@@ -12,10 +12,9 @@ from typing import Callable
 from . import cv, ensemble, folds, runner
 from .config import Config
 from .cv import pick_score
-from .data import data_folder, describe, load_from_config
+from .data import SAMPLE_DIR, data_folder, describe, load_from_config
 from .errors import CompetitionError, UnknownCandidate
 from .submission import DuplicateSubmission, submit
-from .workspace import SAMPLE_DIR
 
 
 def with_data_dir(config: Config, data_dir: str | Path | None) -> Config:

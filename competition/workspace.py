@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from . import PACKAGE_DIR
 from .config import load_config
+from .data import SAMPLE_DIR
 from .errors import ConfigError
 
-PACKAGE = Path(__file__).resolve().parent
-SAMPLE_DIR = PACKAGE / "sample"  # 400 train, 99 dev, 200 test rows of the Korean data (see its README)
-TEMPLATE = PACKAGE / "templates" / "competition.toml"  # the documented defaults, as in the repository
+TEMPLATE = PACKAGE_DIR / "templates" / "competition.toml"  # the documented defaults, as in the repository
 SAMPLE_FILES = ("train.csv", "dev.csv", "test.csv", "sample_submission.csv", "README.md", "LICENSE")
 GITIGNORE = "data/\nruns/\n.venv/\n__pycache__/\nsubmissions/.log.lock\n.*.tmp\n.*.pending\nmlruns.db\nmlartifacts/\n"
 DATA_README = """# Competition files go here

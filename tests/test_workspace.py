@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from competition.workspace import SAMPLE_DIR, TEMPLATE
+from competition.data import SAMPLE_DIR
+from competition.workspace import TEMPLATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
