@@ -42,7 +42,7 @@ kind = "retrieval"
 def naive_seconds_per_row(predictions: list[str], references: list[str]) -> float:
     from rouge import Rouge
 
-    from competition.tokenizers import get_tokenizer
+    from competition.text.tokenizers import get_tokenizer
 
     tokenizer, rouge = get_tokenizer("english"), Rouge()
     start = time.perf_counter()
@@ -64,12 +64,12 @@ def main() -> None:
     parser.add_argument("--naive-cap", type=int, default=2000, help="rows scored the naive way per candidate")
     args = parser.parse_args()
 
-    from competition.config import load_config
-    from competition.cv import leaderboard
-    from competition.data import load_from_config, read_split
-    from competition.folds import build_folds, labelled_rows
-    from competition.predictions import load_oof
-    from competition.runner import run_candidates
+    from competition.workspace.config import load_config
+    from competition.results.cv import leaderboard
+    from competition.data.loading import load_from_config, read_split
+    from competition.data.folds import build_folds, labelled_rows
+    from competition.data.predictions import load_oof
+    from competition.run.runner import run_candidates
 
     data = Path(args.data) / "dialogsum-en"
     train = read_split(data / "train.jsonl", "train")

@@ -84,13 +84,13 @@ def pair_agreement(cv: list[float], proxy: list[float], margin: float = 0.5) -> 
 def run_scheme(root: Path, k: int, near_duplicates: str, frames: dict, scorer, proxies: dict,
                objective: str = "test_matched", echo=print) -> dict:
     """Build the workspace (unless it is there), run every source and score it; per source its CV and proxies."""
-    from competition.config import load_config
-    from competition.cv import leaderboard
-    from competition.data import load_from_config
-    from competition.ensemble import run_ensemble
-    from competition.folds import build_folds, folds_info, labelled_rows
-    from competition.predictions import load_dev
-    from competition.runner import run_candidates
+    from competition.workspace.config import load_config
+    from competition.results.cv import leaderboard
+    from competition.data.loading import load_from_config
+    from competition.run.ensemble import run_ensemble
+    from competition.data.folds import build_folds, folds_info, labelled_rows
+    from competition.data.predictions import load_dev
+    from competition.run.runner import run_candidates
 
     data = root / "data"
     if not data.exists():
@@ -145,9 +145,9 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path", default="", help="also write the figures to this file")
     args = parser.parse_args()
 
-    from competition.data import read_split, references
-    from competition.metric import get_scorer
-    from competition.similarity import nearest, tfidf_vectors
+    from competition.data.loading import read_split, references
+    from competition.text.metric import get_scorer
+    from competition.text.similarity import nearest, tfidf_vectors
 
     english = Path(args.data) / "dialogsum-en"
     train = read_split(english / "train.jsonl", "train")

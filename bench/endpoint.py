@@ -1,4 +1,4 @@
-"""Requests per second of the endpoint client (competition.chat) against a server with a fixed
+"""Requests per second of the endpoint client (competition.models.chat) against a server with a fixed
 latency: with `concurrency` requests in flight it should reach concurrency / latency.
 
 Run: .venv/bin/python bench/endpoint.py [--latency 0.2] [--concurrency 4 32] [--rounds 50] [--repeats 3]
@@ -34,7 +34,7 @@ def serve(latency: float, ready, stop) -> None:
 
 
 def requests_per_second(url: str, concurrency: int, count: int, cache: Path) -> float:
-    from competition.chat import ChatClient, Endpoint
+    from competition.models.chat import ChatClient, Endpoint
 
     client = ChatClient(Endpoint(base_url=url, model="stub", api_key_env="", concurrency=concurrency), cache,
                         label=f"concurrency {concurrency}", echo=lambda line: None)

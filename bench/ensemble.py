@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.mbr import default_workers, mbr_select
+from competition.text.mbr import default_workers, mbr_select
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_ROWS = 12_460  # English DialogSum train
@@ -77,13 +77,13 @@ def main() -> None:
     parser.add_argument("--convention", default="official", choices=["official", "rouge-score"])
     args = parser.parse_args()
 
-    from competition.config import load_config
-    from competition.data import load_from_config, read_split
-    from competition.ensemble import run_ensemble
-    from competition.folds import build_folds, labelled_rows
-    from competition.metric import RougeScorer
-    from competition.predictions import load_oof
-    from competition.runner import run_candidates
+    from competition.workspace.config import load_config
+    from competition.data.loading import load_from_config, read_split
+    from competition.run.ensemble import run_ensemble
+    from competition.data.folds import build_folds, labelled_rows
+    from competition.text.metric import RougeScorer
+    from competition.data.predictions import load_oof
+    from competition.run.runner import run_candidates
 
     english = Path(args.data) / "dialogsum-en"
     train = read_split(english / "train.jsonl", "train")

@@ -50,10 +50,10 @@ def make_workspace(root: Path, data: Path, k: int) -> Path:
 
 
 def timed_run(root: Path, executor: str) -> float:
-    from competition.config import load_config
-    from competition.data import load_from_config
-    from competition.folds import build_folds, labelled_rows
-    from competition.runner import run_candidates
+    from competition.workspace.config import load_config
+    from competition.data.loading import load_from_config
+    from competition.data.folds import build_folds, labelled_rows
+    from competition.run.runner import run_candidates
 
     config = load_config(root / "competition.toml")
     build_folds(config, labelled_rows(config, load_from_config(config)))

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rows_of(language: str, data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from competition.data import read_split
+    from competition.data.loading import read_split
 
     if language == "en":
         train = read_split(data / "dialogsum-en" / "train.jsonl", "train")
@@ -38,9 +38,9 @@ def rows_of(language: str, data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def build_seconds(train: pd.DataFrame, test: pd.DataFrame, tokenizer: str, near_duplicates: str, cold: bool) -> float:
-    from competition import tokenizers
-    from competition.config import load_config
-    from competition.folds import build_folds
+    from competition.text import tokenizers
+    from competition.workspace.config import load_config
+    from competition.data.folds import build_folds
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -73,7 +73,7 @@ def main() -> None:
         times = {("cold", "0.5"): [], ("cold", '"auto"'): [], ("warm", "0.5"): [], ("warm", '"auto"'): []}
         states = args.states.split(",")
         if states == ["warm"]:
-            from competition.tokenizers import cached_tokens
+            from competition.text.tokenizers import cached_tokens
 
             cached_tokens(list(train["dialogue"]) + list(test["dialogue"]), tokenizer)  # so every build is warm
         for _ in range(args.repeat):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the same builder the tes
 
 
 def dialogues(count: int) -> list[str]:
-    from competition.data import read_split
+    from competition.data.loading import read_split
 
     dev = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "dev.csv"
     if dev.exists():
@@ -45,7 +45,7 @@ def merge_comparison(args, model_dir: Path) -> dict:
 
     from competition.candidates import qlora
     from competition.candidates.qlora import Params, QLoRACandidate
-    from competition.modeling import load_causal_lm
+    from competition.models.modeling import load_causal_lm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = pd.DataFrame({"fname": [f"row{i}" for i in range(args.rows)], "dialogue": dialogues(args.rows)[:args.rows]})
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
     from competition.candidates.prompt import Params
-    from competition.generation import generate
-    from competition.prompts import PromptBuilder, PromptTemplate
+    from competition.models.generation import generate
+    from competition.models.prompts import PromptBuilder, PromptTemplate
     from tiny_models import build_tiny_causal_lm
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

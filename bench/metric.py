@@ -16,9 +16,9 @@ import argparse
 import time
 from pathlib import Path
 
-from competition.data import read_split
-from competition.metric import RougeScorer
-from competition.tokenizers import get_tokenizer
+from competition.data.loading import read_split
+from competition.text.metric import RougeScorer
+from competition.text.tokenizers import get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ["rouge1", "rouge2", "rougeL"]

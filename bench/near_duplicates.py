@@ -40,7 +40,7 @@ def korean_rows(folder: Path, total: int, seed: int = 0) -> list[str]:
 
 
 def english_rows(folder: Path) -> list[str]:
-    from competition.data import read_split
+    from competition.data.loading import read_split
 
     train = read_split(folder / "train.jsonl", "train")["dialogue"].tolist()
     dev = read_split(folder / "dev.jsonl", "dev")["dialogue"].tolist()
@@ -60,7 +60,7 @@ def naive(train: pd.DataFrame, dev: pd.DataFrame, test: pd.DataFrame, tokenizer:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.metrics.pairwise import cosine_similarity
 
-    from competition.tokenizers import get_tokenizer
+    from competition.text.tokenizers import get_tokenizer
 
     start = time.perf_counter()
     tokens = get_tokenizer(tokenizer).tokenize_many
@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()
 
-    from competition.shift import duplicate_report
-    from competition.tokenizers import get_tokenizer
+    from competition.data.shift import duplicate_report
+    from competition.text.tokenizers import get_tokenizer
 
     data = Path(args.data)
     results = []

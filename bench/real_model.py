@@ -85,7 +85,7 @@ def english_workspace(root: Path, rows: int, dev_rows: int, test_rows: int, tabl
     """data/ (train: the first `rows` train rows, those with at most `max_words` dialogue words when
     given; dev hold-out; test), competition.toml with the sources, folds built (k = 2)."""
     sys.path.insert(0, str(ROOT))
-    from competition.data import read_split
+    from competition.data.loading import read_split
 
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -124,11 +124,11 @@ def fold_scores(workspace: Path, name: str) -> dict:
     """Fold 0's OOF, dev and dev-novel finals and its outputs' shares (cut, tagged)."""
     import pandas as pd
 
-    from competition.config import load_config
-    from competition.data import references
-    from competition.folds import grouping_threshold, load_folds
-    from competition.metric import score
-    from competition.shift import workspace_profile
+    from competition.workspace.config import load_config
+    from competition.data.loading import references
+    from competition.data.folds import grouping_threshold, load_folds
+    from competition.text.metric import score
+    from competition.data.shift import workspace_profile
 
     config = load_config(workspace / "competition.toml")
     folder = workspace / "runs" / name / "fold_0"
@@ -153,9 +153,9 @@ def training_tokens_per_row(workspace: Path, gguf: Path, name: str) -> float:
     """Mean prompt + summary tokens of fold 0's training rows as the qlora kind builds them."""
     import pandas as pd
 
-    from competition.config import load_config
-    from competition.fold_run import make_candidate, prepare
-    from competition.modeling import load_tokenizer
+    from competition.workspace.config import load_config
+    from competition.run.fold_run import make_candidate, prepare
+    from competition.models.modeling import load_tokenizer
 
     os.chdir(workspace)  # the converted GGUF folder lives under the workspace's runs/.cache
     config = load_config(workspace / "competition.toml")

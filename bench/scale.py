@@ -59,7 +59,7 @@ MBR_MEMBERS = ["lead1", "lead2", "lead1_text", "lead2_text", "lead1_named", "ret
 def korean_rows(folder: Path, rows: int, seed: int):
     """(train, dev, test) frames: `rows` Korean train rows made from the real dev and test
     dialogues, the real dev and test."""
-    from competition.data import read_split
+    from competition.data.loading import read_split
 
     dev = read_split(folder / "dev.csv", "dev")
     test = read_split(folder / "test.csv", "test")
@@ -85,7 +85,7 @@ def korean_rows(folder: Path, rows: int, seed: int):
 
 
 def english_rows(folder: Path, rows: int):
-    from competition.data import read_split
+    from competition.data.loading import read_split
 
     train = read_split(folder / "train.jsonl", "train").head(rows)
     dev = read_split(folder / "dev.jsonl", "dev")

@@ -53,7 +53,7 @@ def training_rows(count: int):
     """Korean dev dialogues with their summaries (the fixture's, repeated, without ../shared/data)."""
     import pandas as pd
 
-    from competition.data import read_split
+    from competition.data.loading import read_split
 
     dev = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "dev.csv"
     if dev.exists():

@@ -25,7 +25,7 @@ def made_up_log(count: int, seed: int = 7) -> pd.DataFrame:
     """`count` rows of submissions/log.csv: test-matched CV 20-24, OOF CV 0-1 above it, public =
     test-matched - 1.5 + N(0, 0.25) (submission 4 of 5 or more: 1.5 higher, public-LB noise), the
     last three of 20 not scored yet, private for the first half."""
-    from competition.submission import LOG_COLUMNS
+    from competition.submit.submission import LOG_COLUMNS
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -58,8 +58,8 @@ def made_up_workspace(root: Path, count: int) -> Path:
 
 def draw_history(count: int, path: Path) -> Path:
     """history-COUNT.png from the made-up log, through history_report as `competition history` does."""
-    from competition.config import load_config
-    from competition.history import history_report, plot_history
+    from competition.workspace.config import load_config
+    from competition.submit.history import history_report, plot_history
 
     with tempfile.TemporaryDirectory() as folder:
         config = load_config(made_up_workspace(Path(folder), count) / "competition.toml")

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from competition.config import load_config
-from competition.data import load_from_config
-from competition.folds import build_folds
-from competition.metric import RougeScorer
+from competition.data.folds import build_folds
+from competition.data.loading import load_from_config
+from competition.text.metric import RougeScorer
+from competition.workspace.config import load_config
 from korean_fixture import DIALOGUES
 
 # The tiny models' session fixtures (tiny_causal_lm, tiny_t5, ...), registered once for the whole

@@ -49,7 +49,7 @@ def test_fine_tuning_a_real_model_learns_and_its_export_reproduces_run(tmp_path,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from competition.generation import clean_output
+    from competition.models.generation import clean_output
     from test_export import card_prompt_function
 
     build_prompt = card_prompt_function((out / "README.md").read_text(encoding="utf-8"))

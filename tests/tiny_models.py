@@ -28,7 +28,7 @@ CHATML = (
 
 def fixture_text() -> list[str]:
     """Korean dialogues and summaries plus the prompt words, so the vocabulary covers them."""
-    from competition.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
+    from competition.models.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM
 
     lines = [DEFAULT_SYSTEM, DEFAULT_INSTRUCTION, "대화 요약 주제 ... (중략) ..."]
     for _, dialogue, summary, topic in DIALOGUES:
@@ -215,7 +215,7 @@ def train_to_say(model_dir: Path, folder: Path, summary: str = FIXED_SUMMARY) ->
     from transformers import AutoTokenizer
 
     from competition.candidates.qlora import Params, QLoRACandidate
-    from competition.modeling import merged_causal_lm
+    from competition.models.modeling import merged_causal_lm
 
     folder = Path(folder)
     params = Params(model=str(model_dir), quantization="none", max_steps=6, batch_size=4, grad_accumulation=1,

@@ -9,8 +9,8 @@ import pkgutil
 
 from ..errors import ConfigError
 
-# Modules of this package that are not kinds: the interface and the shared Params parts.
-_NOT_KINDS = {"base", "parts"}
+# Modules of this package that are not kinds: the interface.
+_NOT_KINDS = {"base"}
 # kind -> module that defines `Params` and `CANDIDATE`: every other module of this package, named
 # after its kind (adding a kind is adding its file), plus kinds registered from elsewhere.
 KINDS = {info.name: f"{__name__}.{info.name}" for info in pkgutil.iter_modules(__path__)

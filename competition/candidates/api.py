@@ -1,6 +1,6 @@
 """kind = "api": an OpenAI-compatible chat endpoint (/v1/chat/completions: vLLM, OpenAI, ...).
 
-Requests go through `competition.chat.ChatClient` (the openai SDK, `concurrency` in flight,
+Requests go through `competition.models.chat.ChatClient` (the openai SDK, `concurrency` in flight,
 transient failures retried, permanent ones stop the queue), and every non-empty answer is appended
 to workdir/api_cache.jsonl at once, so a killed or stopped run resumes where it left off. Rows
 answered empty become the lead output, are counted, and are asked again on the next run.
@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ..chat import ChatClient, Endpoint
 from ..errors import ConfigError
-from ..generation import lead_fallback
-from ..prompts import FewShotIndex, PromptTemplate, build_messages, prompt_inputs, truncate_middle
+from ..models.chat import ChatClient, Endpoint
+from ..models.generation import lead_fallback
+from ..models.params import Prompt, at_least
+from ..models.prompts import FewShotIndex, PromptTemplate, build_messages, prompt_inputs, truncate_middle
 from .base import Candidate
-from .parts import Prompt, at_least
 
 
 @dataclass

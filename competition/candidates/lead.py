@@ -7,14 +7,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..metric import MetricConfig
-from ..turns import lead_text
-from ..data import references
+from ..data.loading import references
+from ..data.shift import weighted_mean
 from ..errors import ConfigError
-from ..metric import get_scorer
-from ..shift import weighted_mean
+from ..models.params import Composed, at_least
+from ..text.metric import MetricConfig, get_scorer
+from ..text.turns import lead_text
 from .base import Candidate
-from .parts import Composed, at_least
 
 
 @dataclass

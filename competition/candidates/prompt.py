@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..generation import GenerationReport, finish, generate
-from ..modeling import (dequantised_causal_lm, dequantised_note, load_causal_lm, load_tokenizer, predicts_dequantised,
-                        resolve_device)
-from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate, prompt_inputs
+from ..models.generation import GenerationReport, finish, generate
+from ..models.modeling import (dequantised_causal_lm, dequantised_note, load_causal_lm, load_tokenizer,
+                               predicts_dequantised, resolve_device)
+from ..models.params import QUANTIZATIONS, Generation, Model, Placement, Prompt, choice_problem
+from ..models.prompts import FewShotIndex, PromptBuilder, PromptTemplate, prompt_inputs
 from .base import Candidate
-from .parts import QUANTIZATIONS, Generation, Model, Placement, Prompt, choice_problem
 
 
 @dataclass

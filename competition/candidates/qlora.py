@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..metric import MetricConfig
-from ..errors import ConfigError, DataError
-from ..generation import GenerationReport, finish, generate
-from ..modeling import (dequantised_note, is_main_process, load_causal_lm, load_tokenizer, lora_model, merged_causal_lm,
-                        predicts_dequantised, resolve_device, rows_kept_apart)
-from ..prompts import FewShotIndex, PromptBuilder, PromptTemplate
-from ..training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
-                        show_training_progress, trainer_report, trainer_state_step, training_arguments)
-from ..validation import callbacks as validation_callbacks
-from ..validation import validation_inputs, validation_report, validation_split
 from . import prompt
-from .parts import Generation, Inference, Launch, LoRA, Trainer, added
+from ..errors import ConfigError, DataError
+from ..models.generation import GenerationReport, finish, generate
+from ..models.modeling import (dequantised_note, is_main_process, load_causal_lm, load_tokenizer, lora_model,
+                               merged_causal_lm, predicts_dequantised, resolve_device, rows_kept_apart)
+from ..models.params import Generation, Inference, Launch, LoRA, Trainer, added
+from ..models.prompts import FewShotIndex, PromptBuilder, PromptTemplate
+from ..models.training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
+                               show_training_progress, trainer_report, trainer_state_step, training_arguments)
+from ..models.validation import (callbacks as validation_callbacks, validation_inputs, validation_report,
+                                 validation_split)
+from ..text.metric import MetricConfig
 from .prompt import PromptCandidate
 
 

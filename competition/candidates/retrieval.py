@@ -12,13 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..metric import MetricConfig
-from ..mbr import mbr_select
-from ..metric import get_scorer
+from ..models.params import Composed, at_least
 from ..progress import progress as show_progress
-from ..tokenizers import cached_tokens
+from ..text.mbr import mbr_select
+from ..text.metric import MetricConfig, get_scorer
+from ..text.tokenizers import cached_tokens
 from .base import Candidate
-from .parts import Composed, at_least
 
 _SPEAKER = re.compile(r"#Person\d+#")
 

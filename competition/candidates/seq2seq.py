@@ -13,18 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..metric import MetricConfig
-from ..generation import GenerationReport, encode, finish, generate
-from ..gguf import is_gguf
-from ..modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, lora_config, model_source,
-                        resolve_device)
-from ..prompts import DEFAULT_MARKER
-from ..training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
-                        show_training_progress, trainer_report, trainer_state_step, training_arguments)
-from ..validation import callbacks as validation_callbacks
-from ..validation import validation_inputs, validation_report, validation_split
+from ..models.generation import GenerationReport, encode, finish, generate
+from ..models.gguf import is_gguf
+from ..models.modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, lora_config,
+                               model_source, resolve_device)
+from ..models.params import Generation, Launch, LoRA, Model, Placement, Trainer, added
+from ..models.prompts import DEFAULT_MARKER
+from ..models.training import (check_mergeable, check_not_a_stray_rank, checkpoint_to_resume, finished_fit,
+                               save_training, show_training_progress, trainer_report, trainer_state_step,
+                               training_arguments)
+from ..models.validation import (callbacks as validation_callbacks, validation_inputs, validation_report,
+                                 validation_split)
+from ..text.metric import MetricConfig
 from .base import Candidate
-from .parts import Generation, Launch, LoRA, Model, Placement, Trainer, added
 
 _TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
 MODEL_WEIGHTS = "model.safetensors"

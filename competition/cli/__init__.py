@@ -1,13 +1,17 @@
-"""The `competition` command: a thin layer over the library. Each module here adds one group
-of commands through `register(main)`; they are found automatically."""
-from __future__ import annotations
+"""The `competition` command: a thin layer over the library. Each module in COMMANDS adds its
+commands through `register(main)` (a new command module is one file plus its name there); `common`
+holds what the commands share and `reference` writes docs/reference.md from them.
 
-import importlib
-import pkgutil
+The top layer: may import anything in the package; nothing in the package imports it.
+"""
+from __future__ import annotations
 
 import click
 
 from ..errors import CompetitionError
+from . import augment, cv, data, ensemble, export, folds, init, run, score, submit, tune
+
+COMMANDS = (augment, cv, data, ensemble, export, folds, init, run, score, submit, tune)
 
 
 class UserError(click.ClickException):
@@ -35,7 +39,5 @@ def main() -> None:
     """
 
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
-    if _module == "common":
-        continue
-    importlib.import_module(f"{__name__}.{_module}").register(main)
+for _commands in COMMANDS:
+    _commands.register(main)

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import click
 
-from .. import augment as aug
 from ..choices import AUGMENTATIONS
-from ..chat import Endpoint
-from ..data import load_from_config
+from ..data.loading import load_from_config
 from ..errors import CompetitionError
-from ..metric import get_scorer
+from ..models.chat import Endpoint
+from ..stages import augment as aug
+from ..text.metric import get_scorer
 from .common import json_option, print_json, with_config
 
 _ENDPOINT = Endpoint()  # the defaults the api kind has too

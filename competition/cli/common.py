@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from ..config import Config, load_config
+from ..data.predictions import RUNS_DIR
 from ..errors import ConfigError
 from ..files import remove_stale_temps
-from ..predictions import RUNS_DIR
-from ..submission import submissions_dir, tidy_submissions
-from ..token_cache import workspace
+from ..submit.submission import submissions_dir, tidy_submissions
+from ..text.token_cache import workspace
+from ..workspace.config import Config, load_config
 
 
 def with_config(command):

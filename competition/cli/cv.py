@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from ..config import Config
-from ..cv import leaderboard
-from ..history import CV_NAMES, describe_calibration, expect_public
-from ..folds import grouping_threshold
-from ..curves import fold_curves, plot_curves
+from ..data.folds import grouping_threshold
+from ..results.curves import fold_curves, plot_curves
+from ..results.cv import leaderboard
+from ..submit.history import CV_NAMES, describe_calibration, expect_public
+from ..workspace.config import Config
 from .common import json_option, png_option, print_json, table, with_config
 
 

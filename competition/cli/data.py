@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ..data import describe, load_from_config
-from ..folds import AUTO_GRID, grouping_threshold
-from ..shift import duplicate_report, exact_duplicates, plot_nearest
+from ..data.folds import AUTO_GRID, grouping_threshold
+from ..data.loading import describe, load_from_config
+from ..data.shift import duplicate_report, exact_duplicates, plot_nearest
 from .common import json_option, nearest_table, png_option, print_json, table, with_config
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ..ensemble import run_ensemble
+from ..data.predictions import list_sources
 from ..errors import CompetitionError
-from ..predictions import list_sources
-from ..provenance import source_problems, workspace_inputs
+from ..results.provenance import source_problems, workspace_inputs
+from ..run.ensemble import run_ensemble
 from .common import json_option, print_json, table, with_config
 
 

@@ -5,7 +5,7 @@ import dataclasses
 
 import click
 
-from ..export import ExportError, default_fold, export_model
+from ..submit.export import ExportError, default_fold, export_model
 from .common import json_option, print_json, with_config
 
 

@@ -5,9 +5,9 @@ import copy
 
 import click
 
-from ..data import load_from_config
-from ..folds import build_folds, labelled_rows, load_folds
-from ..shift import workspace_profile
+from ..data.folds import build_folds, labelled_rows, load_folds
+from ..data.loading import load_from_config
+from ..data.shift import workspace_profile
 from .common import json_option, nearest_table, print_json, table, with_config
 
 

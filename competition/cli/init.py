@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..workspace import init_workspace
+from ..workspace.create import init_workspace
 from .common import json_option, print_json
 
 

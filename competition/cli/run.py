@@ -7,9 +7,9 @@ import sys
 import click
 
 from ..choices import EXECUTORS
-from ..executors import ExecutorError
-from ..ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection
-from ..runner import resolve_names, run_candidates
+from ..run.executors import ExecutorError
+from ..run.ray_cluster import DEFAULT_RAY_TIMEOUT, RayConnection
+from ..run.runner import resolve_names, run_candidates
 from .common import json_option, print_json, require_workspace, table, with_config
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import click
 
 from ..choices import CONVENTIONS, MULTI_REF_RULES
+from ..data.predictions import list_sources
 from ..errors import ConfigError
-from ..predictions import list_sources
-from ..scoring import score_files, score_source
+from ..results.scoring import score_files, score_source
 from .common import json_option, print_json, table, with_config
 
 

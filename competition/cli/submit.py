@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from ..choices import HISTORY_SORT_KEYS
-from ..history import GAPS, describe_calibration, history_report, other_score, plot_history
-from ..pipeline import run_pipeline, with_data_dir
 from ..errors import LeaderboardError
-from ..leaderboard import SYNC_REFUSAL_FIX, open_platform, sync, upload, wait_for_score
-from ..submission import SCORE_RULE, diff_submissions, record_scores, submit
+from ..submit.history import GAPS, describe_calibration, history_report, other_score, plot_history
+from ..submit.leaderboard import SYNC_REFUSAL_FIX, open_platform, sync, upload, wait_for_score
+from ..submit.pipeline import run_pipeline, with_data_dir
+from ..submit.submission import SCORE_RULE, diff_submissions, record_scores, submit
 from .common import json_option, png_option, print_json, require_workspace, table, with_config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..choices import SEARCH_METHODS
-from ..tune import TPE_NESTED_NOTE, TUNED_SUFFIX, TuneOptions, tune_candidate
+from ..stages.tune import TPE_NESTED_NOTE, TUNED_SUFFIX, TuneOptions, tune_candidate
 from .common import json_option, print_json, table, with_config
 
 

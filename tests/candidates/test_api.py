@@ -8,9 +8,9 @@ import re
 import pytest
 
 from competition.candidates.api import ApiCandidate, Params
-from competition.chat import EndpointError
 from competition.errors import ConfigError
-from competition.generation import lead_fallback
+from competition.models.chat import EndpointError
+from competition.models.generation import lead_fallback
 from stub_server import StubServer
 from tiny_models import run_through_cli
 
@@ -109,7 +109,7 @@ def test_bad_key_and_missing_key_name_the_key(stub, korean_rows, tmp_path, monke
 
 
 def test_bad_endpoint_and_prompt_settings_fail_at_load_each_naming_its_key(korean_workspace):
-    from competition.config import load_config
+    from competition.workspace.config import load_config
 
     path = korean_workspace / "competition.toml"
     path.write_text('[candidates.remote]\nkind = "api"\nmodel = "m"\nconcurrency = 0\ntimeout = -1\nfew_shot = -3\n'
@@ -124,8 +124,8 @@ def test_bad_endpoint_and_prompt_settings_fail_at_load_each_naming_its_key(korea
 
 def test_the_prompt_part_keeps_an_api_candidates_config_hash():
     """Hashes computed before the api kind used the Prompt part: its results stay current."""
-    from competition.config import parse_config
-    from competition.provenance import candidate_hash
+    from competition.workspace.config import parse_config
+    from competition.results.provenance import candidate_hash
 
     config = parse_config({"candidates": {
         "plain": {"kind": "api"},

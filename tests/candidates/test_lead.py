@@ -6,8 +6,8 @@ import json
 import pytest
 
 from competition.candidates.lead import LeadCandidate, Params as LeadParams
-from competition.turns import lead_text, split_turns
-from competition.config import build_dataclass
+from competition.text.turns import lead_text, split_turns
+from competition.workspace.config import build_dataclass
 
 DIALOGUE = "#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.\n이어지는 말입니다.\n#Person1#: 우산을 찾아요."
 
@@ -52,7 +52,7 @@ def test_lead_tunes_n_on_rows_weighted_by_the_objective(tmp_path):
     turns want N = 3: the plain mean follows the majority, the objective's weights the heavier rows."""
     import pandas as pd
 
-    from competition.metric import MetricConfig
+    from competition.text.metric import MetricConfig
 
     turns = [f"#Person1#: w{i}a w{i}b\n#Person2#: w{i}c w{i}d\n#Person1#: w{i}e w{i}f\n#Person2#: w{i}g"
              for i in range(10)]

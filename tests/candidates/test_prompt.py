@@ -6,7 +6,7 @@ import pytest
 
 from competition.candidates.prompt import Params as PromptParams
 from competition.errors import ConfigError
-from competition.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, FewShotIndex
+from competition.models.prompts import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, FewShotIndex
 from tiny_models import FIXED_SUMMARY, run_through_cli
 
 
@@ -69,7 +69,7 @@ def test_few_shot_examples_come_from_the_training_rows_only(tiny_causal_lm, kore
     of them and nothing of the other held-out rows, although here each held-out row has a
     near-twin among them (its nearest example, had the pool taken in the rows being predicted)."""
     from competition.candidates.prompt import PromptCandidate
-    from competition.modeling import load_tokenizer
+    from competition.models.modeling import load_tokenizer
 
     params = PromptParams(model=str(tiny_causal_lm), quantization="none", few_shot=2, max_length=2000)
     candidate = PromptCandidate("p", params, tmp_path / "work")
@@ -104,7 +104,7 @@ def test_without_cuda_a_4bit_prompt_model_predicts_through_its_dequantised_weigh
     import bitsandbytes as bnb
 
     from competition.candidates.prompt import PromptCandidate
-    from competition.modeling import load_causal_lm
+    from competition.models.modeling import load_causal_lm
 
     params = PromptParams(model=str(tiny_summariser_lm), quantization="4bit", max_new_tokens=16, max_length=400)
     candidate = PromptCandidate("p4", params, tmp_path / "work")

@@ -26,7 +26,7 @@ def test_qlora_4bit_trains_saves_reloads_and_predicts(tiny_causal_lm, korean_row
     import bitsandbytes as bnb
 
     from competition.candidates import qlora
-    from competition.modeling import completion_loss, load_causal_lm
+    from competition.models.modeling import completion_loss, load_causal_lm
 
     monkeypatch.setattr(qlora, "predicts_dequantised", lambda params, device: False)
     params = tiny_params(tiny_causal_lm)
@@ -65,7 +65,7 @@ def test_prepare_kbit_false_skips_kbit_preparation(tiny_causal_lm):
     layers get gradients); prepare_kbit = false leaves the quantized model as loaded."""
     import torch
 
-    from competition.modeling import load_causal_lm, lora_model
+    from competition.models.modeling import load_causal_lm, lora_model
 
     for prepare in (True, False):
         params = tiny_params(tiny_causal_lm, prepare_kbit=prepare, gradient_checkpointing=True)
@@ -122,7 +122,7 @@ def test_shipped_model_candidate_examples_parse():
     import tomllib
     from pathlib import Path
 
-    from competition.config import parse_config
+    from competition.workspace.config import parse_config
 
     text = (Path(__file__).resolve().parents[2] / "competition.toml").read_text(encoding="utf-8")
     section = text.split("# --- model candidates ---")[1].split("# --- ensembles ---")[0]
@@ -166,7 +166,7 @@ def test_same_seed_same_adapter_bytes_other_seed_other_adapter(tiny_causal_lm, k
 def test_a_changed_local_base_model_changes_the_training_fingerprint(tmp_path, korean_rows):
     """Overwriting the base model's weights makes the fold train again: an adapter never runs on a
     base it was not trained on."""
-    from competition.training import training_fingerprint
+    from competition.models.training import training_fingerprint
 
     model = tmp_path / "model"
     model.mkdir()
@@ -241,7 +241,7 @@ def test_packing_trains_where_the_model_keeps_rows_apart(tiny_causal_lm, korean_
     packing trains, several rows per packed sequence."""
     from transformers import TrainerCallback
 
-    from competition.modeling import load_causal_lm, load_tokenizer, rows_kept_apart
+    from competition.models.modeling import load_causal_lm, load_tokenizer, rows_kept_apart
 
     batches = []
 

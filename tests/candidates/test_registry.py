@@ -13,7 +13,7 @@ from conftest import write_workspace
 from competition import candidates
 from competition.candidates import register_kind
 from competition.candidates.base import Candidate
-from competition.candidates.parts import Model, Placement
+from competition.models.params import Model, Placement
 
 
 @dataclass
@@ -55,8 +55,8 @@ def test_a_toy_kind_runs_through_the_whole_flow(tmp_path, cli, korean_rows, monk
                                                '[candidates.x]\nkind = "toy"\nmodel = "m"\nturns = 2\ntursn = 3\n'))
     assert refused.exit_code == 2 and "did you mean 'turns'" in refused.output
 
-    from competition.config import load_config
-    from competition.executors import task_resources
+    from competition.workspace.config import load_config
+    from competition.run.executors import task_resources
 
     params = load_config(root / "competition.toml").candidate("last2").params
     assert task_resources(params, cluster_has_gpus=False) == {"num_cpus": 2.0, "num_gpus": 1}  # device = "cuda"

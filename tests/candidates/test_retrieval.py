@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from competition.candidates.retrieval import Params as RetrievalParams, RetrievalCandidate, remap_speakers
-from competition.config import build_dataclass
-from competition.metric import MetricConfig
+from competition.text.metric import MetricConfig
+from competition.workspace.config import build_dataclass
 
 
 def test_remap_speakers_follows_order_of_appearance():
@@ -58,9 +58,9 @@ def test_baselines_on_real_korean_dev(tmp_path, shared_data, cli):
     """dev.csv (499 rows) as train, k = 5: both baselines write complete files and score as floors."""
     from conftest import write_workspace
 
-    from competition.config import load_config
-    from competition.cv import oof_scores
-    from competition.predictions import load_oof, load_test
+    from competition.workspace.config import load_config
+    from competition.results.cv import oof_scores
+    from competition.data.predictions import load_oof, load_test
 
     train = pd.read_csv(shared_data / "dialogsum-ko" / "dev.csv", dtype=str, keep_default_na=False)
     test = pd.read_csv(shared_data / "dialogsum-ko" / "test.csv", dtype=str, keep_default_na=False)
