@@ -11,21 +11,25 @@ import click
 
 from ..data.predictions import RUNS_DIR
 from ..errors import ConfigError
-from ..files import remove_stale_temps
-from ..submit.submission import submissions_dir, tidy_submissions
+from ..submit.submission import tidy_workspace
 from ..text.token_cache import workspace
 from ..workspace.config import Config, load_config
 
 
-def with_config(command):
-    """Add --config PATH and pass the loaded Config as `config`."""
+def with_config(command=None, *, tidies: bool = True):
+    """Add --config PATH and pass the loaded Config as `config`. A command that writes results or
+    submissions first tidies what a killed command left (submission.tidy_workspace); one that only
+    reads and scores them (`with_config(tidies=False)`) leaves the workspace as it found it."""
+    if command is None:
+        return functools.partial(with_config, tidies=tidies)
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="competition.toml to use (default: ./competition.toml, or built-in defaults).")
     @functools.wraps(command)
     def wrapper(*args, config_path: str | None = None, **kwargs):
         config = load_config(config_path)
-        tidy_workspace(config)
+        if tidies:
+            tidy_workspace(config)
         with token_cache(config):
             return command(*args, config=config, **kwargs)
 
@@ -38,15 +42,6 @@ def require_workspace(config: Config) -> None:
     if config.path is None:
         raise ConfigError(f"no competition.toml in {Path.cwd()}: make a workspace with `competition init DIR "
                           f"--example` (or `competition init` here) and run the command in it, or pass --config PATH")
-
-
-def tidy_workspace(config: Config) -> None:
-    """What a killed command left: temp files of interrupted writes (old enough that no writer is
-    still at work) and pending submissions (finished when their log row exists, else dropped)."""
-
-    for folder in (config.resolve(RUNS_DIR), submissions_dir(config), config.resolve(config.cv.folds_file).parent):
-        remove_stale_temps(folder)
-    tidy_submissions(config)
 
 
 def token_cache(config: Config):

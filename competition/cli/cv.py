@@ -95,7 +95,7 @@ def _footnote(config, board: list[dict], calibration: dict | None = None) -> str
                    "per step, the chosen step) from each fold's train.json.")
 @png_option("With --curves: draw the folds' curves into FILE.png.")
 @json_option
-@with_config
+@with_config(tidies=False)
 def cv_command(config, names, data_dir, curves_of, plot_path, as_json) -> None:
     """Rank every source under runs/ (candidates and ensembles) by the CV [cv] pick_by names.
 

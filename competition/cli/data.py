@@ -50,7 +50,7 @@ def _shift_advice(report: dict) -> str:
               help="Skip everything that tokenises: morpheme counts and the near-duplicate search (faster).")
 @png_option("Draw the nearest-neighbour cosines (train -> train, dev -> train, test -> train) into this PNG.")
 @json_option
-@with_config
+@with_config(tidies=False)
 def check(config, data_dir, no_tokens, plot_path, as_json) -> None:
     """Validate the data files and print rows, lengths, tags, overlap between splits, duplicates
     within train, and how close train is to itself against how close dev and test are to train.

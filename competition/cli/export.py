@@ -24,7 +24,7 @@ from .common import json_option, print_json, with_config
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Folder to write (default: exports/NAME/fold_K or exports/NAME/refit; replaced if present).")
 @json_option
-@with_config
+@with_config(tidies=False)
 def export_command(config, name, fold, merge, dtype, out, as_json) -> None:
     """Export a trained qlora or seq2seq model: the adapter (or, with --merge, the merged model),
     the tokenizer, generation_config.json with the decoding `competition run` used (NAME@tuned's

@@ -28,7 +28,7 @@ from .common import json_option, print_json, table, with_config
 @click.option("--by", "by_column", default=None, help="Break the score down by a reference column, e.g. topic.")
 @click.option("--strict", is_flag=True, help="Refuse empty (or NaN) predictions instead of scoring them as 0.")
 @json_option
-@with_config
+@with_config(tidies=False)
 def score(config, predictions, references, subset, tokenizer, convention, multi_ref, by_column, strict,
           as_json) -> None:
     """Score PREDICTIONS against references: ROUGE-1/2/L F1 and final, all x 100 (0-100, the

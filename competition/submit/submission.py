@@ -26,9 +26,9 @@ from typing import Iterator, Sequence
 import pandas as pd
 
 from ..data.loading import data_folder, read_split
-from ..data.predictions import list_sources, load_test
+from ..data.predictions import RUNS_DIR, list_sources, load_test
 from ..errors import SubmissionError
-from ..files import atomic_write_text, csv_text, write_temp
+from ..files import atomic_write_text, csv_text, remove_stale_temps, write_temp
 from ..results.cv import leaderboard
 from ..results.provenance import missing_source, require_current, workspace_inputs
 from ..results.tracking import log_submission, record_leaderboard
@@ -284,6 +284,14 @@ def tidy_submissions(config: Config) -> None:
     if folder.is_dir() and any(folder.glob(f".*{PENDING_SUFFIX}")):
         with log_lock(folder):
             _finish_pending(folder, read_log(config))
+
+
+def tidy_workspace(config: Config) -> None:
+    """What a killed command left: temp files of interrupted writes (old enough that no writer is
+    still at work) under runs/, submissions/ and the folds' folder, and pending submissions."""
+    for folder in (config.resolve(RUNS_DIR), submissions_dir(config), config.resolve(config.cv.folds_file).parent):
+        remove_stale_temps(folder)
+    tidy_submissions(config)
 
 
 # --- leaderboard scores ---------------------------------------------------------------------------

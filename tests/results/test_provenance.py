@@ -199,10 +199,10 @@ def test_written_files_follow_the_umask(tmp_path, workspace, cli):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
-def test_leftovers_of_a_kill_are_removed_by_the_next_command(workspace, cli):
+def test_leftovers_of_a_kill_are_removed_by_the_next_command_that_writes(workspace, cli):
     """Temp files of interrupted writes go (once old enough that no writer can still be renaming
     them) and git ignores them; a submission whose log row was written is finished, one whose row
-    never was is dropped."""
+    never was is dropped. A command that only reads and scores (score, cv) leaves them alone."""
     import os
     import shutil
     import subprocess
@@ -226,6 +226,11 @@ def test_leftovers_of_a_kill_are_removed_by_the_next_command(workspace, cli):
     (submissions / ".0002-lead.csv.pending").write_text("fname,summary\n", encoding="utf-8")
     (submissions / ".0003-mix.csv.pending").write_text("fname,summary\n", encoding="utf-8")
 
+    leftovers = sorted(path for folder in (runs, submissions) for path in folder.rglob(".*") if path.is_file())
+    for read_only in (["score", "lead"], ["cv"]):
+        assert cli(read_only, cwd=workspace).exit_code == 0
+        assert sorted(path for folder in (runs, submissions) for path in folder.rglob(".*") if path.is_file()) == \
+            leftovers, read_only
     assert cli(["history"], cwd=workspace).exit_code == 0
     assert not any(path.exists() for path in old) and recent.exists()
     assert (submissions / "0002-lead.csv").read_text(encoding="utf-8") == "fname,summary\n"
