@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..hashing import file_sha256
+from .chat import Endpoint
 from .gguf import gguf_fingerprint, is_gguf
+from .params import Model
 
 # Weights up to this size are hashed whole; larger ones by name, size and index file (a 7B model
 # would take minutes to hash on every run).
@@ -39,7 +41,8 @@ def model_fingerprint(model: str) -> dict | None:
 
 
 def params_models(params) -> dict:
-    """Fingerprints of the local model folders a candidate's params point at (its `model`)."""
-    model = getattr(params, "model", None)
-    fingerprint = model_fingerprint(model) if isinstance(model, str) and model else None
+    """Fingerprints of the local model folders a candidate's params point at (the `model` of its
+    Model part, or of its Endpoint part: a served local folder)."""
+    model = params.model if isinstance(params, (Model, Endpoint)) else ""
+    fingerprint = model_fingerprint(model) if model else None
     return {"model": fingerprint} if fingerprint is not None else {}

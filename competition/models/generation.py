@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..progress import progress as show_progress
 from ..text.turns import lead_text
+from .params import Generation
 from .prompts import DEFAULT_MARKER
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
@@ -27,13 +28,13 @@ class GenerationReport:
     extra: dict = field(default_factory=dict)
 
 
-def generation_kwargs(params, tokenizer) -> dict:
+def generation_kwargs(params: Generation, tokenizer) -> dict:
     """`model.generate` arguments from a kind's Params (beams, lengths, penalties, sampling)."""
     kwargs = dict(num_beams=params.num_beams, max_new_tokens=params.max_new_tokens,
                   no_repeat_ngram_size=params.no_repeat_ngram_size, length_penalty=params.length_penalty,
                   repetition_penalty=params.repetition_penalty, do_sample=params.do_sample,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if getattr(params, "min_new_tokens", 0) > 0:
+    if params.min_new_tokens > 0:
         kwargs["min_new_tokens"] = min(params.min_new_tokens, params.max_new_tokens)
     if params.num_beams > 1:
         kwargs["early_stopping"] = True

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import CompetitionError, ConfigError
 from ..files import atomic_write_text
+from ..models.params import Generation
 
 # Generation parameters a setting may change; "length_control"/"length_scale" are ours (below).
 GENERATION_KEYS = ("num_beams", "length_penalty", "no_repeat_ngram_size", "repetition_penalty",
@@ -168,7 +169,7 @@ def default_space(params) -> dict[str, list]:
     once `canonical` merges equivalent ones, which --trials 20 samples. max_new_tokens is searched
     through dynamic control (learnt per bin, times length_scale); fixed keeps the candidate's cap."""
     space = dict(DEFAULT_SPACE)
-    if hasattr(params, "min_new_tokens"):
+    if isinstance(params, Generation):
         space["min_new_tokens"] = [0, max(1, params.max_new_tokens // 8)]
     return space
 
