@@ -23,6 +23,11 @@ def register_kind(kind: str, module: str) -> None:
     KINDS[kind] = module
 
 
+def kind_names() -> list[str]:
+    """Every kind's name, this package's and the registered ones."""
+    return list(KINDS)
+
+
 def kind_module(kind: str):
     if kind not in KINDS:
         raise ConfigError(f"unknown candidate kind {kind!r}: choose one of {', '.join(KINDS)}")

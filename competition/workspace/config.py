@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..candidates import params_class
+from ..candidates import kind_names, params_class
 from ..choices import ENSEMBLE_METHODS, LEADERBOARD_BACKENDS, PICK_BY, STRATEGIES, listed, parse_strategy
 from ..errors import ConfigError, InvalidValues, UnknownCandidate, raise_if_invalid
 from ..text.mbr import UTILITIES
@@ -131,7 +131,7 @@ class LeaderboardConfig:
 @dataclass
 class CandidateConfig:
     name: str
-    kind: str  # lead, retrieval, qlora, seq2seq, prompt or api (or a registered kind): its keys below
+    kind: str  # one of the kinds below (or a registered kind): its keys are listed with it
     enabled: bool = True  # false: kept in the file, skipped by `run` and `make submit`
     params: Any = None  # the kind's own dataclass
     augmentations: list[str] = field(default_factory=list)  # augmented CSVs added fold-safely to training
@@ -259,7 +259,8 @@ def _candidate(name: str, table: dict, problems: list[str]) -> CandidateConfig |
     section = f"candidates.{name}"
     kind = table.get("kind")
     if not isinstance(kind, str):
-        problems.append(f"[{section}] needs kind = \"lead\" (or retrieval, qlora, seq2seq, prompt, api)")
+        others = ", ".join(other for other in kind_names() if other != "lead")
+        problems.append(f"[{section}] needs kind = \"lead\" (or {others})")
         return None
     try:
         params_cls = params_class(kind)
