@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -50,6 +51,9 @@ class ApiCandidate(Candidate):
     def fewshot_path(self):
         return self.workdir / "fewshot.jsonl"
 
+    def fit_files(self) -> dict[str, Path]:
+        return {"few-shot examples": self.fewshot_path} if self.params.few_shot > 0 else {}
+
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.params.few_shot > 0:
@@ -63,7 +67,8 @@ class ApiCandidate(Candidate):
         return [build_messages(template, d, t, e) for d, t, e in zip(cut, topics, examples)]
 
     def client(self):
-        return ChatClient(self.params, self.cache_path, label=self.name, refresh=self.refresh)  # Params is an Endpoint
+        # Params is an Endpoint
+        return ChatClient(self.params, self.cache_path, label=self.name, refresh=self.inputs.refresh)
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
         if not self.params.model:

@@ -1,12 +1,43 @@
 """The candidate interface: the runner owns folds, files, caching and progress; a kind only
-learns from training rows and writes summaries for rows."""
+learns from training rows and writes summaries for rows.
+
+A candidate is built in one step: its kind's class with the params, workdir, seed and the
+FoldInputs of its run (run.fold_run.make_candidate builds every one), so nobody sets attributes on
+it afterwards. What a kind can do is declared here (uses_metric, trained_weights(), needs_cuda()
+from its Placement part), and every stage asks these instead of its kind's name.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from ..models.params import Placement
+from ..text.metric import MetricConfig
+
+if TYPE_CHECKING:
+    from ..models.validation import RowGroups
+
+
+@dataclass(frozen=True)
+class FoldInputs:
+    """What a run gives a candidate besides its own settings (the defaults: a candidate built alone)."""
+
+    # The workspace's [metric]: kinds that tune, select or validate by ROUGE score with it.
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    # Texts of every split of the workspace (labelled, test, dev): a kind that grows its vocabulary
+    # (seq2seq's #Tag# tokens) must know the tags test rows will bring.
+    vocabulary_texts: tuple[str, ...] = ()
+    refresh: bool = False  # `run --refresh`: ask again what a cache of answers holds (api)
+    # The near-duplicate clusters and augmentation sources a validation split inside training keeps
+    # together; None = every row on its own.
+    row_groups: RowGroups | None = None
+    # For kinds that use_objective: each labelled row's weight under [cv] objective (by fname, the
+    # weights of cv's test-matched final); None = all alike.
+    row_weights: pd.Series | None = None
 
 
 class Candidate(ABC):
@@ -17,27 +48,17 @@ class Candidate(ABC):
     """
 
     kind: str = ""
-    requires_cuda: bool = False  # True: skipped with a clear line on machines without CUDA
     uses_metric: bool = False  # True: its outputs depend on [metric] (it tunes or selects by ROUGE)
     uses_objective: bool = False  # True: it tunes on its training rows by ROUGE weighted by [cv] objective
 
-    def __init__(self, name: str, params: Any, workdir: Path, seed: int = 42):
+    def __init__(self, name: str, params: Any, workdir: Path, seed: int = 42, inputs: FoldInputs | None = None):
         self.name = name
         self.params = params
         self.workdir = Path(workdir)
         self.seed = seed
-        # Texts of every split of the workspace (labelled, test, dev), set by the runner: a kind that
-        # grows its vocabulary (seq2seq's #Tag# tokens) must know the tags test rows will bring.
-        self.vocabulary_texts: list[str] = []
+        self.inputs = FoldInputs() if inputs is None else inputs
         # What the last predict did (fallbacks, truncations): recorded per split in the fold's meta.json.
         self.report: dict = {}
-        self.refresh = False  # set by `run --refresh`: ask again what a cache of answers holds (api)
-        # Set by the runner: the near-duplicate clusters and augmentation sources a validation split
-        # inside training keeps together (validation.RowGroups); None = every row on its own.
-        self.row_groups = None
-        # Set by the runner for kinds that use_objective: each labelled row's weight under [cv]
-        # objective (pd.Series by fname, the weights of cv's test-matched final); None = all alike.
-        self.row_weights = None
 
     @abstractmethod
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
@@ -63,6 +84,11 @@ class Candidate(ABC):
         kinds that train nothing (tune and export then have no weights to look for)."""
         return None
 
+    def fit_files(self) -> dict[str, Path]:
+        """What `fit` leaves besides trained weights that `predict` reads, by name ({"few-shot
+        examples": path}): tune, which only predicts, refuses a fold that lacks one."""
+        return {}
+
     def needs_cuda(self) -> bool:
-        """Whether this configured candidate can only run with CUDA (e.g. 4-bit QLoRA)."""
-        return self.requires_cuda
+        """Whether this configured candidate can only run with CUDA: its Placement's require_cuda."""
+        return isinstance(self.params, Placement) and self.params.require_cuda

@@ -11,7 +11,7 @@ from ..data.loading import references
 from ..data.shift import weighted_mean
 from ..errors import ConfigError
 from ..models.params import Composed, at_least
-from ..text.metric import MetricConfig, get_scorer
+from ..text.metric import get_scorer
 from ..text.turns import lead_text
 from .base import Candidate
 
@@ -39,9 +39,8 @@ class LeadCandidate(Candidate):
     uses_metric = True  # N is tuned with the [metric] scorer (the runner hashes its settings)
     uses_objective = True  # ... on training rows weighted as [cv] objective says
 
-    def __init__(self, name, params, workdir, seed=42):
-        super().__init__(name, params, workdir, seed)
-        self.metric = MetricConfig()  # the runner sets the workspace's [metric]
+    def __init__(self, name, params, workdir, seed=42, inputs=None):
+        super().__init__(name, params, workdir, seed, inputs)
         self.turns_ = params.turns or params.min_turns
 
     def _write(self, rows: pd.DataFrame, turns: int) -> list[str]:
@@ -62,11 +61,12 @@ class LeadCandidate(Candidate):
             rows = train_rows
             if self.params.tune_rows and len(rows) > self.params.tune_rows:
                 rows = rows.sample(self.params.tune_rows, random_state=self.seed)
-            scorer = get_scorer(self.metric.tokenizer, self.metric.convention, self.metric.multi_ref)
+            metric, row_weights = self.inputs.metric, self.inputs.row_weights
+            scorer = get_scorer(metric.tokenizer, metric.convention, metric.multi_ref)
             refs = references(rows)
             weights = None
-            if self.row_weights is not None:
-                weights = self.row_weights.reindex(rows["fname"]).fillna(1.0).to_numpy()  # augmented rows: 1
+            if row_weights is not None:
+                weights = row_weights.reindex(rows["fname"]).fillna(1.0).to_numpy()  # augmented rows: 1
             scores = {}
             for n in range(self.params.min_turns, self.params.max_turns + 1):
                 result = scorer.score(self._write(rows, n), refs)

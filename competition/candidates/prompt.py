@@ -40,18 +40,17 @@ class PromptCandidate(Candidate):
 
     kind = "prompt"
 
-    def __init__(self, name, params, workdir, seed=42):
-        super().__init__(name, params, workdir, seed)
+    def __init__(self, name, params, workdir, seed=42, inputs=None):
+        super().__init__(name, params, workdir, seed, inputs)
         self._model = None
         self._tokenizer = None
-        self.report: dict = {}
-
-    def needs_cuda(self) -> bool:
-        return bool(self.params.require_cuda)
 
     @property
     def fewshot_path(self) -> Path:
         return self.workdir / "fewshot.jsonl"
+
+    def fit_files(self) -> dict[str, Path]:
+        return {"few-shot examples": self.fewshot_path} if self.params.few_shot > 0 else {}
 
     def adapter_dir(self) -> Path | None:
         """A trained LoRA adapter to attach at prediction (none for an untrained prompt model)."""

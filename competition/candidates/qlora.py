@@ -23,7 +23,6 @@ from ..models.training import (check_not_a_stray_rank, checkpoint_to_resume, fin
                                show_training_progress, trainer_report, trainer_state_step, training_arguments)
 from ..models.validation import (callbacks as validation_callbacks, validation_inputs, validation_report,
                                  validation_split)
-from ..text.metric import MetricConfig
 from .prompt import PromptCandidate
 
 
@@ -48,11 +47,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 class QLoRACandidate(PromptCandidate):
     kind = "qlora"
 
-    def __init__(self, name, params, workdir, seed=42):
-        super().__init__(name, params, workdir, seed)
+    def __init__(self, name, params, workdir, seed=42, inputs=None):
+        super().__init__(name, params, workdir, seed, inputs)
         self.callbacks: list = []  # extra transformers TrainerCallbacks (tests stop training with one)
         self.train_report: dict = {}
-        self.metric = MetricConfig()  # the runner sets the workspace's [metric]: validation ROUGE uses it
 
     def adapter_dir(self) -> Path | None:
         return self.workdir / "adapter"
@@ -62,7 +60,7 @@ class QLoRACandidate(PromptCandidate):
         return self.adapter_dir() / ADAPTER_WEIGHTS
 
     def training_inputs(self) -> dict:
-        return validation_inputs(self.params, self.metric)
+        return validation_inputs(self.params, self.inputs.metric)
 
     def load_model(self, device: str):
         """The base with the trained adapter: through 4-bit layers, or merged into a dequantised
@@ -155,7 +153,7 @@ class QLoRACandidate(PromptCandidate):
         device = resolve_device(params)
         check_not_a_stray_rank()
         tokenizer = load_tokenizer(params)
-        fit_rows, eval_rows = validation_split(train_rows, params.eval_rows, self.seed, self.row_groups)
+        fit_rows, eval_rows = validation_split(train_rows, params.eval_rows, self.seed, self.inputs.row_groups)
         pairs, dropped = self.training_pairs(fit_rows, tokenizer)
         if dropped:
             print(f"{self.name}: dropped {dropped} of {len(fit_rows)} training rows longer than "
@@ -178,7 +176,7 @@ class QLoRACandidate(PromptCandidate):
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                              eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None,
                              processing_class=tokenizer,
-                             callbacks=[*validation_callbacks(params, summarise, references, self.metric),
+                             callbacks=[*validation_callbacks(params, summarise, references, self.inputs.metric),
                                         *self.callbacks] if eval_pairs else list(self.callbacks))
         show_training_progress(trainer)
         resumed_from = trainer_state_step(last) if last else 0

@@ -15,7 +15,7 @@ import pandas as pd
 from ..models.params import Composed, at_least
 from ..progress import progress as show_progress
 from ..text.mbr import mbr_select
-from ..text.metric import MetricConfig, get_scorer
+from ..text.metric import get_scorer
 from ..text.tokenizers import cached_tokens
 from .base import Candidate
 
@@ -60,9 +60,8 @@ class RetrievalCandidate(Candidate):
     kind = "retrieval"
     uses_metric = True  # tokens (and top_k consensus) come from the [metric] settings
 
-    def __init__(self, name, params, workdir, seed=42):
-        super().__init__(name, params, workdir, seed)
-        self.metric = MetricConfig()  # the runner sets the workspace's [metric]
+    def __init__(self, name, params, workdir, seed=42, inputs=None):
+        super().__init__(name, params, workdir, seed, inputs)
         self._vectorizer = None
         self._matrix = None
         self._train: pd.DataFrame | None = None
@@ -73,7 +72,7 @@ class RetrievalCandidate(Candidate):
 
         ngram_max = self.params.ngram_max
         self._train = train_rows[["fname", "dialogue", "summary"]].reset_index(drop=True)
-        tokens = cached_tokens(list(self._train["dialogue"]), self.metric.tokenizer)
+        tokens = cached_tokens(list(self._train["dialogue"]), self.inputs.metric.tokenizer)
         self._vectorizer = TfidfVectorizer(analyzer=lambda toks: _features(toks, ngram_max),
                                            min_df=self.params.min_df, sublinear_tf=self.params.sublinear_tf)
         self._matrix = self._vectorizer.fit_transform(tokens)
@@ -86,7 +85,7 @@ class RetrievalCandidate(Candidate):
         if self._matrix is None:
             raise RuntimeError("retrieval candidate used before fit")
         top_k = min(self.params.top_k, self._matrix.shape[0])
-        queries = self._vectorizer.transform(cached_tokens(list(rows["dialogue"]), self.metric.tokenizer))
+        queries = self._vectorizer.transform(cached_tokens(list(rows["dialogue"]), self.inputs.metric.tokenizer))
         found = np.zeros((len(rows), top_k), dtype=np.int64)
         blocks = range(0, len(rows), self.params.batch_rows)
         # A bar (or a closing line) only where there is more than one block to wait for.
@@ -113,7 +112,8 @@ class RetrievalCandidate(Candidate):
         dialogues = self._train["dialogue"].to_numpy()
         if neighbours.shape[1] > 1:
 
-            scorer = get_scorer(self.metric.tokenizer, self.metric.convention, self.metric.multi_ref)
+            metric = self.inputs.metric
+            scorer = get_scorer(metric.tokenizer, metric.convention, metric.multi_ref)
             choice = mbr_select([summaries[neighbours[:, j]].tolist() for j in range(neighbours.shape[1])], scorer)
             picked = neighbours[np.arange(len(rows)), choice]
         else:

@@ -24,7 +24,6 @@ from ..models.training import (check_mergeable, check_not_a_stray_rank, checkpoi
                                training_arguments)
 from ..models.validation import (callbacks as validation_callbacks, validation_inputs, validation_report,
                                  validation_split)
-from ..text.metric import MetricConfig
 from .base import Candidate
 
 _TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
@@ -81,17 +80,12 @@ def found_tags(rows: pd.DataFrame, more_texts: list[str] = ()) -> list[str]:
 class Seq2SeqCandidate(Candidate):
     kind = "seq2seq"
 
-    def __init__(self, name, params, workdir, seed=42):
-        super().__init__(name, params, workdir, seed)
+    def __init__(self, name, params, workdir, seed=42, inputs=None):
+        super().__init__(name, params, workdir, seed, inputs)
         self.callbacks: list = []  # extra transformers TrainerCallbacks
         self.train_report: dict = {}
-        self.report: dict = {}
         self._model = None
         self._tokenizer = None
-        self.metric = MetricConfig()  # the runner sets the workspace's [metric]: validation ROUGE uses it
-
-    def needs_cuda(self) -> bool:
-        return bool(self.params.require_cuda)
 
     @property
     def model_dir(self) -> Path:
@@ -104,11 +98,11 @@ class Seq2SeqCandidate(Candidate):
     def tags(self, train_rows: pd.DataFrame) -> list[str]:
         """Whole tokens to add: #Tags# of every split (a test-only #DateOfBirth# would otherwise be
         split into pieces the model never learnt) and the configured special_tokens."""
-        return sorted(set(found_tags(train_rows, self.vocabulary_texts)) | set(self.params.special_tokens))
+        return sorted(set(found_tags(train_rows, self.inputs.vocabulary_texts)) | set(self.params.special_tokens))
 
     def training_inputs(self) -> dict:
-        return {"tags": sorted(set(_TAG.findall("\n".join(self.vocabulary_texts)))),
-                **validation_inputs(self.params, self.metric)}
+        return {"tags": sorted(set(_TAG.findall("\n".join(self.inputs.vocabulary_texts)))),
+                **validation_inputs(self.params, self.inputs.metric)}
 
     def fit(self, train_rows: pd.DataFrame, fold: int | None) -> None:
         fingerprint, done = finished_fit(self, train_rows)
@@ -185,7 +179,7 @@ class Seq2SeqCandidate(Candidate):
                 config.trainable_token_indices = tokenizer.convert_tokens_to_ids(new_tags)
             model = get_peft_model(model, config)
 
-        fit_rows, eval_rows = validation_split(train_rows, params.eval_rows, self.seed, self.row_groups)
+        fit_rows, eval_rows = validation_split(train_rows, params.eval_rows, self.seed, self.inputs.row_groups)
         validating = bool(len(eval_rows))
         args = self.training_args(device, validating)
         last = checkpoint_to_resume(args, fingerprint)
@@ -194,7 +188,7 @@ class Seq2SeqCandidate(Candidate):
                                  eval_dataset=self._dataset(eval_rows, tokenizer) if validating else None,
                                  processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-                                 callbacks=[*(validation_callbacks(params, summarise, references, self.metric)
+                                 callbacks=[*(validation_callbacks(params, summarise, references, self.inputs.metric)
                                               if validating else []), *self.callbacks])
         show_training_progress(trainer)
         if params.use_lora:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..candidates import candidate_class
+from ..candidates.base import FoldInputs
 from ..data.augmented import check_unique_fnames, fold_training_rows, read_augmented
 from ..data.folds import check_folds, grouping_threshold, labelled_rows
 from ..data.loading import load_from_config
@@ -119,20 +120,30 @@ def training_rows(context: RunContext, name: str, mask: np.ndarray) -> pd.DataFr
     return fold_training_rows(train, augmented_rows(context, name))
 
 
-def make_candidate(context: RunContext, name: str, workdir: Path):
-    candidate_config = context.config.candidate(name)
-    instance = candidate_class(candidate_config.kind)(name, candidate_config.params, workdir,
-                                                       candidate_seed(context.config, name))
-    instance.metric = context.config.metric
+def build_candidate(config: Config, name: str, workdir: Path, inputs: FoldInputs | None = None):
+    """The one way to build a candidate: its kind's class with its params, seed, `workdir` and
+    `inputs` (default: the workspace's [metric] only, for a candidate that loads a trained model)."""
+    candidate_config = config.candidate(name)
+    inputs = FoldInputs(metric=config.metric) if inputs is None else inputs
+    return candidate_class(candidate_config.kind)(name, candidate_config.params, workdir, candidate_seed(config, name),
+                                                  inputs)
+
+
+def fold_inputs(context: RunContext, name: str) -> FoldInputs:
+    """What this run gives the candidate `name`: [metric], the texts of every split, --refresh, the
+    rows a validation split keeps together, and the objective's row weights when its kind uses them."""
     texts = [*context.rows["dialogue"], *context.rows["summary"], *context.test["dialogue"]]
     if context.dev is not None:
         texts += [*context.dev["dialogue"], *context.dev["summary"]]
-    instance.vocabulary_texts = texts
-    instance.refresh = context.refresh
-    instance.row_groups = row_groups(context, name)
-    if instance.uses_objective:
-        instance.row_weights = context.objective_row_weights
-    return instance
+    uses_objective = candidate_class(context.config.candidate(name).kind).uses_objective
+    return FoldInputs(metric=context.config.metric, vocabulary_texts=tuple(texts), refresh=context.refresh,
+                      row_groups=row_groups(context, name),
+                      row_weights=context.objective_row_weights if uses_objective else None)
+
+
+def make_candidate(context: RunContext, name: str, workdir: Path):
+    """The candidate `name` of this run, built with everything the run gives it (fold_inputs)."""
+    return build_candidate(context.config, name, workdir, fold_inputs(context, name))
 
 
 def row_groups(context: RunContext, name: str):

@@ -32,8 +32,8 @@ from ..text.metric import get_scorer
 from ..workspace.config import Config, field_default
 from .ensemble import run_ensemble
 from .executors import JobResult, jobs_for, make_executor, run_jobs
-from .fold_run import (RunContext, check_augmentations, fit_candidate, make_candidate, now, predict_rows, prepare,
-                       training_rows, versions)
+from .fold_run import (RunContext, build_candidate, check_augmentations, fit_candidate, make_candidate, now,
+                       predict_rows, prepare, training_rows, versions)
 
 
 def _stderr(line: str) -> None:
@@ -154,7 +154,7 @@ def finish_candidate(context: RunContext, name: str, wanted: dict, settings: dic
 
 
 def _needs_cuda(context: RunContext, name: str) -> bool:
-    return make_candidate(context, name, run_dir(context.config, name) / "fold_0" / "work").needs_cuda()
+    return build_candidate(context.config, name, run_dir(context.config, name) / "fold_0" / "work").needs_cuda()
 
 
 def resolve_names(config: Config, names: Sequence[str] | None) -> list[str]:

@@ -27,7 +27,7 @@ from ..data.shift import weighted_mean
 from ..errors import CompetitionError
 from ..hashing import config_hash
 from ..models.modeling import load_tokenizer
-from ..models.params import Generation, Prompt
+from ..models.params import Generation
 from ..models.training import finished_fit
 from ..progress import progress as show_progress
 from ..results.provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
@@ -75,7 +75,7 @@ class FoldModel:
 
     fold: int
     candidate: Any
-    base_params: Any
+    base_params: Generation  # the candidate's params (tune refuses a kind without the Generation part)
     rows: pd.DataFrame  # this fold's OOF rows (fname, dialogue, summary, ...)
     length_targets: LengthTargets | None = None
     count_tokens: Callable[[list[str]], list[int]] | None = None
@@ -89,11 +89,9 @@ class FoldModel:
             raise ValueError("dynamic length control needs the fold's learnt length targets")
         scale = float(setting.get("length_scale", 1.0))
         max_new = [max(1, math.ceil(tokens * scale)) for tokens in self.length_targets.max_new]
-        budgets = {"edges": list(self.length_targets.edges), "max_new_tokens": max_new}
-        if hasattr(self.base_params, "min_new_tokens"):  # a floor is never stretched, only shrunk
-            budgets["min_new_tokens"] = [min(cap, int(tokens * min(scale, 1.0)))
-                                         for cap, tokens in zip(max_new, self.length_targets.min_new)]
-        return budgets
+        min_new = [min(cap, int(tokens * min(scale, 1.0)))  # a floor is never stretched, only shrunk
+                   for cap, tokens in zip(max_new, self.length_targets.min_new)]
+        return {"edges": list(self.length_targets.edges), "max_new_tokens": max_new, "min_new_tokens": min_new}
 
     def predict(self, rows: pd.DataFrame, setting: dict) -> list[str]:
         plain = {k: v for k, v in setting.items() if k not in LENGTH_KEYS}
@@ -190,14 +188,15 @@ def check_trained(context, name: str, wanted: dict, train_rows: dict[int, pd.Dat
         meta = read_meta(folder / "meta.json")
         instance = make_candidate(context, name, folder / "work")
         trains = instance.trained_weights() is not None  # qlora, seq2seq; prompt kinds only load a model
+        missing = [f"{what} {path}" for what, path in instance.fit_files().items() if not path.exists()]
         if meta is None or not (folder / "oof.csv").exists():
             problem = "has not run"
         elif not fold_is_current(meta, wanted):
             problem = "was trained on another config, data or folds than now"
         elif trains and finished_fit(instance, train_rows[fold])[1] is None:
             problem = f"has no trained model in {instance.workdir}"
-        elif isinstance(instance.params, Prompt) and instance.params.few_shot > 0 and not instance.fewshot_path.exists():
-            problem = f"has no few-shot examples {instance.fewshot_path}"
+        elif missing:
+            problem = f"has no {missing[0]}"
         else:
             metas[fold] = meta
             continue
@@ -349,7 +348,8 @@ def fold_models(context, name: str, base_params, train_rows: dict[int, pd.DataFr
 
 def untuned_setting(space: dict[str, list], base_params) -> dict:
     """The candidate's own values of the space's keys (fixed length at scale 1), in canonical form."""
-    untuned = {k: getattr(base_params, k) for k in space if hasattr(base_params, k)}
+    values = dataclasses.asdict(base_params)
+    untuned = {k: values[k] for k in space if k not in LENGTH_KEYS}  # load_space allowed only the Params' keys
     if "length_control" in space:
         untuned["length_control"] = "fixed"
     if "length_scale" in space:

@@ -52,18 +52,19 @@ def test_lead_tunes_n_on_rows_weighted_by_the_objective(tmp_path):
     turns want N = 3: the plain mean follows the majority, the objective's weights the heavier rows."""
     import pandas as pd
 
+    from competition.candidates.base import FoldInputs
     from competition.text.metric import MetricConfig
 
     turns = [f"#Person1#: w{i}a w{i}b\n#Person2#: w{i}c w{i}d\n#Person1#: w{i}e w{i}f\n#Person2#: w{i}g"
              for i in range(10)]
     rows = pd.DataFrame({"fname": [f"r{i}" for i in range(10)], "dialogue": turns, "topic": "t",
                          "summary": [lead_text(d, 1 if i < 7 else 3) for i, d in enumerate(turns)]})
-    candidate = LeadCandidate("lead", LeadParams(max_turns=4), tmp_path / "plain")
-    candidate.metric = MetricConfig(tokenizer="whitespace")
+    whitespace = MetricConfig(tokenizer="whitespace")
+    candidate = LeadCandidate("lead", LeadParams(max_turns=4), tmp_path / "plain", inputs=FoldInputs(whitespace))
     candidate.fit(rows, 0)
     assert candidate.turns_ == 1
-    weighted = LeadCandidate("lead", LeadParams(max_turns=4), tmp_path / "weighted")
-    weighted.metric = MetricConfig(tokenizer="whitespace")
-    weighted.row_weights = pd.Series([0.2] * 7 + [5.0] * 3, index=rows["fname"])
+    weights = pd.Series([0.2] * 7 + [5.0] * 3, index=rows["fname"])
+    weighted = LeadCandidate("lead", LeadParams(max_turns=4), tmp_path / "weighted",
+                             inputs=FoldInputs(whitespace, row_weights=weights))
     weighted.fit(rows, 0)
     assert weighted.turns_ == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from competition.candidates.base import FoldInputs
 from competition.candidates.retrieval import Params as RetrievalParams, RetrievalCandidate, remap_speakers
 from competition.text.metric import MetricConfig
 from competition.workspace.config import build_dataclass
@@ -26,16 +27,15 @@ def test_retrieval_params_refuse_bad_values_each_naming_its_key():
 
 def test_retrieval_returns_training_summaries_only(tmp_path, korean_rows):
     train, held_out = korean_rows.iloc[:8], korean_rows.iloc[8:]
-    candidate = RetrievalCandidate("retrieval", RetrievalParams(), tmp_path / "work")
-    candidate.metric = MetricConfig(tokenizer="kiwi")
+    kiwi = FoldInputs(metric=MetricConfig(tokenizer="kiwi"))
+    candidate = RetrievalCandidate("retrieval", RetrievalParams(), tmp_path / "work", inputs=kiwi)
     candidate.fit(train, fold=0)
     # A training dialogue finds itself; a held-out one gets some training row's summary, never its own.
     assert candidate.predict(train) == train["summary"].tolist()
     predicted = candidate.predict(held_out)
     for summary, own in zip(predicted, held_out["summary"]):
         assert summary in set(train["summary"]) and summary != own
-    consensus = RetrievalCandidate("retrieval", RetrievalParams(top_k=3), tmp_path / "k3")
-    consensus.metric = MetricConfig(tokenizer="kiwi")
+    consensus = RetrievalCandidate("retrieval", RetrievalParams(top_k=3), tmp_path / "k3", inputs=kiwi)
     consensus.fit(train, fold=0)
     assert set(consensus.predict(held_out)) <= set(train["summary"])
 
@@ -44,12 +44,12 @@ def test_retrieval_remaps_speakers_of_the_found_dialogue(tmp_path):
     train = pd.DataFrame({"fname": ["a"], "dialogue": ["#Person2#: 우산 우산 우산\n#Person1#: 네"],
                           "summary": ["#Person2#는 우산을 찾습니다."], "topic": [""]})
     query = pd.DataFrame({"fname": ["q"], "dialogue": ["#Person1#: 우산 우산 우산\n#Person2#: 네"]})
-    candidate = RetrievalCandidate("retrieval", RetrievalParams(), tmp_path / "work")
-    candidate.metric = MetricConfig(tokenizer="whitespace")
+    whitespace = FoldInputs(metric=MetricConfig(tokenizer="whitespace"))
+    candidate = RetrievalCandidate("retrieval", RetrievalParams(), tmp_path / "work", inputs=whitespace)
     candidate.fit(train, fold=None)
     assert candidate.predict(query) == ["#Person1#는 우산을 찾습니다."]
-    no_remap = RetrievalCandidate("retrieval", RetrievalParams(remap_speakers=False), tmp_path / "raw")
-    no_remap.metric = MetricConfig(tokenizer="whitespace")
+    no_remap = RetrievalCandidate("retrieval", RetrievalParams(remap_speakers=False), tmp_path / "raw",
+                                  inputs=whitespace)
     no_remap.fit(train, fold=None)
     assert no_remap.predict(query) == ["#Person2#는 우산을 찾습니다."]
 

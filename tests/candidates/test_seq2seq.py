@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from competition.candidates.base import FoldInputs
 from competition.candidates.seq2seq import Params, Seq2SeqCandidate, found_tags
 from tiny_models import FIXED_T5_SUMMARY, run_through_cli
 
@@ -33,8 +34,8 @@ def test_tags_of_every_split_are_added_and_training_is_reproducible(tiny_t5, kor
         import torch
 
         torch.rand(len(folder))  # other draws in between must not matter
-        candidate = Seq2SeqCandidate("t5", params, tmp_path / folder, seed=3)
-        candidate.vocabulary_texts = ["#Person1#: 생년월일은 #DateOfBirth#입니다."]
+        texts = FoldInputs(vocabulary_texts=("#Person1#: 생년월일은 #DateOfBirth#입니다.",))
+        candidate = Seq2SeqCandidate("t5", params, tmp_path / folder, seed=3, inputs=texts)
         candidate.fit(train, fold=0)
         saved.append((tmp_path / folder / "model" / "model.safetensors").read_bytes())
     _, tokenizer = candidate.load()

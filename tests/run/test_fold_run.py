@@ -147,3 +147,25 @@ def test_each_stage_of_a_fold_names_its_progress(tmp_path, korean_rows, monkeypa
                      "retrieval fold 1 training", "retrieval fold 1 OOF generate", "retrieval fold 1 test generate",
                      "retrieval fold 1 dev generate",
                      "retrieval refit training", "retrieval refit test generate", "retrieval refit dev generate"]
+
+
+def test_a_candidate_is_built_with_everything_the_run_gives_it(tmp_path, korean_rows):
+    """make_candidate passes, in the constructor: [metric], the texts of every split, --refresh, the
+    rows a validation split keeps together and, to a kind that uses the objective, its row weights."""
+    import dataclasses
+
+    from competition.run.fold_run import make_candidate, prepare
+
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    root = write_workspace(tmp_path, korean_rows, test, None, (
+        '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\n\n[candidates.lead]\nkind = "lead"\n\n'
+        '[candidates.retrieval]\nkind = "retrieval"\n'))
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+    context = dataclasses.replace(prepare(config), refresh=True)
+    lead = make_candidate(context, "lead", tmp_path / "lead")
+    assert lead.inputs.metric == config.metric and lead.inputs.refresh and lead.inputs.row_groups is not None
+    assert set(test["dialogue"]) | set(korean_rows["summary"]) <= set(lead.inputs.vocabulary_texts)
+    assert context.objective_row_weights is not None  # [cv] objective = "test_matched"
+    pd.testing.assert_series_equal(lead.inputs.row_weights, context.objective_row_weights)
+    assert make_candidate(context, "retrieval", tmp_path / "retrieval").inputs.row_weights is None  # no objective

@@ -245,7 +245,7 @@ def test_cuda_only_candidates_are_skipped_on_cpu_or_refused(workspace, cli, monk
 
     from competition.candidates import lead
 
-    monkeypatch.setattr(lead.LeadCandidate, "requires_cuda", True)
+    monkeypatch.setattr(lead.LeadCandidate, "needs_cuda", lambda self: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = cli(["run", "lead", "--json"], cwd=workspace)
     assert result.exit_code == 0, result.output
