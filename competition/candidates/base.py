@@ -3,8 +3,8 @@ learns from training rows and writes summaries for rows.
 
 A candidate is built in one step: its kind's class with the params, workdir, seed and the
 FoldInputs of its run (run.fold_run.make_candidate builds every one), so nobody sets attributes on
-it afterwards. What a kind can do is declared here (uses_metric, trained_weights(), needs_cuda()
-from its Placement part), and every stage asks these instead of its kind's name.
+it afterwards. What a kind can do is declared here (uses_metric, trained_weights(), exports,
+needs_cuda() from its Placement part), and every stage asks these instead of its kind's name.
 """
 from __future__ import annotations
 
@@ -40,6 +40,19 @@ class FoldInputs:
     row_weights: pd.Series | None = None
 
 
+@dataclass(frozen=True)
+class ExportedModel:
+    """What a kind's `export` wrote: the words `competition export` and the model card use."""
+
+    what: str  # the export in a word or two: "adapter", "merged model", "model"
+    description: str  # the card's "exported ...: <description>", e.g. "the LoRA adapter as trained"
+    generation: dict  # the decoding settings the folder holds (generation_config.json)
+    library: str = "transformers"  # the card's library_name: what loads the folder
+    merged: bool = False  # an adapter merged into its base model
+    dtype: str | None = None  # the weights' dtype when the export chose one (a merge), else None
+    card: tuple[str, ...] = ()  # the card's lines on loading the folder and on the inputs the model was given
+
+
 class Candidate(ABC):
     """One candidate model. Subclasses set `kind` and implement `fit` and `predict`.
 
@@ -50,6 +63,7 @@ class Candidate(ABC):
     kind: str = ""
     uses_metric: bool = False  # True: its outputs depend on [metric] (it tunes or selects by ROUGE)
     uses_objective: bool = False  # True: it tunes on its training rows by ROUGE weighted by [cv] objective
+    exports: bool = False  # True: `export` writes its trained model as a folder that loads outside this project
 
     def __init__(self, name: str, params: Any, workdir: Path, seed: int = 42, inputs: FoldInputs | None = None):
         self.name = name
@@ -88,6 +102,12 @@ class Candidate(ABC):
         """What `fit` leaves besides trained weights that `predict` reads, by name ({"few-shot
         examples": path}): tune, which only predicts, refuses a fold that lacks one."""
         return {}
+
+    def export(self, folder: Path, decoding: Any, merge: bool = False, dtype: str = "bfloat16") -> ExportedModel:
+        """Write the trained model (workdir's) into `folder` so it loads without this project, its
+        generation settings those of `decoding` (the params, a tuned setting applied); `merge`: an
+        adapter merged into its base, in `dtype`. Only kinds that declare `exports`."""
+        raise NotImplementedError(f"kind {self.kind!r} does not export")
 
     def needs_cuda(self) -> bool:
         """Whether this configured candidate can only run with CUDA: its Placement's require_cuda."""

@@ -2,10 +2,12 @@
 LoRA through trl's SFTTrainer on prompt/completion pairs (loss on the summary only).
 
 workdir holds `checkpoints/` (resumed after a kill), `adapter/` (safetensors) and `train.json`.
-Under `accelerate launch` every rank trains; only the main process writes files.
+Under `accelerate launch` every rank trains; only the main process writes files. `export` writes
+the adapter (or the base with it merged in) and the model card's lines on loading and prompting it.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +16,18 @@ import pandas as pd
 
 from . import prompt
 from ..errors import ConfigError, DataError
+from ..models.exporting import (GENERATE_CODE, base_arguments, model_generation_config, prompt_function,
+                                write_generation_config)
 from ..models.generation import GenerationReport, finish, generate
 from ..models.modeling import (dequantised_note, is_main_process, load_causal_lm, load_tokenizer, lora_model,
-                               merged_causal_lm, predicts_dequantised, resolve_device, rows_kept_apart)
+                               merged_causal_lm, model_source, predicts_dequantised, resolve_device, rows_kept_apart)
 from ..models.params import Generation, Inference, Launch, LoRA, Trainer, added
 from ..models.prompts import FewShotIndex, PromptBuilder, PromptTemplate
 from ..models.training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
                                show_training_progress, trainer_report, trainer_state_step, training_arguments)
 from ..models.validation import (callbacks as validation_callbacks, validation_inputs, validation_report,
                                  validation_split)
+from .base import ExportedModel
 from .prompt import PromptCandidate
 
 
@@ -46,6 +51,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 class QLoRACandidate(PromptCandidate):
     kind = "qlora"
+    exports = True  # the LoRA adapter, or the base with it merged in
 
     def __init__(self, name, params, workdir, seed=42, inputs=None):
         super().__init__(name, params, workdir, seed, inputs)
@@ -187,6 +193,66 @@ class QLoRACandidate(PromptCandidate):
         # checkpoint's weights when validating (the trainer reloaded them at the end)
         save_training(trainer, self.workdir, self.trained_weights(), report, device)
         return report
+
+    def export(self, folder: Path, decoding, merge: bool = False, dtype: str = "bfloat16") -> ExportedModel:
+        """The adapter as trained (with the tokenizer saved beside it), or with `merge` the base with
+        the adapter merged in: merged in float32 (a 4-bit base dequantised first, as peft advises,
+        since merging into 4-bit layers rounds), then cast to `dtype`, so the rounding happens once."""
+
+        params = self.params
+        tokenizer = load_tokenizer(params, str(self.adapter_dir()))  # the tokenizer saved with the adapter
+        if merge:
+            import torch
+
+            merged = merged_causal_lm(params, resolve_device(params), self.adapter_dir(), torch.float32)
+            merged = merged.to(getattr(torch, dtype))
+            merged.save_pretrained(str(folder))
+            tokenizer.save_pretrained(str(folder))
+            generation_config = merged.generation_config
+        else:
+            for path in self.adapter_dir().iterdir():
+                if path.is_file():
+                    shutil.copy2(path, folder / path.name)
+            tokenizer.save_pretrained(str(folder))
+            generation_config = model_generation_config(model_source(params))
+        generation = write_generation_config(generation_config, tokenizer, decoding, folder)
+        return ExportedModel(what="merged model" if merge else "adapter",
+                             description=("the base model with the LoRA adapter merged in" if merge
+                                          else "the LoRA adapter as trained"),
+                             generation=generation, library="transformers" if merge else "peft", merged=merge,
+                             dtype=dtype if merge else None, card=self.card_lines(merge))
+
+    def card_lines(self, merged: bool) -> tuple[str, ...]:
+        """The model card's note on a dequantised merge, its load-and-generate code and the exact prompt."""
+
+        params = self.params
+        lines = []
+        if merged and params.quantization != "none":
+            lines += [f"The {params.quantization} base was dequantised before merging; the merged weights can differ "
+                      "from the quantized model's outputs by rounding.", ""]
+        lines += ["## Load and generate", "", "```python"]
+        if merged:
+            lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig",
+                      "model = AutoModelForCausalLM.from_pretrained(EXPORT_DIR)"]
+        else:
+            lines += ["from peft import PeftModel",
+                      "from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig",
+                      f"base = AutoModelForCausalLM.from_pretrained({base_arguments(params.model)})"
+                      + ("  # trained on its 4-bit NF4 form: pass BitsAndBytesConfig(load_in_4bit=True, "
+                         "bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True) to match it"
+                         if params.quantization == "4bit" else ""),
+                      "model = PeftModel.from_pretrained(base, EXPORT_DIR)"]
+        lines += [*GENERATE_CODE, "```", ""]
+        lines += ["## Prompt", "",
+                  "`competition run` prompted the model with exactly this text (`build_prompt(tokenizer, dialogue)`; "
+                  "the tokenizer's chat template when it has one). A dialogue longer than max_length = "
+                  f"{params.max_length} tokens less max_new_tokens = {params.max_new_tokens} was cut in the "
+                  f"middle, the cut marked by {params.truncation_marker!r}"
+                  + (f"; each prompt held the {params.few_shot} most similar training dialogues with their "
+                     "summaries as earlier turns (`examples`)" if params.few_shot else "")
+                  + ". The output is the new tokens decoded with skip_special_tokens, whitespace collapsed, a "
+                  "sentence cut off by max_new_tokens dropped.", "", "```python", prompt_function(params), "```", ""]
+        return tuple(lines)
 
 
 CANDIDATE = QLoRACandidate

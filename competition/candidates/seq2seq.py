@@ -2,17 +2,20 @@
 
 Tags found in the data (#Person1#, #PhoneNumber#, ...) are added to the tokenizer so they stay
 whole. workdir holds `checkpoints/` (resumed after a kill), `model/` (safetensors + tokenizer)
-and `train.json`; under `accelerate launch` only the main process writes them.
+and `train.json`; under `accelerate launch` only the main process writes them. `export` copies
+`model/` with the model card's lines on loading it.
 """
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..models.exporting import GENERATE_CODE, model_generation_config, write_generation_config
 from ..models.generation import GenerationReport, encode, finish, generate
 from ..models.gguf import is_gguf
 from ..models.modeling import (attention_arguments, compute_dtype, load_error, load_tokenizer, lora_config,
@@ -24,7 +27,7 @@ from ..models.training import (check_mergeable, check_not_a_stray_rank, checkpoi
                                training_arguments)
 from ..models.validation import (callbacks as validation_callbacks, validation_inputs, validation_report,
                                  validation_split)
-from .base import Candidate
+from .base import Candidate, ExportedModel
 
 _TAG = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
 MODEL_WEIGHTS = "model.safetensors"
@@ -79,6 +82,7 @@ def found_tags(rows: pd.DataFrame, more_texts: list[str] = ()) -> list[str]:
 
 class Seq2SeqCandidate(Candidate):
     kind = "seq2seq"
+    exports = True  # the trained model folder (any LoRA merged in)
 
     def __init__(self, name, params, workdir, seed=42, inputs=None):
         super().__init__(name, params, workdir, seed, inputs)
@@ -236,6 +240,27 @@ class Seq2SeqCandidate(Candidate):
             print(f"{self.name}: {report.rows} rows, {report.inputs_truncated} dialogues cut in the middle, "
                   f"{report.empty_to_lead} empty outputs replaced by lead", file=sys.stderr)
         return summaries
+
+    def export(self, folder: Path, decoding, merge: bool = False, dtype: str = "bfloat16") -> ExportedModel:
+        """The trained model folder as saved (weights with any LoRA merged in, the tokenizer with the
+        added tags); `merge` and `dtype` change nothing (a LoRA was merged when training saved)."""
+        from transformers import AutoTokenizer
+
+        for path in self.model_dir.iterdir():
+            if path.is_file():
+                shutil.copy2(path, folder / path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        generation = write_generation_config(model_generation_config(str(self.model_dir)), tokenizer, decoding,
+                                             folder)
+        merged = bool(self.params.use_lora)
+        card = ("## Load and generate", "", "```python",
+                "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig",
+                "model = AutoModelForSeq2SeqLM.from_pretrained(EXPORT_DIR)", *GENERATE_CODE, "```", "",
+                f"Inputs are `source_prefix + dialogue` (source_prefix = {self.params.source_prefix!r}), cut in the "
+                f"middle to {self.params.encoder_max_length} tokens.", "")
+        description = "the base model with the LoRA adapter merged in" if merged else "the fine-tuned model"
+        return ExportedModel(what="merged model" if merged else "model", description=description,
+                             generation=generation, merged=merged, card=card)
 
 
 CANDIDATE = Seq2SeqCandidate

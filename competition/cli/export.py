@@ -43,10 +43,10 @@ def export_command(config, name, fold, merge, dtype, out, as_json) -> None:
         raise ExportError(f"--fold {fold}: give a fold number or 'refit'")
     report = export_model(config, name, chosen, out, merge=merge, dtype=dtype)
     if as_json:
-        print_json(dataclasses.asdict(report))
+        # `what` words the line below; the JSON keeps the keys scripts read
+        print_json({key: value for key, value in dataclasses.asdict(report).items() if key != "what"})
         return
-    what = "merged model" if report.merged else "adapter" if report.kind == "qlora" else "model"
-    click.echo(f"{name} ({report.model}): {what} written to {report.path} ({', '.join(report.files)})"
+    click.echo(f"{name} ({report.model}): {report.what} written to {report.path} ({', '.join(report.files)})"
                + ("; generation settings from the tuned setting" if report.tuned else ""))
 
 

@@ -64,7 +64,7 @@ def test_the_cards_prompt_function_builds_the_prompt_run_gives(tiny_causal_lm, t
     from transformers import AutoTokenizer
 
     from competition.candidates.qlora import Params
-    from competition.submit.export import prompt_function
+    from competition.models.exporting import prompt_function
     from competition.models.prompts import FewShotIndex, PromptBuilder, PromptTemplate
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm if chat else tiny_base_lm)
@@ -187,7 +187,7 @@ def test_kinds_without_weights_and_untrained_folds_are_one_line(cli, korean_work
 
 
 def test_an_adapter_card_loads_a_gguf_base_through_gguf_file(tmp_path):
-    from competition.submit.export import base_arguments
+    from competition.models.exporting import base_arguments
 
     assert base_arguments(str(tmp_path / "models" / "smol.Q4_1.gguf")) == \
         f"{str(tmp_path / 'models')!r}, gguf_file='smol.Q4_1.gguf'"
