@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ..candidates import kind_names, params_class
+from ..choices import listed
 from ..data.loading import references
 from ..data.predictions import fold_dir, read_meta, run_dir, write_fold, write_source_outputs
 from ..data.shift import weighted_mean
@@ -302,8 +304,9 @@ def plan_tune(config, name: str, options: TuneOptions, data_dir=None, echo: Call
     candidate_config = config.candidate(name)
     base_params = candidate_config.params
     if not isinstance(base_params, Generation):
+        tunable = [kind for kind in kind_names() if issubclass(params_class(kind), Generation)]
         raise CompetitionError(f"{name!r} (kind {candidate_config.kind}) has no generation settings to tune: "
-                               "tune a qlora, seq2seq or prompt candidate")
+                               f"tune a {listed(tunable)} candidate")
     space = load_space(options.space_path, base_params)
     check_method(options.method)  # a missing optuna fails before the data and models load
     context = prepare(config, data_dir)

@@ -107,6 +107,8 @@ def test_a_toy_kind_trains_tunes_exports_and_submits_through_the_pipeline(tmp_pa
     assert "learnt length written to" in cli(["export", "last2", "--fold", "1"], cwd=root).output
     refused = cli(["export", "lead"], cwd=root)
     assert refused.exit_code == 2 and "export works for qlora, seq2seq and toy candidates" in refused.output
+    refused = cli(["tune", "lead"], cwd=root)
+    assert refused.exit_code == 2 and "tune a prompt, qlora, seq2seq or toy candidate" in refused.output
 
     typo = cli(["run"], cwd=write_workspace(tmp_path / "typo", korean_rows, test, dev,
                                             '[candidates.x]\nkind = "toy"\nmodel = "m"\nturns = 2\ntursn = 3\n'))
