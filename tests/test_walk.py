@@ -1,4 +1,4 @@
-"""The README and the guide as a new user follows them (issue 25.3): every ```bash block of
+"""The README and the guide as a new user follows them: every ```bash block of
 README.md, then of docs/guide.md, runs line by line, in order, in a fresh folder, with this
 environment's `competition` on PATH (as `source .venv/bin/activate` puts it there).
 

@@ -123,7 +123,8 @@ def test_bad_endpoint_and_prompt_settings_fail_at_load_each_naming_its_key(korea
 
 
 def test_the_prompt_part_keeps_an_api_candidates_config_hash():
-    """Hashes computed before the api kind used the Prompt part: its results stay current."""
+    """An api candidate built from the Prompt part hashes to its pinned config hashes, so results
+    made with the same competition.toml stay current."""
     from competition.workspace.config import parse_config
     from competition.results.provenance import candidate_hash
 

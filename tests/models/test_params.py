@@ -100,7 +100,7 @@ def test_unknown_keys_still_get_the_closest_key():
 
 
 def test_not_training_is_the_generation_placement_and_inference_fields():
-    """Derived from the parts (it was a hand-written list): the thirteen names it held, and
+    """Derived from the parts' declarations: the generation, placement and inference fields, and
     merge_for_inference (qlora), which only changes how a trained adapter predicts."""
     assert NOT_TRAINING == {"eval_batch_size", "num_beams", "max_new_tokens", "min_new_tokens",
                             "no_repeat_ngram_size", "length_penalty", "repetition_penalty", "do_sample",
@@ -143,7 +143,7 @@ def test_the_one_trainer_builder_gives_both_kinds_their_trainer_settings(tmp_pat
         assert args.output_dir == str(tmp_path / "checkpoints") and args.use_cpu and not args.bf16
 
 
-# -- optimizer, regularisation, attention and LoRA variants (issue 18): checked at load, on the built objects --
+# -- optimizer, regularisation, attention and LoRA variants: checked at load, on the built objects --
 
 @pytest.mark.parametrize("table, expected", [
     ({"kind": "qlora", "optim": "paged_adamw8bit"},

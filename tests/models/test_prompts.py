@@ -64,8 +64,9 @@ def test_llama_style_bos_is_not_doubled(tiny_causal_lm):
 
 
 def test_the_fixed_labels_are_prompt_settings_and_their_defaults_keep_every_config_hash(tmp_path):
-    """English data can say "Dialogue:"/"Summary:"/"Topic:" (the Korean labels were fixed in the code);
-    a config that does not set them hashes as before, so no earlier result goes stale."""
+    """English data can say "Dialogue:"/"Summary:"/"Topic:": the labels are prompt settings whose
+    defaults are the Korean ones, and a config that leaves them unset keeps its config hash, so its
+    results stay current."""
     from types import SimpleNamespace
 
     from competition.models.params import hashed_settings

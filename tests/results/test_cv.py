@@ -229,7 +229,7 @@ def test_cv_ranks_by_the_score_pick_by_names(workspace, monkeypatch):
 
 
 def test_cv_shows_the_leaderboard_calibrated_expectation(workspace, cli):
-    """Issue 24.4: with two logged public scores, each source's expected public score is its
+    """With two logged public scores, each source's expected public score is its
     test-matched final + the median public - test-matched offset, with the band (--json and table)."""
     board = {entry["name"]: entry for entry in json.loads(cli(["cv", "--json"], cwd=workspace).stdout)}
     assert all(entry["expected_public"] is None for entry in board.values())  # nothing logged yet

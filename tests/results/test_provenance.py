@@ -245,8 +245,8 @@ def test_leftovers_of_a_kill_are_removed_by_the_next_command_that_writes(workspa
 
 
 def test_config_hashes_survive_new_keys():
-    """Config hashes of model candidates as the version before the composed Params and the new
-    training keys computed them: an unchanged competition.toml keeps its results current."""
+    """Model candidates hash to pinned values whatever keys Params has gained (a key at its
+    default leaves the hash alone): an unchanged competition.toml keeps its results current."""
     from competition.workspace.config import parse_config
 
     config = parse_config({"candidates": {

@@ -161,7 +161,7 @@ def test_one_fold_scores_the_rows_it_covers_when_asked(cli, lead_workspace, kore
 
 
 def test_a_source_name_scores_its_whole_oof_as_cv_does(cli, lead_workspace, korean_rows):
-    """Issue 25.4: `competition score NAME` is the source's OOF, every fold, as one file."""
+    """`competition score NAME` is the source's OOF, every fold, as one file."""
     result = cli(["score", "lead", "--json"], cwd=lead_workspace)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

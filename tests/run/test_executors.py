@@ -81,7 +81,7 @@ def test_the_gpu_question_is_asked_only_for_a_model_on_device_auto():
 
 
 def test_launched_fold_reserves_num_processes_times_num_cpus():
-    """launcher = "accelerate" runs num_processes processes of num_cpus threads each (issue 20)."""
+    """launcher = "accelerate" runs num_processes processes of num_cpus threads each."""
     on_cpu = QLoRAParams(launcher="accelerate", num_processes=2, num_cpus=3, device="cpu")
     assert task_resources(on_cpu, cluster_has_gpus=lambda: True) == {"num_cpus": 6.0, "num_gpus": 0}
     seq2seq = Seq2SeqParams(launcher="accelerate", num_processes=2)

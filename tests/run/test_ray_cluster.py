@@ -123,7 +123,7 @@ def test_silent_address_gives_up_at_ray_timeout(cli, tmp_path, korean_rows):
 
 @pytest.mark.slow
 def test_token_cluster_refusal_names_ray_cause_and_fix(token_cluster, cli, tmp_path, korean_rows):
-    """The issue's case: `ray start --head` uses token auth, and a driver given the address sends no token."""
+    """`ray start --head` uses token auth, and a driver given the address sends no token."""
     address, _ = token_cluster
     root = lead_workspace(tmp_path, korean_rows, cli)
     completed, seconds = run_in_subprocess(["run", "lead", "--executor", "ray", "--ray-address", address],

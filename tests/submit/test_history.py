@@ -246,9 +246,9 @@ def _with_matched(logged, matched: dict[str, float], drop: tuple[str, ...] = ())
 
 
 def test_one_cv_warns_sorts_and_correlates_by_pick_by(logged):
-    """Issue 24.3: history warned on the OOF change (-0.5 for #0004) while the test-matched change,
-    the CV the picks use, was a gain; it now warns on the [cv] pick_by score, shows the other beside
-    it, and sorts and correlates by it too."""
+    """History warns on the change in the [cv] pick_by score, the CV the picks use (#0004 gains on
+    test-matched while its OOF final drops: no warning under test_matched, one under oof), shows
+    the other CV beside it, and sorts and correlates by the pick_by score too."""
     # #0004's test-matched final rose over #0003's (34.1 -> 34.4) while its OOF fell (35.0 -> 34.5);
     # #0006's public gain over #0004 comes with a test-matched fall (34.4 -> 34.35), OOF up (+1.0).
     _with_matched(logged, {"0001": 29.0, "0002": 31.0, "0003": 34.1, "0004": 34.4, "0005": 33.0, "0006": 34.35})
@@ -273,7 +273,7 @@ def test_one_cv_warns_sorts_and_correlates_by_pick_by(logged):
 
 
 def test_expected_public_by_hand_for_three_submissions(logged):
-    """Issue 24.4: offsets public - test-matched of #0001-#0003: 29.10 - 30.30 = -1.20,
+    """Offsets public - test-matched of #0001-#0003: 29.10 - 30.30 = -1.20,
     31.40 - 32.30 = -0.90, 34.00 - 35.50 = -1.50. Median -1.20; quartiles (linear) -1.35 and
     -1.05, IQR 0.30; fences -1.35 - 3 x 0.30 = -2.25 and -1.05 + 0.90 = -0.15. A source with
     test-matched 33.00 expects 31.80 on the public board, band 30.75-32.85."""
@@ -337,8 +337,9 @@ def _images():
 
 @pytest.mark.parametrize("count", [1, 20])
 def test_history_plot_is_readable_for_1_and_20_submissions(tmp_path, count):
-    """Issue 25.8: the legend hid a single point, the id labels were orange on orange, and a y = x
-    line stretched both axes when the board sat far from CV."""
+    """The plot is a PNG for one submission and for twenty; with the board 8 points under CV the
+    y axis fits the points (no y = x line stretching it), the legend covers no point, and the id
+    labels are not drawn in the public or private colours."""
     import matplotlib.pyplot as plt
 
     from competition.submit.history import draw_history, plot_history

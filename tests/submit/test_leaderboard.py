@@ -2,7 +2,7 @@
 one (pending -> complete, error status, the daily limit, private scores published later, submissions
 made elsewhere), every refusal as one line, retries without real waiting, hand scores kept, two syncs
 at once, and the manual backend that never imports `kaggle`. Plus the implausible-score rule of
-`lb record` (issue 25, point 2)."""
+`lb record`."""
 from __future__ import annotations
 
 import enum
@@ -552,7 +552,7 @@ def test_manual_backend_never_imports_kaggle(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "[0, 0, 2, 2, 0, 0] [] False"
 
 
-# --- issue 25, point 2: a score on the wrong scale ----------------------------------------------------
+# --- a score on the wrong scale ---------------------------------------------------------------------
 
 def test_record_refuses_a_score_on_the_0_1_scale_or_far_from_cv_unless_force(workspace, cli):
     config = config_of(workspace)

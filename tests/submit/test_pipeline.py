@@ -86,7 +86,7 @@ def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
     assert "CV leaderboard" in result.output and f"{board[0]['oof']['final']:.4f}" in result.output
     lines = result.output.splitlines()
     header = lines.index(next(line for line in lines if line.startswith("source ")))
-    # The table names the score that ranks it, first (issue 24.3: it led with the OOF final).
+    # The table names the score that ranks it ([cv] pick_by) first, before the OOF final.
     assert lines[header].split()[3:6] == ["test-matched", "(ranks)", "OOF"]
     best = board[0]
     assert lines[header + 2].split()[:4] == [best["name"], best["kind"], f"{best['folds_done']}/{best['k']}",

@@ -187,9 +187,9 @@ def filled(tmp_path, count: int = 3000) -> tuple[Path, list[str]]:
 
 
 def test_a_file_another_process_is_writing_is_not_taken_for_a_cut_one(tmp_path, monkeypatch, capfd):
-    """The race CI once hit: a process opening the cache saw no -wal file, then the writer created
-    it; sqlite counted the WAL's pages against the shorter main file and the cache was deleted as
-    cut. The check reads the file's own header and looks for a writer again, so it keeps the file."""
+    """A process opens the cache and sees no -wal file, then the writer creates one: sqlite counts
+    the WAL's pages against the shorter main file, which reads like a cut file. The check reads
+    the file's own header and looks for a writer again, so the file is kept, not deleted as cut."""
     path, texts = filled(tmp_path)
     identity = get_tokenizer("whitespace").identity
     writer = sqlite3.connect(path, isolation_level=None)
