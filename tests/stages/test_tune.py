@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import shutil
 import weakref
 
 import numpy as np
@@ -76,24 +77,39 @@ def _independent_length_targets(workspace, model) -> dict[int, tuning.LengthTarg
 
 
 @pytest.fixture(scope="module")
-def resumed_tune(tiny_t5, tmp_path_factory, cli):
-    """One tiny T5 trained once for the module, then a grid search on it killed after two trials,
-    its trials file damaged as worse kills would leave it, and the search resumed to 5 trials with
-    --confirm 2. The grid's third proposal after the untuned setting is planted to win (it returns
-    each labelled row's reference summary), i.e. trial 5 of the resumed search."""
-    from types import SimpleNamespace
-
+def trained_t5(tiny_t5, tmp_path_factory, cli):
+    """korean_workspace's rows (train = the 12 fixture dialogues, 4 dev, 4 test) with the tiny T5
+    trained as candidate t5 through `competition run` (k = 2), once for the module: tests copy it."""
     import pandas as pd
 
-    from competition.candidates.seq2seq import Seq2SeqCandidate
     from conftest import write_workspace
     from korean_fixture import DIALOGUES
 
     rows = pd.DataFrame(DIALOGUES, columns=["fname", "dialogue", "summary", "topic"])
-    workspace = write_workspace(tmp_path_factory.mktemp("tune"), rows,
+    workspace = write_workspace(tmp_path_factory.mktemp("t5-trained"), rows,
                                 rows.tail(4).assign(fname=lambda f: "test_" + f["fname"]),
                                 rows.head(4).assign(fname=lambda f: "dev_" + f["fname"]))
     run_through_cli(cli, workspace, "t5", T5_TABLE.format(model=tiny_t5))
+    return workspace
+
+
+@pytest.fixture
+def t5_workspace(trained_t5, tmp_path):
+    """A copy of trained_t5 (file times kept, so its results stay current) for one test to change."""
+    return shutil.copytree(trained_t5, tmp_path / "workspace")
+
+
+@pytest.fixture(scope="module")
+def resumed_tune(tiny_t5, trained_t5, tmp_path_factory, cli):
+    """On a copy of trained_t5, a grid search killed after two trials, its trials file damaged as
+    worse kills would leave it, and the search resumed to 5 trials with --confirm 2. The grid's
+    third proposal after the untuned setting is planted to win (it returns each labelled row's
+    reference summary), i.e. trial 5 of the resumed search."""
+    from types import SimpleNamespace
+
+    from competition.candidates.seq2seq import Seq2SeqCandidate
+
+    workspace = shutil.copytree(trained_t5, tmp_path_factory.mktemp("tune") / "workspace")
     (workspace / "space.json").write_text(SPACE)
     grid_order = search.GridSearch(json.loads(SPACE), [tuning.Trial(0, UNTUNED, {}, 0.0)], seed=42)
     planted = [grid_order.ask() for _ in range(3)][-1]
@@ -256,12 +272,12 @@ def test_the_tuned_variant_is_a_source_with_its_own_hash_that_cv_ranks_and_submi
 
 
 @pytest.mark.slow
-def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, korean_workspace, cli, monkeypatch):
+def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(t5_workspace, cli, monkeypatch):
     import optuna  # in the dev extra
-    run_through_cli(cli, korean_workspace, "t5", T5_TABLE.format(model=tiny_t5))
+    workspace = t5_workspace
     # 6 settings (dynamic length drops max_new_tokens), 3 of them with 4 beams: the planted winners.
     # 5 trials leave one setting out, so TPE tries at least two of them.
-    (korean_workspace / "space.json").write_text(
+    (workspace / "space.json").write_text(
         '{"num_beams": [1, 4], "length_control": ["fixed", "dynamic"], "max_new_tokens": [6, 12]}')
     untuned = {"num_beams": 1, "length_control": "fixed", "max_new_tokens": 12}
     monkeypatch.setattr(tuning.FoldModel, "predict",
@@ -271,9 +287,9 @@ def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, 
     monkeypatch.setattr(optuna, "create_study", lambda **kwargs: studies.append(create_study(**kwargs)) or studies[-1])
     args = ["tune", "t5", "--space", "space.json", "--method", "tpe", "--subsample", "6", "--confirm", "1", "--json"]
 
-    first = cli(args + ["--trials", "3"], cwd=korean_workspace)
+    first = cli(args + ["--trials", "3"], cwd=workspace)
     assert first.exit_code == 0, first.output
-    lines = (korean_workspace / "runs" / "t5@tuned" / "trials.jsonl").read_text().splitlines()
+    lines = (workspace / "runs" / "t5@tuned" / "trials.jsonl").read_text().splitlines()
     stored = [json.loads(line) for line in lines[1:]]  # after the line recording the search's inputs
     assert sorted({t["number"] for t in stored}) == [0, 1, 2]  # --trials 3 is three trials, the untuned one included
     assert json.loads(first.stdout)["trials"][0]["setting"] == untuned
@@ -285,7 +301,7 @@ def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, 
     first_told = told(studies[0])
     assert first_told == {search.setting_key(t["setting"]): t["subsample_final"] for t in stored}
 
-    second = cli(args + ["--trials", "5"], cwd=korean_workspace)
+    second = cli(args + ["--trials", "5"], cwd=workspace)
     assert second.exit_code == 0, second.output
     report = json.loads(second.stdout)
     assert [t["number"] for t in report["trials"]] == list(range(5))
@@ -298,7 +314,7 @@ def test_tpe_search_counts_the_baseline_and_resumes_with_its_knowledge(tiny_t5, 
     planted = [t for t in report["trials"] if t["setting"]["num_beams"] == 4]
     assert len(planted) >= 2 and report["best"]["number"] == planted[0]["number"]
     assert report["tuned_oof_final"] > report["untuned_oof_final"]
-    tuned_meta = json.loads((korean_workspace / "runs" / "t5@tuned" / "meta.json").read_text())
+    tuned_meta = json.loads((workspace / "runs" / "t5@tuned" / "meta.json").read_text())
     assert tuned_meta["setting"] == planted[0]["setting"]
     # TPE chose what to try from scores over every fold's rows: the nested score says it is optimistic.
     assert report["nested_strict"] is False and "optimistic under TPE" in report["nested_note"]
@@ -368,43 +384,43 @@ def _files(folder) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_tune_refuses_stale_folds_and_stale_trials_and_never_trains(tiny_t5, korean_workspace, cli):
-    run_through_cli(cli, korean_workspace, "t5", T5_TABLE.format(model=tiny_t5))
-    (korean_workspace / "space.json").write_text('{"num_beams": [1, 2]}')
+def test_tune_refuses_stale_folds_and_stale_trials_and_never_trains(t5_workspace, cli):
+    workspace = t5_workspace
+    (workspace / "space.json").write_text('{"num_beams": [1, 2]}')
     args = ["tune", "t5", "--space", "space.json", "--trials", "2", "--subsample", "6"]
-    config_file = korean_workspace / "competition.toml"
-    work = korean_workspace / "runs" / "t5" / "fold_0" / "work"
+    config_file = workspace / "competition.toml"
+    work = workspace / "runs" / "t5" / "fold_0" / "work"
     before = _files(work)
 
     # A training parameter changed without `competition run`: the folds are stale, nothing is retrained.
     config_file.write_text(config_file.read_text().replace("learning_rate = 0.01", "learning_rate = 0.02"))
-    refused = cli(args, cwd=korean_workspace)
+    refused = cli(args, cwd=workspace)
     assert refused.exit_code == 2, refused.output
     assert ("'t5' fold 0 was trained on another config, data or folds than now: run `competition run t5` first"
             in refused.output)
-    assert _files(work) == before and not (korean_workspace / "runs" / "t5@tuned").exists()
+    assert _files(work) == before and not (workspace / "runs" / "t5@tuned").exists()
     config_file.write_text(config_file.read_text().replace("learning_rate = 0.02", "learning_rate = 0.01"))
 
     # The trained weights are gone: refused, never trained again.
-    weights = korean_workspace / "runs" / "t5" / "fold_1" / "work" / "model" / "model.safetensors"
+    weights = workspace / "runs" / "t5" / "fold_1" / "work" / "model" / "model.safetensors"
     weights.rename(weights.with_suffix(".moved"))
-    refused = cli(args, cwd=korean_workspace)
+    refused = cli(args, cwd=workspace)
     assert refused.exit_code == 2 and "'t5' fold 1 has no trained model in" in refused.output
     assert not weights.exists()
     weights.with_suffix(".moved").rename(weights)
 
-    assert cli(args, cwd=korean_workspace).exit_code == 0
+    assert cli(args, cwd=workspace).exit_code == 0
     assert _files(work) == before  # tuning only loaded the fold models
     # Stored trials scored with another subsample, or on fold models trained since, are not reused.
-    other = cli(args[:-1] + ["8"], cwd=korean_workspace)
+    other = cli(args[:-1] + ["8"], cwd=workspace)
     assert other.exit_code == 2 and "--subsample (6, now 8)" in other.output and "--restart" in other.output
-    assert cli(["run", "t5", "--force"], cwd=korean_workspace).exit_code == 0
-    retrained = cli(args, cwd=korean_workspace)
+    assert cli(["run", "t5", "--force"], cwd=workspace).exit_code == 0
+    retrained = cli(args, cwd=workspace)
     assert retrained.exit_code == 2 and "training of the fold models" in retrained.output
-    restarted = cli(args + ["--restart", "--json"], cwd=korean_workspace)
+    restarted = cli(args + ["--restart", "--json"], cwd=workspace)
     assert restarted.exit_code == 0, restarted.output
     assert [t["number"] for t in json.loads(restarted.stdout)["trials"]] == [0, 1]
-    assert (korean_workspace / "runs" / "t5@tuned" / "trials.jsonl.1").exists()
+    assert (workspace / "runs" / "t5@tuned" / "trials.jsonl.1").exists()
 
 
 def test_trials_are_scored_with_the_objectives_row_weights():
