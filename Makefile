@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# While iterating: everything but the tests marked slow (tiny models trained or generating). CI runs `make test`.
+# While iterating: everything but the tests marked slow (tiny models trained or generating, Ray clusters, whole real
+# data sets through folds or the pipeline). CI runs `make test`.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not real"
 

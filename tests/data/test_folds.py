@@ -181,6 +181,7 @@ def test_missing_folds_json_is_a_fold_mismatch(korean_workspace, cli):
         train["fname"].tolist()
 
 
+@pytest.mark.slow
 def test_english_train_folds_are_deterministic_and_balanced(shared_data, tmp_path):
     """The 12,460 English DialogSum train rows with the default near-duplicate grouping: the same
     bytes whatever the row order, fold sizes within one, no duplicate split across folds, and

@@ -134,6 +134,7 @@ def test_ray_matches_local_byte_for_byte(ray_cluster, cli, tmp_path, korean_rows
     assert all(json.loads(again.stdout)[name]["skipped"] == [0, 1, 2] for name in NAMES)
 
 
+@pytest.mark.slow
 def test_failed_task_is_reported_others_finish_and_rerun_resumes(ray_cluster, cli, tmp_path, korean_rows):
     root = workspace(tmp_path, korean_rows, "unused", cli)
     runs = root / "runs" / "lead"
@@ -168,6 +169,7 @@ class KillsItsWorker:
         return os._exit, (1,)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_reported_and_rerun_runs_only_that_fold(ray_cluster, cli, tmp_path, korean_rows):
     from competition.workspace.config import load_config
     from competition.run.executors import RayExecutor, jobs_for, run_jobs
@@ -218,6 +220,7 @@ class RecordsAssignedResources:
         return exec, (code,)
 
 
+@pytest.mark.slow
 def test_ray_task_gets_the_num_cpus_of_its_candidate(ray_cluster, tmp_path):
     from competition.workspace.config import load_config
     from competition.run.executors import RayExecutor, jobs_for, run_jobs
@@ -232,6 +235,7 @@ def test_ray_task_gets_the_num_cpus_of_its_candidate(ray_cluster, tmp_path):
     assert json.loads((tmp_path / "assigned.json").read_text()) == {"CPU": 2.0}
 
 
+@pytest.mark.slow
 def test_launched_fold_gets_num_processes_times_num_cpus_from_ray(ray_cluster, tmp_path):
     """On a real cluster the task of a 2-process launched fold holds 2 CPUs, and the plan says so
     before submitting."""
@@ -250,6 +254,7 @@ def test_launched_fold_gets_num_processes_times_num_cpus_from_ray(ray_cluster, t
     assert json.loads((tmp_path / "assigned.json").read_text()) == {"CPU": 2.0}
 
 
+@pytest.mark.slow
 def test_plan_warns_when_no_node_can_hold_a_fold(ray_cluster):
     from competition.run.executors import RayExecutor
 

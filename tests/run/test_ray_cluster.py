@@ -89,6 +89,7 @@ def test_ray_timeout_is_refused_where_nothing_is_joined(cli, korean_workspace):
     assert result.exit_code == 2 and "--ray-timeout" in result.output
 
 
+@pytest.mark.slow
 def test_wrong_address_fails_within_the_timeout_in_one_line(cli, tmp_path, korean_rows):
     """An address where nothing listens fails within the Ray timeout, in one line on stderr (Ray's
     own warnings kept out), exit 2, nothing run."""
@@ -103,6 +104,7 @@ def test_wrong_address_fails_within_the_timeout_in_one_line(cli, tmp_path, korea
     assert not (root / "runs" / "lead").exists()
 
 
+@pytest.mark.slow
 def test_silent_address_gives_up_at_ray_timeout(cli, tmp_path, korean_rows):
     """A port that accepts connections but never answers Ray (one attempt of Ray's takes ~40 s)."""
     root = lead_workspace(tmp_path, korean_rows, cli)

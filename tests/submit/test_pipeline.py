@@ -64,6 +64,7 @@ def _untagged(summary: str) -> str:
     return re.sub(r"#Person\d+#", "#", summary)
 
 
+@pytest.mark.slow
 def test_pipeline_on_the_real_korean_data(shared_data, tmp_path, cli):
     korean = shared_data / "dialogsum-ko"
     train = pd.read_csv(korean / "dev.csv", dtype=str, keep_default_na=False)
