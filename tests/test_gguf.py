@@ -27,14 +27,17 @@ def test_a_file_that_is_not_gguf_or_is_missing_is_one_line_with_the_fix(tmp_path
 
 
 @pytest.mark.slow
-def test_converted_once_per_content_and_loads_as_the_same_model(tiny_gguf, tiny_llama, tmp_path, monkeypatch):
+def test_converted_once_per_content_and_loads_as_the_same_model(tiny_gguf, tiny_llama, tmp_path, monkeypatch, capsys):
     """The converted folder gives the source model's logits and tokens; a second use, or a copy of
-    the file under another name, reuses it (keyed by sha256); a changed file gets its own."""
+    the file under another name, reuses it (keyed by sha256); a changed file gets its own. Off a
+    terminal the conversion says so in one line, without transformers' own tensor bar."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.chdir(tmp_path)
     folder = gguf.converted_folder(str(tiny_gguf))
+    said = capsys.readouterr().err
+    assert "converting to a safetensors folder" in said and "de-quantizing GGUF tensors" not in said and "\r" not in said
     assert folder == tmp_path / "runs" / ".cache" / "gguf" / gguf.gguf_sha256(tiny_gguf)
     assert (folder / "model.safetensors").exists() and (folder / gguf.DONE_FILE).exists()
     assert "quantization_config" not in (folder / "config.json").read_text()  # an ordinary model folder
