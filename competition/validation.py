@@ -20,6 +20,7 @@ from .candidates.parts import Trainer
 from .errors import CompetitionError, ConfigError
 from .metric import get_scorer
 from .predictions import fold_dir, read_meta, run_dir
+from .progress import current_stage, stage
 from .shift import near_duplicate_clusters
 
 # The metrics train.json's curve records per step, as the Trainer names them.
@@ -126,7 +127,11 @@ def rouge_callback(summarise: Callable[[object], list[str]], references: Sequenc
     class ValidationRouge(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             was_training = model.training
-            final = scorer.score(summarise(model), list(references)).final
+            # its own progress line ("NAME fold K validation at step N generate: ..."): the training's
+            # bar stands still meanwhile, minutes per validation for a real model on CPU
+            with stage(f"{current_stage()} validation at step {state.global_step}".strip()):
+                summaries = summarise(model)
+            final = scorer.score(summaries, list(references)).final
             model.train(was_training)
             metrics["eval_rouge_final"] = final
             for entry in reversed(state.log_history):  # the evaluation's own line, logged just before
