@@ -120,12 +120,12 @@ def test_a_qlora_candidate_trains_on_a_gguf_in_4bit(tiny_gguf, korean_rows, tmp_
     original_lora_model = qlora.lora_model
     monkeypatch.setattr(qlora, "lora_model", spy_lora_model)
     monkeypatch.chdir(tmp_path)
-    params = Params(model=str(tiny_gguf), quantization="4bit", max_steps=2, batch_size=4, logging_steps=1,
+    params = Params(model=str(tiny_gguf), quantization="4bit", max_steps=1, batch_size=2, logging_steps=1,
                     save_steps=10, max_length=512, max_new_tokens=4, gradient_checkpointing=False)
     candidate = QLoRACandidate("tiny", params, tmp_path / "work")
     candidate.fit(korean_rows.head(8), fold=0)
     assert trained_in_4bit == [True]
-    assert candidate.train_report["global_step"] == 2 and candidate.trained_weights().exists()
+    assert candidate.train_report["global_step"] == 1 and candidate.trained_weights().exists()
     assert len(candidate.predict(korean_rows.tail(2))) == 2
 
 
