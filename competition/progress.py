@@ -103,7 +103,8 @@ class StageLine:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.perf_counter()
-        if now - self._last_line >= LOG_EVERY_S and not self._closed:
+        finished = bool(self.total) and self.n >= self.total  # the closing line says it ("N rows in ...")
+        if now - self._last_line >= LOG_EVERY_S and not self._closed and not finished:
             self._last_line = now
             self._say(self.running_line(now - self._start))
 

@@ -67,6 +67,17 @@ def test_off_a_terminal_a_running_stage_says_where_it_is_about_every_interval(mo
                      "generate: 32 rows in 1 min 02 s, 1.94 s/row; loss 1.62"]
 
 
+def test_off_a_terminal_the_last_update_leaves_the_saying_to_the_closing_line(monkeypatch):
+    """No "2/2 rows, ..., 0 s left" just before "2 rows in 40.0 s" (run and tune logs had both)."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    clock = iter([0.0, 40.0, 40.0])  # start, the update, close
+    monkeypatch.setattr("competition.progress.time.perf_counter", lambda: next(clock))
+    with progress(total=2, desc="generate", unit="rows") as bar:
+        bar.update(2)
+    assert err.getvalue().splitlines() == ["generate: 2 rows in 40.0 s, 20 s/row"]
+
+
 def test_a_stage_names_the_bars_below_it_and_a_resumed_count_starts_at_initial(monkeypatch):
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)

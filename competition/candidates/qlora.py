@@ -144,7 +144,7 @@ class QLoRACandidate(PromptCandidate):
 
         def summarise(model) -> list[str]:
             side = tokenizer.padding_side
-            raw = generate(model, tokenizer, prompts, greedy, progress=False)
+            raw = generate(model, tokenizer, prompts, greedy)
             tokenizer.padding_side = side  # the trainer's collator pads on its side again
             return finish(raw, dialogues, GenerationReport())
 
@@ -179,6 +179,11 @@ class QLoRACandidate(PromptCandidate):
                               "apart from position_ids (Qwen, Llama, Mistral, ...)")
         last = checkpoint_to_resume(config, fingerprint)
         summarise, references = self._summariser(eval_rows, fit_rows, tokenizer) if eval_pairs else (None, [])
+        if summarise is not None and predicts_dequantised(params, device):  # prediction's float copy is not at hand
+            print(f"{self.name}: validation generates {len(references)} greedy summaries every "
+                  f"{params.eval_steps or params.save_steps} steps through the {params.quantization} layers, many "
+                  "times slower without CUDA (SmolLM2-135M on 2 cores: minutes per validation); eval_metric = "
+                  "\"loss\" or a smaller eval_generate_rows keeps validation cheap", file=sys.stderr)
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                              eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None,
                              processing_class=tokenizer,

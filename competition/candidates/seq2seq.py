@@ -151,7 +151,7 @@ class Seq2SeqCandidate(Candidate):
 
         def summarise(model) -> list[str]:
             raw = generate(model, tokenizer, texts, greedy, encoder_decoder=True,
-                           max_input_tokens=params.encoder_max_length, marker=params.truncation_marker, progress=False)
+                           max_input_tokens=params.encoder_max_length, marker=params.truncation_marker)
             return finish(raw, dialogues, GenerationReport())
 
         return summarise, [str(s).strip() for s in rows["summary"]]

@@ -10,6 +10,8 @@ file's sha256 is remembered by path, size and modification time.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..progress import on_terminal, quiet_library_bars
 
 MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 CACHE_DIR = Path("runs") / ".cache" / "gguf"
@@ -114,9 +117,11 @@ def convert(path: Path, out: Path) -> None:
     if hasattr(transformers, "GgufConfig"):  # newer transformers may keep GGUF blocks packed unless told
         dequantize["quantization_config"] = transformers.GgufConfig(dequantize=True)
     print(f"{path.name}: converting to a safetensors folder under {CACHE_DIR} (once per file)", file=sys.stderr, flush=True)
+    quiet_library_bars()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(**source)
-        model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32, **dequantize)
+        with tensor_bar_off_a_terminal():
+            tokenizer = AutoTokenizer.from_pretrained(**source)
+            model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32, **dequantize)
     except ImportError as error:
         if "gguf" not in str(error).lower():
             raise
@@ -141,3 +146,21 @@ def convert(path: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+
+
+@contextlib.contextmanager
+def tensor_bar_off_a_terminal():
+    """transformers' GGUF reader draws its own tqdm bar per file ("Converting and de-quantizing GGUF
+    tensors"), which its disable_progress_bar does not reach: off a terminal it is turned off here,
+    else its carriage returns make one endless line in a log (see progress.quiet_library_bars)."""
+    if on_terminal():
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    bar = reader.tqdm
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar

@@ -2,6 +2,7 @@
 that turn a missing or unreadable model into one user-facing line."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -135,12 +136,30 @@ def load_error(params, error: Exception) -> ConfigError:
                        "or a hub id reachable from this machine")
 
 
+BNB_CPU_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+def _not_the_cpu_kernel_fetch(record: logging.LogRecord) -> bool:
+    return "gemm_4bit_forward from kernels-community" not in record.getMessage()
+
+
+def quiet_bitsandbytes_kernel_fetch() -> None:
+    """Drop the warning bitsandbytes logs when, on import on a CPU with AVX512-BF16, it cannot fetch
+    an optional 4-bit kernel from the hub (it falls back to its own): the warning tells the user to
+    "set trust_remote_code=True", which our candidates' `trust_remote_code` key has nothing to do with."""
+    logger = logging.getLogger(BNB_CPU_KERNEL_LOGGER)  # the logger bitsandbytes gets when it is imported later
+    if _not_the_cpu_kernel_fetch not in logger.filters:
+        logger.addFilter(_not_the_cpu_kernel_fetch)
+
+
 def load_tokenizer(params, source: str | None = None):
     """The tokenizer of `model` (or `source`), with EOS as pad token when it has none. Every model
-    path starts here, so this is where the libraries' own bars are silenced off a terminal."""
+    path starts here, so this is where the libraries' own bars (and one misleading bitsandbytes
+    warning) are silenced."""
     from transformers import AutoTokenizer
 
     quiet_library_bars()
+    quiet_bitsandbytes_kernel_fetch()
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source or model_source(params),

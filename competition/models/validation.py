@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..data.shift import near_duplicate_clusters
 from ..errors import ConfigError
+from ..progress import current_stage, stage
 from ..text.metric import get_scorer
 
 # The metrics train.json's curve records per step, as the Trainer names them.
@@ -123,7 +124,11 @@ def rouge_callback(summarise: Callable[[object], list[str]], references: Sequenc
     class ValidationRouge(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             was_training = model.training
-            final = scorer.score(summarise(model), list(references)).final
+            # its own progress line ("NAME fold K validation at step N generate: ..."): the training's
+            # bar stands still meanwhile, minutes per validation for a real model on CPU
+            with stage(f"{current_stage()} validation at step {state.global_step}".strip()):
+                summaries = summarise(model)
+            final = scorer.score(summaries, list(references)).final
             model.train(was_training)
             metrics["eval_rouge_final"] = final
             for entry in reversed(state.log_history):  # the evaluation's own line, logged just before

@@ -192,6 +192,10 @@ def build_seed_groups(config: Config, results: dict, echo: Callable[[str], None]
             echo(f"{name}: not built yet: its seeds {', '.join(members)} are not all complete")
             continue
         run_ensemble(config, name)
+        if len(members) == 2:  # ensemble.member_warnings' case, said in a seed group's terms
+            echo(f"{name}: the MBR of two seeds cannot choose by agreement (each output agrees with the other "
+                 f"equally), so {name}'s outputs are {members[0]}'s: use three or more seeds, or compare the two "
+                 "seeds in `competition cv`")
         built[name] = {"kind": "seeds (mbr)", "members": members, "ran": [], "skipped": [],
                        "folds_done": reports[0]["folds_done"], "k": reports[0]["k"], "complete": True,
                        "test_output": f"mbr over {len(members)} seeds"}

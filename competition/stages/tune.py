@@ -32,6 +32,7 @@ from ..models.modeling import load_tokenizer
 from ..models.params import Generation
 from ..models.training import finished_fit
 from ..progress import progress as show_progress
+from ..progress import stage
 from ..results.provenance import TUNED_SUFFIX, candidate_hash, fold_is_current
 from ..results.tracking import log_tune
 from ..run.fold_run import RunContext, make_candidate, prepare, training_rows
@@ -259,7 +260,8 @@ class TunePlan:
         for fold in self.models.order():
             model = self.models.get(fold)
             rows = model.rows if full else model.rows.iloc[self.sub_positions[fold]]
-            outputs[fold] = model.predict(rows, setting)
+            with stage(f"tune {self.name} fold {fold} {'OOF' if full else 'subsample'}"):  # names its generate lines
+                outputs[fold] = model.predict(rows, setting)
             row_finals[fold] = self.scorer.score(outputs[fold], references(rows)).row_finals  # every reference, like cv
             weights[fold] = self.weights_of(rows)
         finals = {fold: float(weighted_mean(row_finals[fold], weights[fold])) for fold in sorted(row_finals)}
@@ -425,11 +427,16 @@ def write_tuned(plan: TunePlan, best: Trial, oof: dict[int, list[str]] | None, p
     outputs = {}
     for fold in show_progress(list(models.order()), desc=f"generate {tuned}", unit="folds", enabled=progress):
         model = models.get(fold)
-        held_out = oof[fold] if oof is not None else model.predict(model.rows, best.setting)
-        outputs[fold] = {"oof": frame(model.rows, held_out),
-                         "test": frame(context.test, model.predict(context.test, best.setting)), "dev": None}
+
+        def predicted(rows: pd.DataFrame, what: str) -> list[str]:
+            with stage(f"{tuned} fold {fold} {what}"):
+                return model.predict(rows, best.setting)
+
+        held_out = oof[fold] if oof is not None else predicted(model.rows, "OOF")
+        outputs[fold] = {"oof": frame(model.rows, held_out), "test": frame(context.test, predicted(context.test, "test")),
+                         "dev": None}
         if context.dev is not None:
-            outputs[fold]["dev"] = frame(context.dev, model.predict(context.dev, best.setting))
+            outputs[fold]["dev"] = frame(context.dev, predicted(context.dev, "dev"))
     models.release()
 
     tuned_hash = config_hash({"tuned_from": plan.base_hash, "setting": best.setting})

@@ -187,6 +187,11 @@ class Config:
         return path if path.is_absolute() else self.root / path
 
     def candidate(self, name: str) -> CandidateConfig:
+        if name not in self.candidates and name in self.seed_groups:  # the MBR of its seeds, not one model
+            members = self.seed_groups[name]
+            raise UnknownCandidate(f"{name!r} has seeds = [...]: each seed is its own candidate "
+                                   f"({', '.join(members)}) and {name!r} their MBR; name one seed, e.g. "
+                                   f"'{members[0]}'")
         if name not in self.candidates:
             close = difflib.get_close_matches(name, list(self.candidates), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -27,14 +27,17 @@ def test_a_file_that_is_not_gguf_or_is_missing_is_one_line_with_the_fix(tmp_path
 
 
 @pytest.mark.slow
-def test_converted_once_per_content_and_loads_as_the_same_model(tiny_gguf, tiny_llama, tmp_path, monkeypatch):
+def test_converted_once_per_content_and_loads_as_the_same_model(tiny_gguf, tiny_llama, tmp_path, monkeypatch, capsys):
     """The converted folder gives the source model's logits and tokens; a second use, or a copy of
-    the file under another name, reuses it (keyed by sha256); a changed file gets its own."""
+    the file under another name, reuses it (keyed by sha256); a changed file gets its own. Off a
+    terminal the conversion says so in one line, without transformers' own tensor bar."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.chdir(tmp_path)
     folder = gguf.converted_folder(str(tiny_gguf))
+    said = capsys.readouterr().err
+    assert "converting to a safetensors folder" in said and "de-quantizing GGUF tensors" not in said and "\r" not in said
     assert folder == tmp_path / "runs" / ".cache" / "gguf" / gguf.gguf_sha256(tiny_gguf)
     assert (folder / "model.safetensors").exists() and (folder / gguf.DONE_FILE).exists()
     assert "quantization_config" not in (folder / "config.json").read_text()  # an ordinary model folder
@@ -117,12 +120,12 @@ def test_a_qlora_candidate_trains_on_a_gguf_in_4bit(tiny_gguf, korean_rows, tmp_
     original_lora_model = qlora.lora_model
     monkeypatch.setattr(qlora, "lora_model", spy_lora_model)
     monkeypatch.chdir(tmp_path)
-    params = Params(model=str(tiny_gguf), quantization="4bit", max_steps=2, batch_size=4, logging_steps=1,
+    params = Params(model=str(tiny_gguf), quantization="4bit", max_steps=1, batch_size=2, logging_steps=1,
                     save_steps=10, max_length=512, max_new_tokens=4, gradient_checkpointing=False)
     candidate = QLoRACandidate("tiny", params, tmp_path / "work")
     candidate.fit(korean_rows.head(8), fold=0)
     assert trained_in_4bit == [True]
-    assert candidate.train_report["global_step"] == 2 and candidate.trained_weights().exists()
+    assert candidate.train_report["global_step"] == 1 and candidate.trained_weights().exists()
     assert len(candidate.predict(korean_rows.tail(2))) == 2
 
 

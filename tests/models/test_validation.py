@@ -146,9 +146,10 @@ def test_early_stopping_stops_at_a_planted_plateau_and_keeps_the_best_checkpoint
 
 
 @pytest.mark.slow
-def test_rouge_on_greedy_summaries_picks_the_checkpoint_that_predicts(tiny_causal_lm, korean_rows, tmp_path):
+def test_rouge_on_greedy_summaries_picks_the_checkpoint_that_predicts(tiny_causal_lm, korean_rows, tmp_path, capsys):
     """Trained on one fixed summary, the tiny model learns to write it: validation ROUGE rises to
-    100, the chosen step is the first at the best ROUGE, and the saved adapter predicts that text."""
+    100, the chosen step is the first at the best ROUGE, and the saved adapter predicts that text.
+    Each validation's generation says where it is (the training's bar stands still meanwhile)."""
     from competition.candidates.qlora import Params, QLoRACandidate
     from competition.text.metric import get_scorer
 
@@ -162,6 +163,8 @@ def test_rouge_on_greedy_summaries_picks_the_checkpoint_that_predicts(tiny_causa
     report = candidate.train_report
     rouge = {point["step"]: point["eval_rouge_final"] for point in report["curve"] if "eval_rouge_final" in point}
     assert sorted(rouge) == [2, 4, 6] and report["eval_metric"] == "rouge_final"
+    said = capsys.readouterr().err
+    assert all(f"validation at step {step} generate: 3 rows in" in said for step in (2, 4, 6))
     best = max(rouge.values())
     assert min(rouge.values()) < 50 and report["best_metric"] == best == pytest.approx(100, abs=1e-3)
     assert report["chosen_step"] == min(step for step, value in rouge.items() if value == best)
@@ -225,6 +228,9 @@ def test_through_run_validation_rows_come_from_the_training_folds_and_cv_draws_t
     assert cli(["folds", "build"], cwd=tmp_path).exit_code == 0
     result = cli(["run", "tiny"], cwd=tmp_path)
     assert result.exit_code == 0, result.output
+    # 4-bit on CPU: validation's summaries come from the quantized layers, not prediction's float copy
+    assert "tiny: validation generates 2 greedy summaries every 1 steps through the 4bit layers" in result.output
+    assert "tiny fold 1 validation at step 2 generate: 2 rows in" in result.output
 
     config = load_config(tmp_path / "competition.toml")
     fold_of = load_folds(config).set_index("fname")["fold"]

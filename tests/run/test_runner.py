@@ -299,6 +299,22 @@ def test_three_seeds_give_three_sources_and_their_mbr_ranked_by_cv(cli, korean_w
     assert all(again[member]["ran"] == [] for member in members) and again["lead"]["complete"]
 
 
+def test_two_seeds_say_their_mbr_is_the_first_seeds_outputs(cli, korean_workspace):
+    """MBR over two outputs is a tie on every row (each agrees with the other equally), so NAME of
+    seeds = [a, b] is seed a's outputs: run says so instead of presenting it as their ensemble."""
+    config = korean_workspace / "competition.toml"
+    config.write_text(config.read_text() + '[cv]\nk = 2\n\n[candidates.lead]\nkind = "lead"\nseeds = [1, 2]\n',
+                      encoding="utf-8")
+    assert cli(["folds", "build"], cwd=korean_workspace).exit_code == 0
+    result = cli(["run", "lead"], cwd=korean_workspace)
+    assert result.exit_code == 0, result.output
+    assert ("lead: the MBR of two seeds cannot choose by agreement (each output agrees with the other equally), "
+            "so lead's outputs are lead#s1's: use three or more seeds") in result.output
+    three = config.read_text().replace("seeds = [1, 2]", "seeds = [1, 2, 3]")
+    config.write_text(three, encoding="utf-8")
+    result = cli(["run", "lead"], cwd=korean_workspace)
+    assert result.exit_code == 0 and "the MBR of two seeds" not in result.output
+
 
 def test_run_prints_a_short_readable_line_per_candidate(workspace):
     """run prints one short line per candidate: its kind and the params set away from their

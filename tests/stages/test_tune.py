@@ -156,13 +156,22 @@ def resumed_tune(tiny_t5, trained_t5, tmp_path_factory, cli):
             on_disk[json.loads(line)["number"]] = json.loads(line)
     return SimpleNamespace(workspace=workspace, model=tiny_t5, planted=planted, killed=killed, stored=stored,
                            header=header, cut=cut, lines=lines, on_disk=on_disk, report=json.loads(resumed.stdout),
-                           loaded=loaded, alive_at_load=alive_at_load)
+                           loaded=loaded, alive_at_load=alive_at_load, resumed_output=resumed.output)
 
 
 @pytest.mark.slow
 def test_a_killed_tune_keeps_the_trials_it_finished(resumed_tune):
     assert resumed_tune.killed.exit_code == 1 and "Aborted" in resumed_tune.killed.output  # click's answer to Ctrl-C
     assert len(resumed_tune.stored) == 2 and json.loads(resumed_tune.header)["inputs"]["subsample"] == 6
+
+
+@pytest.mark.slow
+def test_tunes_generation_lines_name_the_candidate_fold_and_rows(resumed_tune):
+    """A fold model generating for tune says for what, like run's stages (it was a bare "generate:
+    3 rows in 1 min 47 s" between minutes of silence on a real model)."""
+    assert all(f"tune t5 fold {fold} subsample generate: 3 rows in" in resumed_tune.killed.output for fold in (0, 1))
+    assert "tune t5 fold 0 OOF generate:" in resumed_tune.resumed_output  # confirming on every OOF row
+    assert "\ngenerate:" not in resumed_tune.killed.output + resumed_tune.resumed_output
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from competition.errors import ConfigError
+from competition.errors import ConfigError, UnknownCandidate
 from competition.hashing import config_hash
 from competition.text.metric import MetricConfig
 from competition.workspace.config import CVConfig, DataConfig, SubmitConfig, build_dataclass, load_config, parse_config
@@ -324,6 +324,18 @@ def test_seeds_expand_into_one_candidate_per_seed_and_an_mbr_ensemble():
     assert all(config.candidates[m].params.turns == 2 and not config.candidates[m].seeds for m in members)
     ensemble = config.ensembles["lead"]
     assert (ensemble.members, ensemble.method) == (members, "mbr")
+
+
+def test_a_seed_group_named_where_one_model_is_needed_says_to_name_a_seed():
+    """`competition tune NAME` / `export NAME` on a candidate with seeds = [...]: NAME is their MBR,
+    so the refusal names the seed sources, not "add a [candidates.NAME] section" (it is there)."""
+    config = parse_config({"candidates": {"smol": {"kind": "lead", "seeds": [1, 2]}}})
+    with pytest.raises(UnknownCandidate) as error:
+        config.candidate("smol")
+    message = str(error.value)
+    assert "add a [candidates.smol] section" not in message
+    assert "'smol' has seeds = [...]" in message and "smol#s1, smol#s2" in message and "e.g. 'smol#s1'" in message
+    assert config.candidate("smol#s2").seed == 2
 
 
 @pytest.mark.parametrize("table, expected", [
