@@ -50,7 +50,7 @@ def test_fine_tuning_a_real_model_learns_and_its_export_reproduces_run(tmp_path,
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from competition.models.generation import clean_output
-    from test_export import card_prompt_function
+    from submit.test_export import card_prompt_function
 
     build_prompt = card_prompt_function((out / "README.md").read_text(encoding="utf-8"))
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)

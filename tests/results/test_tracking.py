@@ -122,7 +122,7 @@ def test_a_relative_sqlite_store_lies_in_the_workspace_and_names_the_experiment(
 def test_the_shipped_competition_toml_documents_every_tracking_key():
     from pathlib import Path
 
-    from test_config import section_lines
+    from workspace.test_config import section_lines
 
     text = (Path(__file__).resolve().parents[2] / "competition.toml").read_text(encoding="utf-8")
     lines = section_lines(text, "tracking")

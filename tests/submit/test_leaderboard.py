@@ -220,7 +220,7 @@ def test_ctrl_c_while_waiting_keeps_the_upload_in_the_log(workspace, kaggle, cli
 
 def test_submit_upload_wait_writes_uploads_and_scores_in_one_command(tmp_path, korean_rows, kaggle, cli):
     from conftest import write_workspace
-    from test_submission import TEST_SUMMARIES, add_source
+    from submit.test_submission import TEST_SUMMARIES, add_source
 
     test = korean_rows.tail(len(TEST_SUMMARIES)).assign(fname=lambda f: "test_" + f["fname"])
     root = write_workspace(tmp_path, korean_rows, test, None, config=(
