@@ -38,6 +38,8 @@ class FoldInputs:
     # For kinds that use_objective: each labelled row's weight under [cv] objective (by fname, the
     # weights of cv's test-matched final); None = all alike.
     row_weights: pd.Series | None = None
+    # Extra transformers TrainerCallbacks for the kinds that train (a caller's own: tests stop or watch a training).
+    trainer_callbacks: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,6 @@ class QLoRACandidate(PromptCandidate):
 
     def __init__(self, name, params, workdir, seed=42, inputs=None):
         super().__init__(name, params, workdir, seed, inputs)
-        self.callbacks: list = []  # extra transformers TrainerCallbacks (tests stop training with one)
         self.train_report: dict = {}
 
     def adapter_dir(self) -> Path | None:
@@ -187,8 +186,8 @@ class QLoRACandidate(PromptCandidate):
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                              eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None,
                              processing_class=tokenizer,
-                             callbacks=[*validation_callbacks(params, summarise, references, self.inputs.metric),
-                                        *self.callbacks] if eval_pairs else list(self.callbacks))
+                             callbacks=[*(validation_callbacks(params, summarise, references, self.inputs.metric)
+                                          if eval_pairs else []), *self.inputs.trainer_callbacks])
         show_training_progress(trainer)
         resumed_from = trainer_state_step(last) if last else 0
         trainer.train(resume_from_checkpoint=last)

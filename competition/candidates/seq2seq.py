@@ -86,7 +86,6 @@ class Seq2SeqCandidate(Candidate):
 
     def __init__(self, name, params, workdir, seed=42, inputs=None):
         super().__init__(name, params, workdir, seed, inputs)
-        self.callbacks: list = []  # extra transformers TrainerCallbacks
         self.train_report: dict = {}
         self._model = None
         self._tokenizer = None
@@ -193,7 +192,7 @@ class Seq2SeqCandidate(Candidate):
                                  processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
                                  callbacks=[*(validation_callbacks(params, summarise, references, self.inputs.metric)
-                                              if validating else []), *self.callbacks])
+                                              if validating else []), *self.inputs.trainer_callbacks])
         show_training_progress(trainer)
         if params.use_lora:
             check_mergeable(trainer)  # before training, not after hours of it

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from competition.candidates.base import FoldInputs
 from competition.candidates.qlora import Params, QLoRACandidate
 from competition.errors import ConfigError
 from tiny_models import FIXED_SUMMARY, run_through_cli
@@ -86,8 +87,7 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_causal_lm, korean_row
                 raise KeyboardInterrupt  # what a kill after the step-2 checkpoint looks like
 
     params = tiny_params(tiny_causal_lm, max_steps=4, batch_size=2)
-    first = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
-    first.callbacks.append(Kill())
+    first = QLoRACandidate("tiny", params, tmp_path / "work", seed=0, inputs=FoldInputs(trainer_callbacks=(Kill(),)))
     with pytest.raises(KeyboardInterrupt):
         first.fit(korean_rows, fold=0)
     assert (tmp_path / "work" / "checkpoints" / "checkpoint-2").is_dir()
@@ -200,8 +200,7 @@ def test_optimizer_regularisation_lora_variants_and_padding_free_reach_the_train
     params = tiny_params(tiny_causal_lm, max_steps=2, save_steps=50, optim="paged_adamw_8bit", max_grad_norm=0.3,
                          weight_decay=0.05, neftune_noise_alpha=5.0, use_dora=True, use_rslora=True,
                          padding_free=True, attn_implementation="eager")
-    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
-    candidate.callbacks.append(Spy())
+    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0, inputs=FoldInputs(trainer_callbacks=(Spy(),)))
     candidate.fit(korean_rows.head(8), fold=0)
 
     import bitsandbytes as bnb
@@ -251,8 +250,7 @@ def test_packing_trains_where_the_model_keeps_rows_apart(tiny_causal_lm, korean_
 
     params = tiny_params(tiny_causal_lm, max_steps=1, save_steps=50, packing=True, batch_size=1)
     assert rows_kept_apart(load_causal_lm(params, "cpu"), load_tokenizer(params))
-    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
-    candidate.callbacks.append(Spy())
+    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0, inputs=FoldInputs(trainer_callbacks=(Spy(),)))
     candidate.fit(korean_rows.head(8), fold=0)
     assert (batches[0]["position_ids"][0] == 0).sum() > 1  # one sequence, several rows
     assert candidate.trained_weights().exists()

@@ -9,6 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from competition.candidates.base import FoldInputs
 from competition.errors import ConfigError
 from competition.models.validation import RowGroups, curve, validation_split
 
@@ -128,8 +129,9 @@ def test_early_stopping_stops_at_a_planted_plateau_and_keeps_the_best_checkpoint
     params = Params(model=str(tiny_causal_lm), max_steps=20, batch_size=3, grad_accumulation=1, learning_rate=1e-2,
                     warmup=0.0, logging_steps=1, max_length=512, max_new_tokens=8, gradient_checkpointing=False,
                     eval_rows=3, eval_steps=1, eval_metric="loss", early_stopping_patience=2)
-    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0)
-    candidate.callbacks += [Plateau(after=3), KeepCheckpoints(tmp_path / "kept", "adapter_model.safetensors")]
+    callbacks = (Plateau(after=3), KeepCheckpoints(tmp_path / "kept", "adapter_model.safetensors"))
+    candidate = QLoRACandidate("tiny", params, tmp_path / "work", seed=0,
+                               inputs=FoldInputs(trainer_callbacks=callbacks))
     candidate.fit(korean_rows, fold=0)
 
     report = json.loads((tmp_path / "work" / "train.json").read_text())
@@ -191,8 +193,9 @@ def test_seq2seq_validates_keeps_its_best_checkpoint_and_uses_its_optimizer(tiny
     params = Params(model=str(tiny_t5), max_steps=8, batch_size=4, learning_rate=3e-3, warmup=0.0, logging_steps=1,
                     max_new_tokens=8, eval_batch_size=4, num_beams=2, eval_rows=3, eval_steps=2,
                     eval_metric="loss", optim="adafactor", label_smoothing=0.1)
-    candidate = Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0)
-    candidate.callbacks += [Spy(), Plateau(after=4), KeepCheckpoints(tmp_path / "kept", "model.safetensors")]
+    callbacks = (Spy(), Plateau(after=4), KeepCheckpoints(tmp_path / "kept", "model.safetensors"))
+    candidate = Seq2SeqCandidate("t5", params, tmp_path / "work", seed=0,
+                                 inputs=FoldInputs(trainer_callbacks=callbacks))
     candidate.fit(korean_rows, fold=0)
     assert isinstance(seen["optimizer"], Adafactor) and seen["smoothing"] == 0.1
     report = candidate.train_report
