@@ -71,6 +71,7 @@ def measure(model_dir: Path, rows, batching: str, optim: str, args, device: str)
     import torch
     from transformers import TrainerCallback
 
+    from competition.candidates.base import FoldInputs
     from competition.candidates.qlora import Params, QLoRACandidate
 
     class Bench(QLoRACandidate):
@@ -103,8 +104,7 @@ def measure(model_dir: Path, rows, batching: str, optim: str, args, device: str)
                     max_steps=args.steps + WARMUP_STEPS, save_steps=10 ** 6, logging_steps=10 ** 6,
                     gradient_checkpointing=device == "cuda", optim=optim, **BATCHINGS[batching])
     with tempfile.TemporaryDirectory() as workdir:
-        candidate = Bench("bench", params, Path(workdir), seed=0)
-        candidate.callbacks.append(Meter())
+        candidate = Bench("bench", params, Path(workdir), seed=0, inputs=FoldInputs(trainer_callbacks=(Meter(),)))
         candidate.fit(rows, fold=0)
     seconds = clock["end"] - clock["start"]
     return {"batching": batching, "optim": optim, "steps": args.steps, "seconds": seconds,
