@@ -191,8 +191,7 @@ def build_seed_groups(config: Config, results: dict, echo: Callable[[str], None]
         if not all(report.get("complete") for report in reports):
             echo(f"{name}: not built yet: its seeds {', '.join(members)} are not all complete")
             continue
-        run_ensemble(config, name)
-        if len(members) == 2:  # ensemble.member_warnings' case, said in a seed group's terms
+        if run_ensemble(config, name)["warnings"]:  # ensemble.member_warnings: two seeds, said in a seed group's terms
             echo(f"{name}: the MBR of two seeds cannot choose by agreement (each output agrees with the other "
                  f"equally), so {name}'s outputs are {members[0]}'s: use three or more seeds, or compare the two "
                  "seeds in `competition cv`")
