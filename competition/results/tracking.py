@@ -6,6 +6,9 @@ runs/ and submissions/log.csv stay the record; MLflow only shows them. So tracki
 one-line warning that never stops or undoes a command. Each result is logged once: its run carries
 a key hashed from the result's files, and finding that key again (a re-run of a current candidate)
 logs nothing, while a result made before tracking was turned on is logged the next time it is seen.
+For a local sqlite store, the keys logged are also noted in runs/.cache/mlflow/: while nothing else
+has written the store since, a result noted there is not looked up again, so a command with nothing
+new to log never imports mlflow (about 3 s).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.predictions import done_folds, fold_dir, load_meta, load_oof, run_dir
+from ..data.predictions import RUNS_DIR, done_folds, fold_dir, load_meta, load_oof, run_dir
 from ..text.metric import RougeResult
 from ..workspace.config import Config
 from .cv import leaderboard, oof_scores
@@ -106,18 +109,76 @@ def _open(config: Config) -> tuple[Any, str] | None:
     return _stores[(uri, name)]
 
 
-def _attempt(config: Config, what: str, action: Callable[[tuple[Any, str]], str | None]) -> str | None:
-    """Run `action` on the workspace's store; any failure is one warning, never an exception."""
+def _not_logged(what: str, error: Exception) -> None:
+    reason = " ".join(str(error).split())[:300]
+    _say(f"tracking: {what} not logged to MLflow ({type(error).__name__}: {reason}); nothing else is "
+         f"affected (runs/ and submissions/log.csv are the record); fix [tracking] mlflow or set it to \"\"")
+
+
+def _store_files(config: Config) -> list[Path] | None:
+    """The files of a local sqlite store (the database and its journals); None for any other store."""
+    uri = tracking_uri(config)
+    prefix = "sqlite:///"
+    if not uri or not uri.startswith(prefix) or uri[len(prefix):] in ("", ":memory:"):
+        return None
+    database = Path(uri[len(prefix):])
+    return [database, *(database.with_name(database.name + suffix) for suffix in ("-journal", "-wal"))]
+
+
+def _notes_path(config: Config) -> Path:
+    """runs/.cache/mlflow/<store and experiment>.tsv: `key TAB run id` of each result logged there."""
+    store = json.dumps([tracking_uri(config), experiment_name(config)])
+    return config.resolve(RUNS_DIR) / ".cache" / "mlflow" / f"{_result_key(store)[:16]}.tsv"
+
+
+def _noted_run(config: Config, key: str) -> str | None:
+    """The run id noted for `key`, trusted only while the notes are newer than every write to the
+    store (a run deleted in `mlflow ui`, a store replaced or removed: looked up again)."""
+    files = _store_files(config)
+    notes = _notes_path(config)
+    if files is None or not files[0].is_file() or not notes.is_file():
+        return None
+    written = max(path.stat().st_mtime_ns for path in files if path.exists())
+    if notes.stat().st_mtime_ns < written:
+        return None
+    noted = None
+    for line in notes.read_text(encoding="utf-8").splitlines():  # the last line of a key: its newest run
+        noted_key, _, run_id = line.partition("\t")
+        if noted_key == key and run_id:
+            noted = run_id
+    return noted
+
+
+def _note_run(config: Config, key: str, run_id: str) -> None:
+    """Add `key TAB run id` to the notes (one short append: parallel commands do not mix lines)."""
+    if _store_files(config) is None:
+        return
+    notes = _notes_path(config)
+    notes.parent.mkdir(parents=True, exist_ok=True)
+    with notes.open("a", encoding="utf-8") as handle:
+        handle.write(f"{key}\t{run_id}\n")
+
+
+def _attempt(config: Config, what: str, action: Callable[[tuple[Any, str]], str | None],
+             key: str | None = None) -> str | None:
+    """Run `action` on the workspace's store; any failure is one warning, never an exception. With
+    the result's `key`, a result noted as logged (see _noted_run) returns its run without the store."""
     if not config.tracking.mlflow.strip():
         return None
+    if key is not None and (run_id := _noted_run(config, key)):
+        return run_id
     try:
         store = _open(config)
-        return None if store is None else action(store)
+        run_id = None if store is None else action(store)
     except Exception as error:  # MLflow's own errors have no common base worth naming: none may stop a command
-        reason = " ".join(str(error).split())[:300]
-        _say(f"tracking: {what} not logged to MLflow ({type(error).__name__}: {reason}); nothing else is "
-             f"affected (runs/ and submissions/log.csv are the record); fix [tracking] mlflow or set it to \"\"")
+        _not_logged(what, error)
         return None
+    if key is not None and run_id:
+        try:
+            _note_run(config, key, run_id)
+        except OSError:  # the notes only save time: without them the next command looks the key up
+            pass
+    return run_id
 
 
 # --- turning results into keys and values MLflow takes ----------------------------------------------
@@ -260,16 +321,21 @@ def _training_curve(path: Path, prefix: str, values: _Values) -> list[tuple[Path
     return [(path, prefix)]
 
 
-def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, data_dir=None,
+def _source_key(config: Config, name: str, kind: str, extra: _Values) -> str | None:
+    """The key of source `name`'s written result (its meta.json as scored now); None before it has one."""
+    meta_path = run_dir(config, name) / "meta.json"
+    if not meta_path.is_file():
+        return None
+    return _result_key(kind, name, meta_path.read_text(encoding="utf-8"), dataclasses.asdict(config.metric),
+                       dataclasses.asdict(config.cv), extra.params, extra.metrics, extra.tags)
+
+
+def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, key: str, data_dir=None,
                 extra: _Values | None = None) -> str | None:
     """One run for source `name` as cv's leaderboard scores it now, once per written result."""
 
     meta_path = run_dir(config, name) / "meta.json"
-    if not meta_path.is_file():
-        return None  # no chosen test output yet: logged once there is one
     extra = extra or _Values()
-    key = _result_key(kind, name, meta_path.read_text(encoding="utf-8"), dataclasses.asdict(config.metric),
-                      dataclasses.asdict(config.cv), extra.params, extra.metrics, extra.tags)
     found = _find(store, key)
     if found:
         return found
@@ -308,22 +374,37 @@ def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, da
     return _write_run(store, name, key, values, [(meta_path, None), *artifacts])
 
 
+def _log_source_once(config: Config, what: str, name: str, kind: str, data_dir=None,
+                     make_extra: Callable[[], _Values] = _Values) -> str | None:
+    """_log_source through _attempt, once source `name` has a written result (None before)."""
+    if not config.tracking.mlflow.strip():
+        return None
+    try:
+        extra = make_extra()
+        key = _source_key(config, name, kind, extra)
+    except Exception as error:  # as in _attempt: tracking never stops a command
+        _not_logged(what, error)
+        return None
+    if key is None:
+        return None
+    return _attempt(config, what, lambda store: _log_source(store, config, name, kind, key, data_dir, extra), key)
+
+
 def log_candidate(config: Config, name: str, data_dir=None) -> str | None:
     """Log candidate `name` (params, config hash, OOF, per-fold and test-matched scores, timings,
     training curves); returns the run id, or None when tracking is off or failed (warned)."""
-    return _attempt(config, f"candidate {name!r}",
-                    lambda store: _log_source(store, config, name, "candidate", data_dir))
+    return _log_source_once(config, f"candidate {name!r}", name, "candidate", data_dir)
 
 
 def log_ensemble(config: Config, name: str) -> str | None:
     """Log ensemble `name` like a candidate, plus each member's weight."""
-    def action(store):
+    def weights() -> _Values:
         extra = _Values()
         for member, weight in ((load_meta(config, name) or {}).get("weights") or {}).items():
             extra.metric(f"weight/{member}", weight)
-        return _log_source(store, config, name, "ensemble", None, extra)
+        return extra
 
-    return _attempt(config, f"ensemble {name!r}", action)
+    return _log_source_once(config, f"ensemble {name!r}", name, "ensemble", None, weights)
 
 
 def log_tune(config: Config, name: str, trials: list, best, nested_final: float | None,
@@ -331,7 +412,7 @@ def log_tune(config: Config, name: str, trials: list, best, nested_final: float 
     """Log NAME@tuned like a candidate: the base's params with the chosen setting, the nested and
     untuned finals, and every trial's subsample (and confirmed full) final by trial number."""
 
-    def action(store):
+    def setting_and_trials() -> _Values:
         extra = _Values()
         extra.params.update(flatten(candidate_settings(config, name).get("params") or {}))
         extra.params.update(flatten(best.setting))
@@ -344,9 +425,9 @@ def log_tune(config: Config, name: str, trials: list, best, nested_final: float 
         for trial in sorted(trials, key=lambda t: t.number):
             extra.metric("trial/subsample_final", trial.subsample_final, trial.number)
             extra.metric("trial/full_final", trial.full_final, trial.number)
-        return _log_source(store, config, name + TUNED_SUFFIX, "tuned", data_dir, extra)
+        return extra
 
-    return _attempt(config, f"tuned {name!r}", action)
+    return _log_source_once(config, f"tuned {name!r}", name + TUNED_SUFFIX, "tuned", data_dir, setting_and_trials)
 
 
 # --- submissions ------------------------------------------------------------------------------------
@@ -394,7 +475,7 @@ def log_submission(config: Config, row: dict, path: str | Path) -> str | None:
     """Log a submission: its log row (local scores as metrics, the rest as tags), the file as an
     artifact and a link to its source's run; returns the run id, or None (off, or warned)."""
     return _attempt(config, f"submission {row.get('id', '')}",
-                    lambda store: _log_submission(store, config, row, Path(path)))
+                    lambda store: _log_submission(store, config, row, Path(path)), _submission_key(row))
 
 
 def record_leaderboard(config: Config, row: dict, folder: str | Path) -> str | None:

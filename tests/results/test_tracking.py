@@ -166,6 +166,43 @@ def test_a_candidate_run_carries_the_leaderboard_numbers_per_fold_scores_and_tim
     assert len(runs_of(workspace, "candidate")) == 1
 
 
+def test_a_result_noted_as_logged_is_not_looked_up_while_the_store_is_unchanged(workspace, cli, monkeypatch):
+    """A second `run` of a current candidate, or a second submit of a logged row, opens no store (the
+    ~3 s of importing mlflow) and returns the run already logged."""
+    invoke(cli, workspace, "folds", "build")
+    invoke(cli, workspace, "run", "lead")
+    logged = runs_of(workspace, "candidate").iloc[0]["run_id"]
+    opened = []
+    monkeypatch.setattr(tracking, "_open", lambda config: opened.append(config) or tracking._stores[None])
+    config = load_config(workspace / "competition.toml")
+    assert tracking.log_candidate(config, "lead") == logged
+    result = invoke(cli, workspace, "run", "lead")
+    assert opened == [] and "tracking:" not in result.output
+    assert len(runs_of(workspace, "candidate")) == 1
+
+
+def test_a_run_deleted_in_mlflow_or_a_removed_store_is_logged_again(workspace, cli):
+    """The notes are trusted only while nothing else wrote the store: a run deleted in `mlflow ui`
+    (a write to the store) or a store removed and made again is looked up, and the result logged."""
+    from mlflow import MlflowClient
+
+    invoke(cli, workspace, "folds", "build")
+    invoke(cli, workspace, "run", "lead")
+    first = runs_of(workspace, "candidate").iloc[0]["run_id"]
+    MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlruns.db'}").delete_run(first)
+    assert len(runs_of(workspace, "candidate")) == 0
+    tracking._stores.clear()
+    invoke(cli, workspace, "run", "lead")
+    again = runs_of(workspace, "candidate")
+    assert len(again) == 1 and again.iloc[0]["run_id"] != first
+
+    config = load_config(workspace / "competition.toml")
+    key, run_id = tracking._notes_path(config).read_text(encoding="utf-8").splitlines()[-1].split("\t")
+    assert tracking._noted_run(config, key) == run_id == again.iloc[0]["run_id"]
+    (workspace / "mlruns.db").unlink()
+    assert tracking._noted_run(config, key) is None
+
+
 def test_training_curves_and_a_result_made_before_tracking_was_on(tmp_path, korean_rows, empty_store, cli):
     """A candidate run without tracking is logged later, with fold_K/work/train.json as loss curves."""
     from conftest import write_workspace
