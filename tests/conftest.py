@@ -78,6 +78,14 @@ def pytest_xdist_make_scheduler(config, log):
     return ByFile(config, log)
 
 
+@pytest.fixture(autouse=True)
+def notes_not_yet_said():
+    """Each test starts as a new command would: the notes said once per process not yet said."""
+    from competition.models import modeling
+
+    modeling._dequantised_noted.clear()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (the real Korean dev/test and English DialogSum); see require_shared_data."""

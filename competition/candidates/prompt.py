@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..models.generation import GenerationReport, finish, generate
-from ..models.modeling import (dequantised_causal_lm, dequantised_note, load_causal_lm, load_tokenizer,
+from ..models.modeling import (dequantised_causal_lm, load_causal_lm, load_tokenizer, note_dequantised,
                                predicts_dequantised, resolve_device)
 from ..models.params import QUANTIZATIONS, Generation, Model, Placement, Prompt, choice_problem
 from ..models.prompts import FewShotIndex, PromptBuilder, PromptTemplate, prompt_inputs
@@ -75,7 +75,7 @@ class PromptCandidate(Candidate):
         layers holding its quantized weights: modeling.predicts_dequantised)."""
 
         if predicts_dequantised(self.params, device):
-            print(dequantised_note(self.name, self.params, device), file=sys.stderr, flush=True)
+            note_dequantised(self.name, self.params)
             return dequantised_causal_lm(self.params, device)
         return load_causal_lm(self.params, device, adapter=self.adapter_dir())
 

@@ -19,8 +19,8 @@ from ..errors import ConfigError, DataError
 from ..models.exporting import (GENERATE_CODE, base_arguments, model_generation_config, prompt_function,
                                 write_generation_config)
 from ..models.generation import GenerationReport, finish, generate
-from ..models.modeling import (dequantised_note, is_main_process, load_causal_lm, load_tokenizer, lora_model,
-                               merged_causal_lm, model_source, predicts_dequantised, resolve_device, rows_kept_apart)
+from ..models.modeling import (is_main_process, load_causal_lm, load_tokenizer, lora_model, merged_causal_lm,
+                               model_source, note_dequantised, predicts_dequantised, resolve_device, rows_kept_apart)
 from ..models.params import Generation, Inference, Launch, LoRA, Trainer, added
 from ..models.prompts import FewShotIndex, PromptBuilder, PromptTemplate
 from ..models.training import (check_not_a_stray_rank, checkpoint_to_resume, finished_fit, save_training,
@@ -75,7 +75,7 @@ class QLoRACandidate(PromptCandidate):
         dequantised = predicts_dequantised(self.params, device)
         if self.trained_weights().exists() and (dequantised or self.params.merge_for_inference):
             if dequantised:
-                print(dequantised_note(self.name, self.params, device), file=sys.stderr, flush=True)
+                note_dequantised(self.name, self.params)
             return merged_causal_lm(self.params, device, self.adapter_dir())
         return load_causal_lm(self.params, device, adapter=self.adapter_dir())
 

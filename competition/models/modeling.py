@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -198,11 +199,18 @@ def predicts_dequantised(params, device: str) -> bool:
     return params.quantization != "none" and device != "cuda"
 
 
-def dequantised_note(name: str, params, device: str) -> str:
-    """The one line a candidate prints when it predicts through a dequantised copy."""
-    return (f"{name}: no CUDA here, so the {params.quantization} model predicts through a float32 copy of the same "
-            "weights (bitsandbytes' quantized layers generate many times slower on CPU); the copy needs 4 bytes "
-            "of memory per parameter")
+_dequantised_noted: set[str] = set()
+
+
+def note_dequantised(name: str, params) -> None:
+    """The one line on stderr, once per candidate and process (a run or a tune loads a model for every
+    fold), saying that candidate `name` predicts through a dequantised copy."""
+    if name in _dequantised_noted:
+        return
+    _dequantised_noted.add(name)
+    print(f"{name}: no CUDA here, so the {params.quantization} model predicts through a float32 copy of the same "
+          "weights (bitsandbytes' quantized layers generate many times slower on CPU); the copy needs 4 bytes "
+          "of memory per parameter", file=sys.stderr, flush=True)
 
 
 def dequantised_causal_lm(params, device: str):

@@ -115,6 +115,8 @@ def test_without_cuda_a_4bit_prompt_model_predicts_through_its_dequantised_weigh
     assert torch_equal(quantized.dequantize().get_submodule(layer).weight, model.get_submodule(layer).weight)
     assert "p4: no CUDA here, so the 4bit model predicts through a float32 copy" in capsys.readouterr().err
     assert candidate.predict(korean_rows.tail(2)) == [FIXED_SUMMARY] * 2
+    PromptCandidate("p4", params, tmp_path / "fold_1").load()  # the next fold's model: said once per process
+    assert "float32 copy" not in capsys.readouterr().err
 
 
 def torch_equal(a, b) -> bool:
