@@ -6,7 +6,7 @@ about every LOG_EVERY_S seconds while a stage runs (done/total, rate, time left)
 ends, with its count, time and rate. Rates keep their significant digits and turn into seconds
 per unit below one per second, so a slow stage never reads "0.0 rows/s". `stage` names what the
 bars below it belong to (`run` sets "NAME fold K OOF"). Every long loop in the package reports
-through `progress`.
+through `progress`; a note that every fold or result would repeat goes through `say_once`.
 """
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ from tqdm.auto import tqdm
 
 LOG_EVERY_S = 30.0  # off a terminal: seconds between two lines of a running stage
 _STAGE: contextvars.ContextVar[str] = contextvars.ContextVar("progress_stage", default="")
+_said: set[str] = set()
+
+
+def say_once(line: str) -> None:
+    """`line` on stderr, once per process: a run loads a model for every fold and a pipeline logs
+    many results, and the same note each time would bury the progress lines."""
+    if line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr, flush=True)
 
 
 def on_terminal() -> bool:

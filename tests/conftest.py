@@ -80,10 +80,10 @@ def pytest_xdist_make_scheduler(config, log):
 
 @pytest.fixture(autouse=True)
 def notes_not_yet_said():
-    """Each test starts as a new command would: the notes said once per process not yet said."""
-    from competition.models import modeling
+    """Each test starts as a new command would: nothing said once per process (say_once) yet."""
+    from competition import progress
 
-    modeling._dequantised_noted.clear()
+    progress._said.clear()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 
-from competition.progress import StageLine, current_stage, duration_text, progress, rate_text, stage
+from competition.progress import StageLine, current_stage, duration_text, progress, rate_text, say_once, stage
 
 
 class Terminal(io.StringIO):
@@ -112,3 +112,9 @@ def test_off_a_terminal_the_libraries_bars_are_silenced(monkeypatch):
     finally:
         transformers_logging.enable_progress_bar()
         datasets.enable_progress_bars()
+
+
+def test_say_once_says_each_line_once_per_process(capsys):
+    for line in ("a note", "another note", "a note"):
+        say_once(line)
+    assert capsys.readouterr().err.splitlines() == ["a note", "another note"]

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ import pandas as pd
 
 from .. import PACKAGE_DIR
 from ..errors import DataError
+from ..progress import say_once
 from ..text import token_cache
 from ..text.tokenizers import cached_tokens
 
@@ -234,9 +234,6 @@ def _read_data(data_dir: Path, train: str, dev: str, test: str, sample_submissio
     return CompetitionData(train=train_rows, dev=dev_rows, test=test_rows, sample_submission=sample)
 
 
-_noted_sample: set[str] = set()
-
-
 def data_folder(config, data_dir: str | Path | None = None) -> Path:
     """The folder the competition files are read from: `data_dir`, else [data] dir; when that is
     the untouched default `data/` and absent, the bundled sample (a fresh clone runs end to end),
@@ -247,11 +244,8 @@ def data_folder(config, data_dir: str | Path | None = None) -> Path:
     if folder.exists() or dataclasses.asdict(config.data) != dataclasses.asdict(type(config.data)()):
         return folder
 
-    if str(folder) not in _noted_sample:
-        _noted_sample.add(str(folder))
-        print(f"note: no {folder}/ folder: using the bundled sample (400 train, 99 dev, 200 test rows of the Korean "
-              f"data); put the competition files in {folder}/ (or pass --data DIR, make submit DATA=DIR)",
-              file=sys.stderr, flush=True)
+    say_once(f"note: no {folder}/ folder: using the bundled sample (400 train, 99 dev, 200 test rows of the Korean "
+             f"data); put the competition files in {folder}/ (or pass --data DIR, make submit DATA=DIR)")
     return SAMPLE_DIR
 
 

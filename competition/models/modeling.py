@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..progress import quiet_library_bars
+from ..progress import quiet_library_bars, say_once
 from .gguf import converted_folder, is_gguf
 
 
@@ -199,18 +198,11 @@ def predicts_dequantised(params, device: str) -> bool:
     return params.quantization != "none" and device != "cuda"
 
 
-_dequantised_noted: set[str] = set()
-
-
 def note_dequantised(name: str, params) -> None:
-    """The one line on stderr, once per candidate and process (a run or a tune loads a model for every
-    fold), saying that candidate `name` predicts through a dequantised copy."""
-    if name in _dequantised_noted:
-        return
-    _dequantised_noted.add(name)
-    print(f"{name}: no CUDA here, so the {params.quantization} model predicts through a float32 copy of the same "
-          "weights (bitsandbytes' quantized layers generate many times slower on CPU); the copy needs 4 bytes "
-          "of memory per parameter", file=sys.stderr, flush=True)
+    """Say, once per candidate and process, that candidate `name` predicts through a dequantised copy."""
+    say_once(f"{name}: no CUDA here, so the {params.quantization} model predicts through a float32 copy of the "
+             "same weights (bitsandbytes' quantized layers generate many times slower on CPU); the copy needs 4 "
+             "bytes of memory per parameter")
 
 
 def dequantised_causal_lm(params, device: str):

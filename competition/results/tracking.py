@@ -18,12 +18,12 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ..data.predictions import RUNS_DIR, done_folds, fold_dir, load_meta, load_oof, run_dir
+from ..progress import say_once
 from ..text.metric import RougeResult
 from ..workspace.config import Config
 from .cv import leaderboard, oof_scores
@@ -37,15 +37,7 @@ _METRICS_PER_BATCH = 1000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # what every MLflow version accepts in a key
 _LOG_METRIC_PREFIXES = ("oof_", "matched_", "dev_")  # the log's local scores; public/private beside them
 _STALE_RUN_S = 3600  # an unfinished run this old was cut short (a killed command): logged again
-_shown: set[str] = set()
 _stores: dict[tuple[str, str], tuple[Any, str]] = {}
-
-
-def _say(line: str) -> None:
-    """One line on stderr, once per process (a pipeline logs many results to the same store)."""
-    if line not in _shown:
-        _shown.add(line)
-        print(line, file=sys.stderr, flush=True)
 
 
 def tracking_uri(config: Config) -> str | None:
@@ -81,7 +73,7 @@ def _open(config: Config) -> tuple[Any, str] | None:
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        _say(f"tracking: [tracking] mlflow = {config.tracking.mlflow!r} but mlflow is not installed: "
+        say_once(f"tracking: [tracking] mlflow = {config.tracking.mlflow!r} but mlflow is not installed: "
              f"pip install -e '.[tracking]' (or set mlflow = \"\" to turn tracking off)")
         return None
     name = experiment_name(config)
@@ -111,7 +103,7 @@ def _open(config: Config) -> tuple[Any, str] | None:
 
 def _not_logged(what: str, error: Exception) -> None:
     reason = " ".join(str(error).split())[:300]
-    _say(f"tracking: {what} not logged to MLflow ({type(error).__name__}: {reason}); nothing else is "
+    say_once(f"tracking: {what} not logged to MLflow ({type(error).__name__}: {reason}); nothing else is "
          f"affected (runs/ and submissions/log.csv are the record); fix [tracking] mlflow or set it to \"\"")
 
 

@@ -24,12 +24,10 @@ WORKSPACE_CONFIG = ('[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstra
 
 @pytest.fixture(autouse=True)
 def fresh_process_state():
-    """Each test starts as a new command would: no open store, no note shown yet."""
+    """Each test starts as a new command would: no open store (notes said once: conftest)."""
     tracking._stores.clear()
-    tracking._shown.clear()
     yield
     tracking._stores.clear()
-    tracking._shown.clear()
 
 
 @pytest.fixture(scope="session")
