@@ -58,12 +58,18 @@ def experiment_name(config: Config) -> str:
     return config.tracking.experiment.strip() or config.root.name or "competition"
 
 
+def _sqlite_file(uri: str | None) -> Path | None:
+    """The file of a local sqlite store (sqlite:///PATH); None for any other store."""
+    prefix = "sqlite:///"
+    if uri and uri.startswith(prefix) and uri[len(prefix):] != ":memory:":
+        return Path(uri[len(prefix):])
+    return None
+
+
 def _artifact_location(uri: str) -> str | None:
     """Artifacts of a local sqlite store go beside its file; other stores choose their own."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and uri[len(prefix):] != ":memory:":
-        return (Path(uri[len(prefix):]).parent / ARTIFACTS_DIR).resolve().as_uri()
-    return None
+    database = _sqlite_file(uri)
+    return None if database is None else (database.parent / ARTIFACTS_DIR).resolve().as_uri()
 
 
 def _open(config: Config) -> tuple[Any, str] | None:
@@ -109,11 +115,9 @@ def _not_logged(what: str, error: Exception) -> None:
 
 def _store_files(config: Config) -> list[Path] | None:
     """The files of a local sqlite store (the database and its journals); None for any other store."""
-    uri = tracking_uri(config)
-    prefix = "sqlite:///"
-    if not uri or not uri.startswith(prefix) or uri[len(prefix):] in ("", ":memory:"):
+    database = _sqlite_file(tracking_uri(config))
+    if database is None or not database.name:
         return None
-    database = Path(uri[len(prefix):])
     return [database, *(database.with_name(database.name + suffix) for suffix in ("-journal", "-wal"))]
 
 
@@ -322,12 +326,11 @@ def _source_key(config: Config, name: str, kind: str, extra: _Values) -> str | N
                        dataclasses.asdict(config.cv), extra.params, extra.metrics, extra.tags)
 
 
-def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, key: str, data_dir=None,
-                extra: _Values | None = None) -> str | None:
-    """One run for source `name` as cv's leaderboard scores it now, once per written result."""
+def _log_source(store: tuple[Any, str], config: Config, name: str, kind: str, key: str, data_dir,
+                extra: _Values) -> str | None:
+    """One run for source `name` (its result's `key`: _source_key) as cv's leaderboard scores it now."""
 
     meta_path = run_dir(config, name) / "meta.json"
-    extra = extra or _Values()
     found = _find(store, key)
     if found:
         return found
