@@ -19,6 +19,17 @@ def workspace(tmp_path, shared_data):
     return real_dev_workspace(tmp_path, shared_data)
 
 
+def folded_workspace(root, korean_rows, config_text: str, with_dev: bool = False):
+    """The Korean fixture rows as a workspace in `root` with its folds built: the last 4 rows, renamed,
+    are its test (with_dev: the first 3 its dev); returns its config."""
+    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
+    dev = korean_rows.head(3).assign(fname=lambda f: "dev_" + f["fname"]) if with_dev else None
+    write_workspace(root, korean_rows, test, dev, config_text)
+    config = load_config(root / "competition.toml")
+    build_folds(config, load_from_config(config).train)
+    return config
+
+
 def test_augmented_rows_train_only_the_folds_their_source_is_in(workspace):
     from competition.stages.augment import speaker_swap, write_augmented
 
@@ -48,16 +59,14 @@ def test_no_fold_trains_on_a_row_derived_from_its_held_out_dialogues(tmp_path, k
     from competition.data.augmented import read_augmented
     from competition.candidates.retrieval import RetrievalCandidate
 
-    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
-    root = write_workspace(tmp_path, korean_rows, test, None, (
+    config = folded_workspace(tmp_path, korean_rows, (
         '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 100\n\n[candidates.retrieval]\n'
         'kind = "retrieval"\naugmentations = ["data/augmented/swap.csv", "data/augmented/synthetic.csv"]\n'))
+    root = config.root
     write_augmented(speaker_swap(korean_rows)[0], root / "data" / "augmented" / "swap.csv")
     write_augmented(pd.DataFrame([{"fname": "synthetic_0", "source_fname": "", "augmentation": "synthetic",
                                    "dialogue": "#Person1#: 새 대화야.\n#Person2#: 응, 그래.", "summary": "새 요약",
                                    "topic": "일상"}]), root / "data" / "augmented" / "synthetic.csv")
-    config = load_config(root / "competition.toml")
-    build_folds(config, load_from_config(config).train)
 
     trained: dict[int, list[str]] = {}
     original_fit = RetrievalCandidate.fit
@@ -90,12 +99,10 @@ def test_an_augmented_fname_clash_is_refused_before_any_fold_runs(tmp_path, kore
     training rows); a clash with a test fname passes every fold's. Both are refused up front."""
     from competition.stages.augment import speaker_swap, write_augmented
 
-    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
-    root = write_workspace(tmp_path, korean_rows, test, None, (
+    config = folded_workspace(tmp_path, korean_rows, (
         '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\nbootstrap = 100\n\n[candidates.retrieval]\n'
         'kind = "retrieval"\naugmentations = ["data/augmented/swap.csv"]\n'))
-    config = load_config(root / "competition.toml")
-    build_folds(config, load_from_config(config).train)
+    root = config.root
     fold_of = load_folds(config).set_index("fname")["fold"]
     held_out_in_fold_0 = fold_of[fold_of == 0].index[0]
     swapped = speaker_swap(korean_rows)[0]
@@ -118,13 +125,9 @@ def test_each_stage_of_a_fold_names_its_progress(tmp_path, korean_rows, monkeypa
     from competition.candidates.retrieval import RetrievalCandidate
     from competition.progress import progress
 
-    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
-    dev = korean_rows.head(3).assign(fname=lambda f: "dev_" + f["fname"])
-    root = write_workspace(tmp_path, korean_rows, test, dev, (
+    config = folded_workspace(tmp_path, korean_rows, (
         '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 2\nbootstrap = 100\ntest_strategy = "refit"\n\n'
-        '[candidates.retrieval]\nkind = "retrieval"\n'))
-    config = load_config(root / "competition.toml")
-    build_folds(config, load_from_config(config).train)
+        '[candidates.retrieval]\nkind = "retrieval"\n'), with_dev=True)
     original_fit, original_predict = RetrievalCandidate.fit, RetrievalCandidate.predict
 
     def fit_with_a_bar(self, train_rows, fold):
@@ -156,16 +159,13 @@ def test_a_candidate_is_built_with_everything_the_run_gives_it(tmp_path, korean_
 
     from competition.run.fold_run import make_candidate, prepare
 
-    test = korean_rows.tail(4).assign(fname=lambda f: "test_" + f["fname"])
-    root = write_workspace(tmp_path, korean_rows, test, None, (
+    config = folded_workspace(tmp_path, korean_rows, (
         '[metric]\ntokenizer = "whitespace"\n\n[cv]\nk = 3\n\n[candidates.lead]\nkind = "lead"\n\n'
         '[candidates.retrieval]\nkind = "retrieval"\n'))
-    config = load_config(root / "competition.toml")
-    build_folds(config, load_from_config(config).train)
     context = dataclasses.replace(prepare(config), refresh=True)
     lead = make_candidate(context, "lead", tmp_path / "lead")
     assert lead.inputs.metric == config.metric and lead.inputs.refresh and lead.inputs.row_groups is not None
-    assert set(test["dialogue"]) | set(korean_rows["summary"]) <= set(lead.inputs.vocabulary_texts)
+    assert set(korean_rows.tail(4)["dialogue"]) | set(korean_rows["summary"]) <= set(lead.inputs.vocabulary_texts)
     assert context.objective_row_weights is not None  # [cv] objective = "test_matched"
     pd.testing.assert_series_equal(lead.inputs.row_weights, context.objective_row_weights)
     assert make_candidate(context, "retrieval", tmp_path / "retrieval").inputs.row_weights is None  # no objective
